@@ -1,0 +1,162 @@
+//! `#[forge::job]`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::ItemFn;
+
+use crate::attr::{self, AccessOpt};
+use crate::signature::{self, camel_case, type_string};
+
+struct Options {
+    max_attempts: u32,
+    timeout_ms: Option<u64>,
+    priority: i32,
+    queue: String,
+    backoff_ms: u64,
+    max_backoff_ms: u64,
+    access: AccessOpt,
+}
+
+fn options(attr: TokenStream) -> syn::Result<Options> {
+    let mut o = Options {
+        max_attempts: 3,
+        timeout_ms: None,
+        priority: 0,
+        queue: "default".into(),
+        backoff_ms: 1_000,
+        max_backoff_ms: 600_000,
+        access: AccessOpt::default(),
+    };
+    attr::parse_options(attr, |meta| {
+        let p = meta.path();
+        if p.is_ident("max_attempts") {
+            let n = attr::int(meta)?;
+            if !(1..=i32::MAX as i64).contains(&n) {
+                return Err(syn::Error::new_spanned(
+                    meta,
+                    "`max_attempts` must be at least 1",
+                ));
+            }
+            o.max_attempts = n as u32;
+        } else if p.is_ident("timeout") {
+            o.timeout_ms = Some(attr::duration_ms(meta)?);
+        } else if p.is_ident("priority") {
+            let n = attr::int(meta)?;
+            o.priority = i32::try_from(n)
+                .map_err(|_| syn::Error::new_spanned(meta, "`priority` must fit in an i32"))?;
+        } else if p.is_ident("queue") {
+            o.queue = attr::string(meta)?;
+            if o.queue.is_empty() {
+                return Err(syn::Error::new_spanned(meta, "`queue` cannot be empty"));
+            }
+        } else if p.is_ident("backoff") {
+            o.backoff_ms = attr::duration_ms(meta)?;
+        } else if p.is_ident("max_backoff") {
+            o.max_backoff_ms = attr::duration_ms(meta)?;
+        } else {
+            return o.access.parse(meta);
+        }
+        Ok(true)
+    })?;
+    Ok(o)
+}
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let opts = options(attr)?;
+    let func: ItemFn = syn::parse2(item)?;
+    let sig = signature::parse(&func, "job", "JobContext")?;
+
+    let vis = &func.vis;
+    let name = &func.sig.ident;
+    let name_str = name.to_string();
+    let arg_idents: Vec<_> = sig.args.iter().map(|a| &a.ident).collect();
+    let arg_types: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
+    let wire_names: Vec<_> = sig.args.iter().map(|a| camel_case(&a.ident)).collect();
+    let rust_names: Vec<_> = arg_idents.iter().map(|i| i.to_string()).collect();
+    let type_strs: Vec<_> = arg_types.iter().map(|t| type_string(t)).collect();
+    let output = &sig.output;
+    let output_str = type_string(output);
+    let wire_checks = signature::wire_assertions(&sig);
+
+    let max_attempts = opts.max_attempts;
+    let timeout = match opts.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
+    let priority = opts.priority;
+    let queue = &opts.queue;
+    let backoff_ms = opts.backoff_ms;
+    let max_backoff_ms = opts.max_backoff_ms;
+    let access = opts.access.tokens();
+    let doc = format!("Typed handle of the `{name_str}` job: `{name_str}::request(..)` builds a request to enqueue it.");
+    let args_struct = format_ident!("__ForgeArgs");
+
+    Ok(quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        const _: () = {
+            use ::forge::__private as __f;
+
+            #wire_checks
+
+            #[derive(__f::serde::Serialize, __f::serde::Deserialize, __f::schemars::JsonSchema)]
+            #[serde(crate = "::forge::__private::serde", rename_all = "camelCase", deny_unknown_fields)]
+            #[schemars(crate = "::forge::__private::schemars")]
+            struct #args_struct {
+                #( #arg_idents: #arg_types, )*
+            }
+
+            impl #name {
+                /// A request to enqueue this job with these arguments.
+                #[allow(clippy::too_many_arguments)]
+                #vis fn request(#( #arg_idents: #arg_types ),*) -> ::forge::JobRequest<#output> {
+                    let args = #args_struct { #( #arg_idents ),* };
+                    let args = __f::serde_json::to_value(&args)
+                        .expect("the arguments of a forge job serialize to JSON");
+                    ::forge::JobRequest::new(#name_str, args)
+                }
+            }
+
+            fn __run(
+                ctx: ::forge::JobContext,
+                args: __f::serde_json::Value,
+            ) -> __f::BoxFuture<'static, ::forge::Result<__f::serde_json::Value>> {
+                ::std::boxed::Box::pin(async move {
+                    // Arguments were checked at enqueue time; failing here means the stored
+                    // row no longer fits the code (changed since), which retrying won't fix.
+                    let #args_struct { #( #arg_idents ),* } =
+                        __f::decode_args::<#args_struct>(args).map_err(::forge::Error::fatal)?;
+                    let output = #name(&ctx, #( #arg_idents ),*).await?;
+                    __f::serde_json::to_value(&output).map_err(::forge::Error::fatal)
+                })
+            }
+
+            __f::inventory::submit! {
+                __f::JobDef {
+                    name: #name_str,
+                    args: &[ #( __f::ArgDef { name: #wire_names, rust_name: #rust_names, rust_type: #type_strs } ),* ],
+                    output_type: #output_str,
+                    options: __f::JobOptions {
+                        max_attempts: #max_attempts,
+                        timeout: #timeout,
+                        priority: #priority,
+                        queue: #queue,
+                        backoff: __f::Backoff {
+                            base: ::core::time::Duration::from_millis(#backoff_ms),
+                            max: ::core::time::Duration::from_millis(#max_backoff_ms),
+                        },
+                        access: #access,
+                    },
+                    parse_args: __f::parse_args::<#args_struct>,
+                    run: __run,
+                    args_schema: <#args_struct as __f::schemars::JsonSchema>::json_schema,
+                    output_schema: __f::schema_for::<#output>,
+                }
+            }
+        };
+    })
+}

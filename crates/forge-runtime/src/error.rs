@@ -1,0 +1,204 @@
+//! Errors. [`Error`] is what user functions return; the other types are the runtime's own,
+//! one `thiserror` enum per operation so callers can match on what went wrong.
+
+use std::fmt;
+
+use crate::status::JobStatus;
+
+/// The error a job, workflow step, query or mutation returns.
+///
+/// Any `std::error::Error` converts into it with `?`, as a *retryable* failure: most failures
+/// of background work (a network blip, a lock timeout) go away when tried again. Mark the ones
+/// that will not with [`Error::fatal`] or [`ResultExt::fatal`]; a fatal error ends a job
+/// `failed` at once instead of retrying it.
+///
+/// Like `anyhow::Error`, it deliberately does not implement `std::error::Error` itself, so that
+/// the blanket `From` conversion can exist.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// How the runtime treats an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Try again after a backoff, while attempts remain.
+    Retryable,
+    /// Do not try again.
+    Fatal,
+    /// The work stopped because a cancel was requested (`ctx.check_cancelled()`).
+    Cancelled,
+}
+
+impl Error {
+    /// A retryable error with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// A fatal (non-retryable) error with a message.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Fatal,
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// The error `check_cancelled` returns once a cancel was requested.
+    pub fn cancelled() -> Self {
+        Self {
+            kind: ErrorKind::Cancelled,
+            message: "cancelled".into(),
+            source: None,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+
+    /// The same error, made fatal.
+    pub fn into_fatal(mut self) -> Self {
+        self.kind = ErrorKind::Fatal;
+        self
+    }
+
+    /// The same error, made retryable.
+    pub fn into_retryable(mut self) -> Self {
+        self.kind = ErrorKind::Retryable;
+        self
+    }
+
+    pub fn source_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl<E> From<E> for Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: err.to_string(),
+            source: Some(Box::new(err)),
+        }
+    }
+}
+
+/// `Result` with [`Error`], the return type of user functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Marks the error of a `Result` as fatal or retryable: `fetch().await.fatal()?`.
+pub trait ResultExt<T> {
+    fn fatal(self) -> Result<T>;
+    fn retryable(self) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
+    fn fatal(self) -> Result<T> {
+        self.map_err(|e| e.into().into_fatal())
+    }
+    fn retryable(self) -> Result<T> {
+        self.map_err(|e| e.into().into_retryable())
+    }
+}
+
+/// Arguments that do not fit a function's parameters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid argument `{field}`: {message}")]
+pub struct ArgsError {
+    /// The offending field, as the client spells it (camelCase, dotted path for nested
+    /// fields, `.` for the arguments object itself).
+    pub field: String,
+    pub message: String,
+}
+
+/// Why enqueueing failed. No job row exists after any of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// No `#[forge::job]` of that name is registered.
+    #[error("unknown job `{0}`")]
+    UnknownJob(String),
+    /// The arguments do not fit the job's parameters.
+    #[error(transparent)]
+    InvalidArgs(#[from] ArgsError),
+    /// An option given at enqueue time is out of range.
+    #[error("invalid option `{field}`: {message}")]
+    InvalidOption {
+        field: &'static str,
+        message: String,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why a cancel request was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No such job, or one the caller may not see (the two are not told apart on purpose).
+    #[error("job not found")]
+    NotFound,
+    /// The job already reached a terminal status.
+    #[error("job already finished with status `{0}`")]
+    AlreadyFinished(JobStatus),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A `ctx.progress(...)` call with bad values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProgressError {
+    #[error("progress must be a number from 0 to 100, got {0}")]
+    OutOfRange(f64),
+}
+
+/// Errors of the runtime's set-up and store operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("invalid configuration `{field}`: {message}")]
+    Config {
+        field: &'static str,
+        message: String,
+    },
+}

@@ -1,0 +1,49 @@
+//! The Forge runtime: background jobs on PostgreSQL.
+//!
+//! ```text
+//!  enqueue ──► store (forge.jobs) ◄── claim (FOR UPDATE SKIP LOCKED) ── worker ── handler
+//!                 │   ▲                                                   │
+//!                 │   └──── writer: starts, progress, finishes (batched) ◄┘
+//!                 └── trigger ── NOTIFY forge_job_updates ──► notifier ──► gateway / workers
+//! ```
+//!
+//! * [`store`] holds all SQL. Nothing else in Forge writes SQL.
+//! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
+//! * [`notifier`] is the node's single LISTEN connection.
+//!
+//! # Publishing updates, and why this way
+//! A transaction that sent NOTIFY takes a database-wide lock while it commits, so one NOTIFY
+//! per progress call caps a whole installation near a thousand updates a second. Forge
+//! therefore never commits a job-state change on its own:
+//!
+//! 1. Every write a worker node makes (start, progress, finish) goes through the node's one
+//!    writer, which applies whatever accumulated while the previous batch was being written,
+//!    in one transaction (group commit). At low load each write goes out alone, within about a
+//!    millisecond; under load batches grow, and commits stay few.
+//! 2. A statement-level trigger on `forge.jobs` publishes every changed row of a statement on
+//!    `forge_job_updates` as JSON arrays of updates (`job_id`, `status`, `attempt`,
+//!    `progress`, `message`; never the output), each below the 8,000-byte payload limit. A
+//!    batch of a thousand updates costs one commit and a few notifications. Being a trigger,
+//!    no path that changes job state (workers, cancel requests, the lease reaper, an
+//!    operator's SQL) can forget to publish, and nothing is published before it commits.
+//! 3. Each node LISTENs once and fans updates out in-process.
+//!
+//! # Delivery guarantees of jobs
+//! At least once: a job whose node dies is run again when its lease runs out, so handlers
+//! should be idempotent. Every write of an attempt is fenced by its attempt number: a late
+//! write of an old attempt changes nothing.
+
+pub mod error;
+pub mod node;
+pub mod notifier;
+pub mod queue;
+pub mod registry;
+pub mod status;
+pub mod store;
+pub mod worker;
+
+pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use node::Forge;
+pub use queue::{EnqueueOptions, JobRequest};
+pub use status::{JobState, JobStatus};
+pub use worker::{JobContext, Worker, WorkerConfig};

@@ -1,0 +1,121 @@
+//! A Forge node: the pool, the migrations, the node's one listener, and its workers.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::error::{CancelError, EnqueueError, RuntimeError};
+use crate::notifier::Notifier;
+use crate::queue::{self, JobRequest};
+use crate::status::JobStatus;
+use crate::store::{JobRow, Store};
+use crate::worker::{self, Handler, Worker, WorkerConfig};
+
+/// Entry point of the runtime. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Forge {
+    store: Store,
+    notifier: std::sync::Arc<OnceCell<Notifier>>,
+}
+
+impl Forge {
+    /// Connects to `database_url` and applies migrations.
+    pub async fn connect(database_url: &str) -> Result<Self, RuntimeError> {
+        Self::connect_with(database_url, 20).await
+    }
+
+    pub async fn connect_with(
+        database_url: &str,
+        max_connections: u32,
+    ) -> Result<Self, RuntimeError> {
+        let store = Store::connect(database_url, max_connections).await?;
+        store.migrate().await?;
+        Ok(Self::from_store(store))
+    }
+
+    /// Wraps a store whose migrations were applied.
+    pub fn from_store(store: Store) -> Self {
+        Self {
+            store,
+            notifier: Default::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.store.pool()
+    }
+
+    /// The node's LISTEN connection, started on first use.
+    pub async fn notifier(&self) -> Result<Notifier, RuntimeError> {
+        let n = self
+            .notifier
+            .get_or_try_init(|| Notifier::start(self.store.pool(), &[]))
+            .await?;
+        Ok(n.clone())
+    }
+
+    /// Enqueues a job. `my_job::request(args..)` builds a typed request.
+    pub async fn enqueue<O>(&self, req: JobRequest<O>) -> Result<Uuid, EnqueueError> {
+        queue::enqueue(self.store.pool(), req).await
+    }
+
+    /// Enqueues many jobs in one statement.
+    pub async fn enqueue_many<O>(
+        &self,
+        reqs: impl IntoIterator<Item = JobRequest<O>>,
+    ) -> Result<Vec<Uuid>, EnqueueError> {
+        queue::enqueue_many(self.store.pool(), reqs).await
+    }
+
+    /// Enqueues a job by name with JSON arguments (as the gateway does). Arguments that do not
+    /// fit are rejected with the field named, and nothing is written.
+    pub async fn enqueue_json(&self, name: &str, args: Value) -> Result<Uuid, EnqueueError> {
+        self.enqueue(JobRequest::<Value>::new(name, args)).await
+    }
+
+    /// See [`Store::request_cancel`].
+    pub async fn cancel_job(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<JobStatus, CancelError> {
+        self.store.request_cancel(id, owner).await
+    }
+
+    pub async fn job(&self, id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
+        self.store.get_job(id).await
+    }
+
+    /// Starts this node's workers for every registered job.
+    pub async fn start_worker(&self, config: WorkerConfig) -> Result<Worker, RuntimeError> {
+        self.start_worker_with(config, worker::registered_handlers())
+            .await
+    }
+
+    /// Starts workers with an explicit set of handlers.
+    pub async fn start_worker_with(
+        &self,
+        config: WorkerConfig,
+        handlers: HashMap<String, Handler>,
+    ) -> Result<Worker, RuntimeError> {
+        if config.concurrency == 0 {
+            return Err(RuntimeError::Config {
+                field: "concurrency",
+                message: "must be at least 1".into(),
+            });
+        }
+        let notifier = self.notifier().await?;
+        Ok(Worker::start(
+            self.store.clone(),
+            &notifier,
+            config,
+            handlers,
+        ))
+    }
+}

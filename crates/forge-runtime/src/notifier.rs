@@ -1,0 +1,150 @@
+//! The node's one LISTEN connection. It turns PostgreSQL notifications into [`Event`]s and
+//! broadcasts them inside the process: workers wake on new jobs and learn of cancel requests
+//! from it, and the gateway fans job and workflow updates out to its SSE sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::status::JobStatus;
+
+pub const JOBS_AVAILABLE: &str = "forge_jobs_available";
+pub const JOB_UPDATES: &str = "forge_job_updates";
+pub const WORKFLOW_UPDATES: &str = "forge_workflow_updates";
+
+/// One changed job, as published on `forge_job_updates`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JobUpdate {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    pub attempt: i32,
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+}
+
+/// What the notifier broadcasts.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// New jobs were inserted (any queue).
+    JobsAvailable,
+    JobUpdates(Arc<[JobUpdate]>),
+    /// A raw payload of another channel the notifier was asked to listen on.
+    Other {
+        channel: Arc<str>,
+        payload: Arc<str>,
+    },
+    /// The LISTEN connection was lost and is back. Notifications sent in between are gone:
+    /// whoever keeps state derived from them must re-read it from the database.
+    Reconnected,
+}
+
+/// Handle to the node's listener task. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Notifier {
+    /// Starts listening on the runtime's channels plus `extra_channels`, and returns once the
+    /// LISTEN is in place (so nothing sent after this returns is missed).
+    pub async fn start(pool: &PgPool, extra_channels: &[&str]) -> Result<Self, sqlx::Error> {
+        let mut channels = vec![JOBS_AVAILABLE, JOB_UPDATES, WORKFLOW_UPDATES];
+        channels.extend_from_slice(extra_channels);
+        let channels: Vec<String> = channels.into_iter().map(String::from).collect();
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener
+            .listen_all(channels.iter().map(String::as_str))
+            .await?;
+        // Large enough to absorb bursts of batched updates; a receiver that still lags gets
+        // `Lagged` and must re-read, exactly as after a reconnect.
+        let (tx, _) = broadcast::channel(16_384);
+        let notifier = Self { tx: tx.clone() };
+        tokio::spawn(run(listener, tx));
+        Ok(notifier)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+async fn run(mut listener: PgListener, tx: broadcast::Sender<Event>) {
+    let mut lost = false;
+    loop {
+        // `try_recv` reports a lost connection as `Ok(None)` and reconnects (re-issuing the
+        // LISTENs) on the next call.
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if lost {
+                    lost = false;
+                    let _ = tx.send(Event::Reconnected);
+                }
+                if let Some(event) = parse(n.channel(), n.payload()) {
+                    // An error only means nobody is subscribed right now.
+                    let _ = tx.send(event);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("LISTEN connection lost; reconnecting");
+                lost = true;
+                // The reconnect happens inside the next `try_recv`; announce it once the
+                // connection is back, so receivers re-read from a live database.
+                match reconnect_probe(&mut listener).await {
+                    Ok(()) => {
+                        lost = false;
+                        let _ = tx.send(Event::Reconnected);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN reconnect failed"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection error; retrying");
+                lost = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Re-establishes the LISTEN connection: any command on a `PgListener` whose connection is
+/// gone reconnects and re-issues every LISTEN first. UNLISTEN of a channel nobody listens on
+/// is that command without side effects.
+async fn reconnect_probe(listener: &mut PgListener) -> Result<(), sqlx::Error> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match listener.unlisten("forge_reconnect_probe").await {
+            Ok(()) => return Ok(()),
+            Err(e) if delay < Duration::from_secs(5) => {
+                tracing::debug!(error = %e, "LISTEN reconnect attempt failed");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tokio::time::sleep(delay).await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn parse(channel: &str, payload: &str) -> Option<Event> {
+    match channel {
+        JOBS_AVAILABLE => Some(Event::JobsAvailable),
+        JOB_UPDATES => match serde_json::from_str::<Vec<JobUpdate>>(payload) {
+            Ok(updates) => Some(Event::JobUpdates(updates.into())),
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable job update payload");
+                None
+            }
+        },
+        _ => Some(Event::Other {
+            channel: channel.into(),
+            payload: payload.into(),
+        }),
+    }
+}

@@ -1,0 +1,253 @@
+//! The function registry. `#[forge::job]` (and the other function macros) submit one
+//! definition each through `inventory`; the runtime, the gateway and the TypeScript generator
+//! all read this one list, so there is no hand-written registration anywhere.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use schemars::{Schema, SchemaGenerator};
+use serde_json::Value;
+
+use crate::error::{ArgsError, Error};
+use crate::worker::JobContext;
+
+/// Who may call a function through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in user (the default).
+    Authenticated,
+    /// A signed-in user with this role.
+    Role(&'static str),
+}
+
+/// One parameter of a registered function.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgDef {
+    /// The name on the wire and in TypeScript (camelCase).
+    pub name: &'static str,
+    /// The name in the Rust source.
+    pub rust_name: &'static str,
+    /// The Rust type, as written.
+    pub rust_type: &'static str,
+}
+
+/// Retry backoff: `base * 2^(attempt-1)`, capped at `max`, with ±25% jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub const DEFAULT: Backoff = Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(600),
+    };
+
+    /// The delay before the attempt after `attempt` (1-based) failed.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        // Jitter spreads retries of jobs that failed together (a database restart, say) so
+        // they do not all come back in the same instant.
+        raw.mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Options of `#[forge::job(...)]`.
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions {
+    pub max_attempts: u32,
+    pub timeout: Option<Duration>,
+    pub priority: i32,
+    pub queue: &'static str,
+    pub backoff: Backoff,
+    pub access: Access,
+}
+
+impl JobOptions {
+    pub const DEFAULT: JobOptions = JobOptions {
+        max_attempts: 3,
+        timeout: None,
+        priority: 0,
+        queue: "default",
+        backoff: Backoff::DEFAULT,
+        access: Access::Authenticated,
+    };
+}
+
+/// What the runtime calls to run a job: takes the context and the stored arguments.
+pub type JobRunFn = fn(JobContext, Value) -> BoxFuture<'static, Result<Value, Error>>;
+
+/// A registered `#[forge::job]`.
+pub struct JobDef {
+    pub name: &'static str,
+    pub args: &'static [ArgDef],
+    /// The output type, as written in the source.
+    pub output_type: &'static str,
+    pub options: JobOptions,
+    /// Checks JSON arguments and returns them in stored form.
+    pub parse_args: fn(Value) -> Result<Value, ArgsError>,
+    pub run: JobRunFn,
+    /// JSON Schema of the arguments object and of the output, for codegen and OpenAPI.
+    pub args_schema: fn(&mut SchemaGenerator) -> Schema,
+    pub output_schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+impl std::fmt::Debug for JobDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobDef")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("output_type", &self.output_type)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+inventory::collect!(JobDef);
+
+fn jobs_by_name() -> &'static BTreeMap<&'static str, &'static JobDef> {
+    static JOBS: OnceLock<BTreeMap<&'static str, &'static JobDef>> = OnceLock::new();
+    JOBS.get_or_init(|| {
+        let mut map = BTreeMap::new();
+        for def in inventory::iter::<JobDef> {
+            if map.insert(def.name, def).is_some() {
+                panic!("two #[forge::job] functions are named `{}`", def.name);
+            }
+        }
+        map
+    })
+}
+
+/// The job registered under `name`.
+pub fn job(name: &str) -> Option<&'static JobDef> {
+    jobs_by_name().get(name).copied()
+}
+
+/// Every registered job, ordered by name (so generated output is deterministic).
+pub fn jobs() -> impl Iterator<Item = &'static JobDef> {
+    jobs_by_name().values().copied()
+}
+
+/// Deserializes `args` into `T`, naming the offending field on failure. Used by the code the
+/// macros generate.
+pub fn parse_args<T: serde::de::DeserializeOwned + serde::Serialize>(
+    args: Value,
+) -> Result<Value, ArgsError> {
+    let parsed: T = decode_args(args)?;
+    serde_json::to_value(parsed).map_err(|e| ArgsError {
+        field: ".".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Deserializes `args` into `T`, naming the offending field on failure.
+pub fn decode_args<T: serde::de::DeserializeOwned>(args: Value) -> Result<T, ArgsError> {
+    // `null` stands for "no arguments" so that zero-argument functions can be called with an
+    // empty body.
+    let args = if args.is_null() {
+        Value::Object(Default::default())
+    } else {
+        args
+    };
+    if !args.is_object() {
+        return Err(ArgsError {
+            field: ".".into(),
+            message: format!("arguments must be a JSON object, got {}", json_kind(&args)),
+        });
+    }
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names a missing or unknown field in its message but not in the path.
+        let field = if path == "." {
+            backticked(&inner).unwrap_or(path)
+        } else {
+            path
+        };
+        ArgsError {
+            field,
+            message: inner,
+        }
+    })
+}
+
+fn backticked(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_string())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Args {
+        user_id: u32,
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn names_the_field_of_a_wrong_type() {
+        let err = decode_args::<Args>(serde_json::json!({"userId": "x", "tags": []}))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "userId");
+        assert!(err.message.contains("expected u32"), "{}", err.message);
+    }
+
+    #[test]
+    fn names_a_missing_or_unknown_field() {
+        let err = decode_args::<Args>(serde_json::json!({"tags": []}))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "userId");
+        let err = decode_args::<Args>(serde_json::json!({"userId": 1, "tags": [], "x": 1}))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "x");
+        let err = decode_args::<Args>(serde_json::json!({"userId": 1, "tags": [1]}))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "tags[0]");
+    }
+
+    #[test]
+    fn rejects_non_objects() {
+        let err = decode_args::<Args>(serde_json::json!([1])).err().unwrap();
+        assert_eq!(err.field, ".");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        let d1 = b.delay(1);
+        assert!(d1 >= Duration::from_millis(75) && d1 <= Duration::from_millis(125));
+        let d3 = b.delay(3);
+        assert!(d3 >= Duration::from_millis(300) && d3 <= Duration::from_millis(500));
+        let d20 = b.delay(20);
+        assert!(d20 <= Duration::from_millis(1250));
+    }
+}

@@ -1,0 +1,543 @@
+//! Job operations. Every write a worker makes is fenced by the attempt number it was given at
+//! claim time, so a worker that lost its lease can no longer change the job.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use super::Store;
+use crate::error::CancelError;
+use crate::status::{JobState, JobStatus};
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub function_name: String,
+    pub args: Value,
+    pub queue: String,
+    pub priority: i32,
+    pub max_attempts: i32,
+    /// `None` runs as soon as possible.
+    pub run_at: Option<DateTime<Utc>>,
+    pub owner: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A job a worker has claimed: everything it needs to run it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: Uuid,
+    pub function_name: String,
+    pub args: Value,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub owner: Option<String>,
+}
+
+/// A job as stored, for status queries.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub function_name: String,
+    pub status: JobStatus,
+    pub queue: String,
+    pub priority: i32,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub owner: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    /// The state clients see. Output is only shown once completed.
+    pub fn state(&self) -> JobState {
+        JobState {
+            job_id: self.id,
+            status: self.status,
+            progress: self.progress,
+            message: self.message.clone(),
+            output: if self.status == JobStatus::Completed {
+                self.output.clone()
+            } else {
+                None
+            },
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The handler of this attempt started.
+#[derive(Debug, Clone)]
+pub struct StartWrite {
+    pub id: Uuid,
+    pub attempt: i32,
+}
+
+/// A progress report of this attempt.
+#[derive(Debug, Clone)]
+pub struct ProgressWrite {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub progress: f64,
+    pub message: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum FinishStatus {
+    Completed(Value),
+    /// Run again after `delay`.
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    Failed(String),
+    DeadLetter(String),
+    Cancelled(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub status: FinishStatus,
+}
+
+/// Writes a worker node gathered while the previous batch was being written. They are applied
+/// in one transaction: starts, then progress, then finishes, so for any one job they land in
+/// the order they were made.
+#[derive(Debug, Default)]
+pub struct UpdateBatch {
+    pub starts: Vec<StartWrite>,
+    pub progress: Vec<ProgressWrite>,
+    pub finishes: Vec<Finish>,
+}
+
+impl UpdateBatch {
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty() && self.progress.is_empty() && self.finishes.is_empty()
+    }
+}
+
+/// Which writes of a batch took effect (the rest were fenced off).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub starts: HashSet<Uuid>,
+    pub finishes: HashSet<Uuid>,
+}
+
+const JOB_COLUMNS: &str = "id, function_name, status, queue, priority, attempts, max_attempts, \
+    run_at, progress, message, output, error, owner, created_at, started_at, finished_at";
+
+fn job_row(row: &sqlx::postgres::PgRow) -> Result<JobRow, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        function_name: row.try_get("function_name")?,
+        status: JobStatus::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "status".into(),
+            source: format!("unknown job status `{status}`").into(),
+        })?,
+        queue: row.try_get("queue")?,
+        priority: row.try_get("priority")?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        run_at: row.try_get("run_at")?,
+        progress: row.try_get("progress")?,
+        message: row.try_get("message")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        owner: row.try_get("owner")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Inserts jobs in one statement and returns their ids in order. A job whose idempotency key
+/// is taken is not inserted; the id of the job that holds the key is returned in its place.
+pub async fn insert_jobs<'e, E>(exec: E, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Error>
+where
+    E: PgExecutor<'e>,
+{
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut names = Vec::with_capacity(jobs.len());
+    let mut args = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut owners = Vec::with_capacity(jobs.len());
+    let mut keys = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        ids.push(j.id);
+        names.push(j.function_name.as_str());
+        args.push(&j.args);
+        queues.push(j.queue.as_str());
+        priorities.push(j.priority);
+        max_attempts.push(j.max_attempts);
+        run_ats.push(j.run_at);
+        owners.push(j.owner.as_deref());
+        keys.push(j.idempotency_key.as_deref());
+    }
+    // With an idempotency key the second insert does nothing, and the CTE below finds the
+    // row that holds the key, so callers always get an id back.
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                                  $6::int[], $7::timestamptz[], $8::text[], $9::text[])
+                 WITH ORDINALITY AS t(id, function_name, args, queue, priority, max_attempts,
+                                      run_at, owner, idempotency_key, ord)
+         ), inserted AS (
+             INSERT INTO forge.jobs (id, function_name, args, queue, priority, max_attempts,
+                                     run_at, owner, idempotency_key)
+             SELECT id, function_name, args, queue, priority, max_attempts,
+                    COALESCE(run_at, now()), owner, idempotency_key
+             FROM input ORDER BY ord
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id
+         )
+         SELECT COALESCE(i.id, existing.id) AS id
+         FROM input
+         LEFT JOIN inserted i ON i.id = input.id
+         LEFT JOIN forge.jobs existing
+             ON i.id IS NULL AND existing.idempotency_key = input.idempotency_key
+         ORDER BY input.ord",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .bind(&args)
+    .bind(&queues)
+    .bind(&priorities)
+    .bind(&max_attempts)
+    .bind(&run_ats)
+    .bind(&owners)
+    .bind(&keys)
+    .fetch_all(exec)
+    .await?;
+    rows.iter().map(|r| r.try_get::<Uuid, _>("id")).collect()
+}
+
+/// A job's stored row, if it exists.
+pub async fn get_job<'e, E: PgExecutor<'e>>(
+    exec: E,
+    id: Uuid,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS} FROM forge.jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(exec)
+    .await?;
+    row.as_ref().map(job_row).transpose()
+}
+
+impl Store {
+    /// See [`insert_jobs`].
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Error> {
+        insert_jobs(&self.pool, jobs).await
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
+        get_job(&self.pool, id).await
+    }
+
+    /// The current state of several jobs at once (for re-reading after a reconnect).
+    pub async fn get_jobs(&self, ids: &[Uuid]) -> Result<Vec<JobRow>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM forge.jobs WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Claims up to `limit` runnable jobs of `queues` whose function is one of `functions`
+    /// (the ones this node can run) for `worker_id`, highest priority
+    /// (lowest number) first, then oldest `run_at`. Each claim starts a new attempt: the
+    /// attempt counter goes up (it is the fencing token of every later write) and the
+    /// previous attempt's progress, message and error are cleared.
+    pub async fn claim_jobs(
+        &self,
+        worker_id: Uuid,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        let rows = sqlx::query(
+            "WITH picked AS (
+                 SELECT id FROM forge.jobs
+                 WHERE status IN ('pending', 'retry') AND queue = ANY($1) AND run_at <= now()
+                   AND function_name = ANY($5)
+                 ORDER BY priority, run_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE forge.jobs j
+             SET status = 'claimed', attempts = j.attempts + 1, worker_id = $3,
+                 lease_expires_at = now() + $4 * interval '1 millisecond',
+                 progress = NULL, message = NULL, error = NULL
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.function_name, j.args, j.attempts, j.max_attempts, j.owner",
+        )
+        .bind(queues)
+        .bind(limit as i64)
+        .bind(worker_id)
+        .bind(millis(lease))
+        .bind(functions)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedJob {
+                    id: r.try_get("id")?,
+                    function_name: r.try_get("function_name")?,
+                    args: r.try_get("args")?,
+                    attempt: r.try_get("attempts")?,
+                    max_attempts: r.try_get("max_attempts")?,
+                    owner: r.try_get("owner")?,
+                })
+            })
+            .collect()
+    }
+
+    /// When the next job of `queues` becomes runnable, if any is waiting.
+    pub async fn next_run_at(
+        &self,
+        queues: &[String],
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT min(run_at) FROM forge.jobs WHERE status IN ('pending', 'retry') AND queue = ANY($1)",
+        )
+        .bind(queues)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Applies a worker node's batch of writes in one transaction (one commit, and so one
+    /// round of notifications, for the whole batch).
+    pub async fn apply_updates(&self, batch: &UpdateBatch) -> Result<Applied, sqlx::Error> {
+        let mut applied = Applied::default();
+        let mut tx = self.pool.begin().await?;
+        if !batch.starts.is_empty() {
+            let ids: Vec<Uuid> = batch.starts.iter().map(|s| s.id).collect();
+            let attempts: Vec<i32> = batch.starts.iter().map(|s| s.attempt).collect();
+            let started: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE forge.jobs j SET status = 'running', started_at = now()
+                 FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'claimed'
+                 RETURNING j.id",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .fetch_all(&mut *tx)
+            .await?;
+            applied.starts = started.into_iter().collect();
+        }
+        if !batch.progress.is_empty() {
+            let ids: Vec<Uuid> = batch.progress.iter().map(|p| p.id).collect();
+            let attempts: Vec<i32> = batch.progress.iter().map(|p| p.attempt).collect();
+            let values: Vec<f64> = batch.progress.iter().map(|p| p.progress).collect();
+            let messages: Vec<Option<&str>> = batch
+                .progress
+                .iter()
+                .map(|p| p.message.as_deref())
+                .collect();
+            sqlx::query(
+                "UPDATE forge.jobs j SET progress = u.progress, message = u.message
+                 FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])
+                     AS u(id, attempt, progress, message)
+                 WHERE j.id = u.id AND j.attempts = u.attempt
+                   AND j.status IN ('claimed', 'running', 'cancel_requested')",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&values)
+            .bind(&messages)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !batch.finishes.is_empty() {
+            let n = batch.finishes.len();
+            let mut ids = Vec::with_capacity(n);
+            let mut attempts = Vec::with_capacity(n);
+            let mut statuses = Vec::with_capacity(n);
+            let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+            let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+            let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
+            for f in &batch.finishes {
+                ids.push(f.id);
+                attempts.push(f.attempt);
+                let (status, output, error, delay) = match &f.status {
+                    FinishStatus::Completed(v) => (JobStatus::Completed, Some(v), None, None),
+                    FinishStatus::Retry { error, delay } => (
+                        JobStatus::Retry,
+                        None,
+                        Some(error.as_str()),
+                        Some(millis(*delay)),
+                    ),
+                    FinishStatus::Failed(e) => (JobStatus::Failed, None, Some(e.as_str()), None),
+                    FinishStatus::DeadLetter(e) => {
+                        (JobStatus::DeadLetter, None, Some(e.as_str()), None)
+                    }
+                    FinishStatus::Cancelled(e) => {
+                        (JobStatus::Cancelled, None, Some(e.as_str()), None)
+                    }
+                };
+                statuses.push(status.as_str());
+                outputs.push(output);
+                errors.push(error);
+                delays.push(delay);
+            }
+            // A job whose cancel was requested and that then failed in any way ends
+            // `cancelled`: the user asked for it to stop, and it stopped.
+            let finished: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE forge.jobs j SET
+                     status = CASE WHEN j.status = 'cancel_requested' AND u.status <> 'completed'
+                                   THEN 'cancelled' ELSE u.status END,
+                     output = u.output,
+                     error = CASE WHEN j.status = 'cancel_requested' AND u.status <> 'completed'
+                                  THEN COALESCE(j.error, u.error) ELSE u.error END,
+                     run_at = CASE WHEN u.status = 'retry' AND j.status <> 'cancel_requested'
+                                   THEN now() + u.delay_ms * interval '1 millisecond'
+                                   ELSE j.run_at END,
+                     finished_at = CASE WHEN u.status = 'retry' AND j.status <> 'cancel_requested'
+                                        THEN NULL ELSE now() END,
+                     worker_id = NULL,
+                     lease_expires_at = NULL
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::float8[])
+                     AS u(id, attempt, status, output, error, delay_ms)
+                 WHERE j.id = u.id AND j.attempts = u.attempt
+                   AND j.status IN ('claimed', 'running', 'cancel_requested')
+                 RETURNING j.id",
+            )
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&statuses)
+            .bind(&outputs)
+            .bind(&errors)
+            .bind(&delays)
+            .fetch_all(&mut *tx)
+            .await?;
+            applied.finishes = finished.into_iter().collect();
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Renews the leases of the jobs `worker_id` runs. Returns the ones it still holds, with
+    /// their status (so a missed cancel notification is caught here too); a job not returned
+    /// was lost and must stop.
+    pub async fn renew_leases(
+        &self,
+        worker_id: Uuid,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<(Uuid, JobStatus)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "UPDATE forge.jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             WHERE id = ANY($1) AND worker_id = $2
+               AND status IN ('claimed', 'running', 'cancel_requested')
+             RETURNING id, status",
+        )
+        .bind(ids)
+        .bind(worker_id)
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok((
+                    r.try_get("id")?,
+                    JobStatus::parse(&status).unwrap_or(JobStatus::Running),
+                ))
+            })
+            .collect()
+    }
+
+    /// Recovers jobs whose worker stopped renewing its lease (a node that died): they run
+    /// again if attempts remain, else end `dead_letter`; a job whose cancel was requested
+    /// ends `cancelled`. Returns how many were recovered.
+    pub async fn reap_expired_leases(&self) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE forge.jobs j SET
+                 status = CASE WHEN j.status = 'cancel_requested' THEN 'cancelled'
+                               WHEN j.attempts >= j.max_attempts THEN 'dead_letter'
+                               ELSE 'retry' END,
+                 error = CASE WHEN j.status = 'cancel_requested' THEN 'cancelled'
+                              ELSE 'the worker running this job stopped (lease expired)' END,
+                 finished_at = CASE WHEN j.status = 'cancel_requested'
+                                      OR j.attempts >= j.max_attempts THEN now() END,
+                 run_at = now(), worker_id = NULL, lease_expires_at = NULL
+             WHERE j.id IN (
+                 SELECT id FROM forge.jobs
+                 WHERE status IN ('claimed', 'running', 'cancel_requested')
+                   AND lease_expires_at < now()
+                 LIMIT 1000
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Asks for a job to be cancelled. Not yet running: `cancelled` at once. Running:
+    /// `cancel_requested`, and the handler stops at its next `check_cancelled()`. `owner`
+    /// restricts the request to that owner's jobs (`None`: a privileged caller).
+    pub async fn request_cancel(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<JobStatus, CancelError> {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE forge.jobs SET
+                 status = CASE WHEN status = 'running' THEN 'cancel_requested' ELSE 'cancelled' END,
+                 error = CASE WHEN status = 'running' THEN error ELSE 'cancelled' END,
+                 finished_at = CASE WHEN status = 'running' THEN NULL ELSE now() END,
+                 worker_id = CASE WHEN status = 'running' THEN worker_id END,
+                 lease_expires_at = CASE WHEN status = 'running' THEN lease_expires_at END
+             WHERE id = $1 AND ($2::text IS NULL OR owner = $2)
+               AND status IN ('pending', 'claimed', 'retry', 'running')
+             RETURNING status",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(s) = status {
+            return Ok(JobStatus::parse(&s).unwrap_or(JobStatus::Cancelled));
+        }
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM forge.jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+        )
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        match current.as_deref().and_then(JobStatus::parse) {
+            None => Err(CancelError::NotFound),
+            // Asking twice is not an error.
+            Some(JobStatus::CancelRequested) => Ok(JobStatus::CancelRequested),
+            Some(s) => Err(CancelError::AlreadyFinished(s)),
+        }
+    }
+}

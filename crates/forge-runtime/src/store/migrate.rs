@@ -1,0 +1,83 @@
+//! Versioned migrations embedded in the binary, applied in a dedicated `forge` schema.
+
+use sqlx::{Connection, PgPool};
+
+use crate::error::RuntimeError;
+
+/// (version, name, SQL), in order.
+pub static MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "jobs", include_str!("../../migrations/0001_jobs.sql")),
+    (
+        2,
+        "job_updates",
+        include_str!("../../migrations/0002_job_updates.sql"),
+    ),
+];
+
+/// Any fixed number works; it only has to be the same on every node.
+const MIGRATION_LOCK: i64 = 0x666f_7267_65_6d_69;
+
+pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
+    let mut conn = pool.acquire().await?;
+    // Two nodes starting at the same moment would otherwise both see version N missing and
+    // both apply it. The lock is held on this one connection until the end.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let result = apply_missing(&mut conn).await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result?;
+    unlock?;
+    Ok(())
+}
+
+async fn apply_missing(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError> {
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS forge;
+         CREATE TABLE IF NOT EXISTS forge.schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM forge.schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    for &(version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        let mut tx = conn.begin().await?;
+        let res = async {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO forge.schema_migrations (version, name) VALUES ($1, $2)")
+                .bind(version)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        res.map_err(|source| RuntimeError::Migration {
+            version,
+            name,
+            source,
+        })?;
+        tracing::info!(version, name, "applied migration");
+    }
+    Ok(())
+}
+
+pub(super) async fn is_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let latest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    let applied: Option<i32> =
+        sqlx::query_scalar("SELECT max(version) FROM forge.schema_migrations")
+            .fetch_one(pool)
+            .await?;
+    Ok(applied.unwrap_or(0) >= latest)
+}

@@ -1,0 +1,158 @@
+//! What a running job sees of the runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::writer::Writer;
+use crate::error::{Error, ProgressError};
+use crate::store::ProgressWrite;
+
+/// Longest progress message kept; longer ones are cut (at a character boundary) so that one
+/// update always fits in a notification.
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// Set when a cancel was requested for a running job. Read on every `check_cancelled` call,
+/// so it is a plain atomic: the node learns of cancel requests by notification and flips it.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSignal {
+    requested: AtomicBool,
+    /// The attempt no longer owns the job (cancelled before it started, or its lease was
+    /// lost): stop, and write nothing more.
+    lost: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelSignal {
+    pub(crate) fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.request();
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn request(&self) {
+        if !self.requested.swap(true, Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.is_requested() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The first argument of every `#[forge::job]`.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    job_id: Uuid,
+    attempt: i32,
+    owner: Option<String>,
+    pool: PgPool,
+    writer: Writer,
+    cancel: Arc<CancelSignal>,
+}
+
+impl JobContext {
+    pub(crate) fn new(
+        job_id: Uuid,
+        attempt: i32,
+        owner: Option<String>,
+        pool: PgPool,
+        writer: Writer,
+        cancel: Arc<CancelSignal>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                job_id,
+                attempt,
+                owner,
+                pool,
+                writer,
+                cancel,
+            }),
+        }
+    }
+
+    pub fn job_id(&self) -> Uuid {
+        self.inner.job_id
+    }
+
+    /// 1 on the first attempt, 2 on the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt as u32
+    }
+
+    /// Who started the job (the authenticated user id), if anyone.
+    pub fn owner(&self) -> Option<&str> {
+        self.inner.owner.as_deref()
+    }
+
+    /// The database pool.
+    pub fn db(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Reports progress: `percent` from 0 to 100 and a message. Stored on the job and
+    /// published to whoever follows it; resolves once written. Messages longer than
+    /// [`MAX_MESSAGE_CHARS`] characters are cut. A call that comes after the attempt lost the
+    /// job (cancelled, or re-claimed after a lost lease) changes nothing.
+    pub async fn progress(
+        &self,
+        percent: impl Into<f64>,
+        message: impl Into<String>,
+    ) -> Result<(), Error> {
+        let percent = percent.into();
+        if !(0.0..=100.0).contains(&percent) {
+            // A bug in the job, not a passing failure: retrying would hit it again.
+            return Err(Error::fatal(ProgressError::OutOfRange(percent)));
+        }
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+        }
+        self.inner
+            .writer
+            .progress(ProgressWrite {
+                id: self.inner.job_id,
+                attempt: self.inner.attempt,
+                progress: percent,
+                message: Some(message),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Returns `Err` once a cancel was requested for this job; return it with `?` and the job
+    /// ends `cancelled`. Costs an atomic load, so it can be called once per row.
+    pub async fn check_cancelled(&self) -> Result<(), Error> {
+        if self.is_cancel_requested() {
+            Err(Error::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a cancel was requested, without turning it into an error.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.inner.cancel.is_requested()
+    }
+}

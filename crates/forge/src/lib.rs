@@ -1,0 +1,75 @@
+//! # Forge
+//!
+//! Background jobs and durable workflows written as plain async Rust functions, kept in
+//! PostgreSQL, and tracked live from the browser.
+//!
+//! ```ignore
+//! use forge::prelude::*;
+//!
+//! #[forge::job(max_attempts = 5, timeout = "10m")]
+//! pub async fn export_users(ctx: &JobContext, format: String) -> Result<ExportResult> {
+//!     for (i, chunk) in rows.chunks(500).enumerate() {
+//!         ctx.check_cancelled().await?;
+//!         ctx.progress(pct, format!("Processing row {}...", (i + 1) * 500)).await?;
+//!     }
+//!     Ok(result)
+//! }
+//!
+//! let forge = Forge::connect(&database_url).await?;
+//! let worker = forge.start_worker(WorkerConfig::default()).await?;
+//! let job_id = forge.enqueue(export_users::request("csv".into())).await?;
+//! ```
+//!
+//! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
+//! queue, workers, notifier). This crate re-exports what users need.
+
+pub use forge_macros::job;
+pub use forge_runtime::{
+    error, notifier, queue, registry, status, store, worker, EnqueueOptions, Error, ErrorKind,
+    Forge, JobContext, JobRequest, JobState, JobStatus, Result, ResultExt, Worker, WorkerConfig,
+};
+
+/// `use forge::prelude::*;` brings what job code needs.
+pub mod prelude {
+    pub use crate::{
+        EnqueueOptions, Error, Forge, JobContext, JobRequest, JobState, JobStatus, Result,
+        ResultExt, WorkerConfig,
+    };
+}
+
+/// Used by the code the macros generate. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use forge_runtime::registry::{
+        decode_args, parse_args, Access, ArgDef, Backoff, JobDef, JobOptions,
+    };
+    pub use futures::future::BoxFuture;
+    pub use inventory;
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+
+    /// What every argument and output of a Forge function must be. Spelled out as one trait
+    /// so the compiler's message says what is missing in Forge's words.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an argument or output of a forge function",
+        label = "must implement `serde::Serialize`, `serde::Deserialize` and `schemars::JsonSchema`",
+        note = "derive them: `#[derive(Serialize, Deserialize, JsonSchema)]`"
+    )]
+    pub trait Wire:
+        serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static
+    {
+    }
+    impl<T> Wire for T where
+        T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static
+    {
+    }
+
+    pub const fn assert_wire<T: Wire>() {}
+
+    pub fn schema_for<T: schemars::JsonSchema>(
+        gen: &mut schemars::SchemaGenerator,
+    ) -> schemars::Schema {
+        gen.subschema_for::<T>()
+    }
+}
