@@ -16,6 +16,8 @@ use crate::status::JobStatus;
 pub const JOBS_AVAILABLE: &str = "forge_jobs_available";
 pub const JOB_UPDATES: &str = "forge_job_updates";
 pub const WORKFLOW_UPDATES: &str = "forge_workflow_updates";
+/// A watched table changed; the payload is its oid (see `Store::watch_table`).
+pub const TABLE_CHANGES: &str = "forge_table_changes";
 
 /// One changed job, as published on `forge_job_updates`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -25,6 +27,10 @@ pub struct JobUpdate {
     pub attempt: i32,
     pub progress: Option<f64>,
     pub message: Option<String>,
+    /// The transaction that made the change (xid8). A reader that took a snapshot can tell
+    /// with [`DbSnapshot::sees`](crate::store::DbSnapshot::sees) whether this update is
+    /// already reflected in what it read.
+    pub xid: u64,
 }
 
 /// What the notifier broadcasts.
@@ -53,7 +59,7 @@ impl Notifier {
     /// Starts listening on the runtime's channels plus `extra_channels`, and returns once the
     /// LISTEN is in place (so nothing sent after this returns is missed).
     pub async fn start(pool: &PgPool, extra_channels: &[&str]) -> Result<Self, sqlx::Error> {
-        let mut channels = vec![JOBS_AVAILABLE, JOB_UPDATES, WORKFLOW_UPDATES];
+        let mut channels = vec![JOBS_AVAILABLE, JOB_UPDATES, WORKFLOW_UPDATES, TABLE_CHANGES];
         channels.extend_from_slice(extra_channels);
         let channels: Vec<String> = channels.into_iter().map(String::from).collect();
         let mut listener = PgListener::connect_with(pool).await?;

@@ -138,10 +138,11 @@ pub struct Applied {
     pub finishes: HashSet<Uuid>,
 }
 
-const JOB_COLUMNS: &str = "id, function_name, status, queue, priority, attempts, max_attempts, \
+pub(super) const JOB_COLUMNS: &str =
+    "id, function_name, status, queue, priority, attempts, max_attempts, \
     run_at, progress, message, output, error, owner, created_at, started_at, finished_at";
 
-fn job_row(row: &sqlx::postgres::PgRow) -> Result<JobRow, sqlx::Error> {
+pub(super) fn job_row(row: &sqlx::postgres::PgRow) -> Result<JobRow, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(JobRow {
         id: row.try_get("id")?,

@@ -12,6 +12,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "job_updates",
         include_str!("../../migrations/0002_job_updates.sql"),
     ),
+    (
+        3,
+        "realtime",
+        include_str!("../../migrations/0003_realtime.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

@@ -3,12 +3,14 @@
 
 mod jobs;
 mod migrate;
+mod realtime;
 
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, JobRow, NewJob, ProgressWrite,
     StartWrite, UpdateBatch,
 };
 pub use migrate::MIGRATIONS;
+pub use realtime::{scan_counts, DbSnapshot, ScanCounts, TableWatch};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
