@@ -50,6 +50,12 @@ impl DbSnapshot {
         xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
     }
 
+    /// The first transaction id the read did not see as finished; later snapshots have a
+    /// larger or equal one.
+    pub fn xmax(&self) -> u64 {
+        self.xmax
+    }
+
     /// Whether `xid` and every transaction that commits after it are invisible to the read.
     /// Once a notification of such a transaction arrives, later ones (notifications arrive in
     /// commit order) need no more checking against this snapshot.
