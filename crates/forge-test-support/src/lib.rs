@@ -3,6 +3,8 @@
 //! bounded: a condition that never comes true fails the test with its description instead of
 //! hanging it.
 
+pub mod sse;
+
 use std::future::Future;
 use std::time::Duration;
 
