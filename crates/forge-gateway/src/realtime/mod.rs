@@ -1,0 +1,200 @@
+//! Realtime delivery: one Server-Sent Events stream per client, carrying the updates of the
+//! jobs, workflows and queries it subscribed to.
+//!
+//! ```text
+//!  worker ─► forge.jobs ─ trigger ─► NOTIFY forge_job_updates ─┐
+//!  engine ─► workflows  ─────────► NOTIFY forge_workflow_updates ├─► notifier (one LISTEN
+//!  any write to a watched table ─► NOTIFY forge_table_changes ──┘    connection per node)
+//!                                                                           │
+//!        hub: job / workflow / query topic ─► subscriptions ─► session outbox ─► SSE stream
+//! ```
+//!
+//! * [`session`]: a session (id, secret, user) and its outbox, the bounded buffer that
+//!   coalesces when its client reads too slowly.
+//! * [`hub`]: the index of sessions and subscriptions, and the fan-out of the node's
+//!   notifications to them; [`jobs`] holds the ordering rules of one job's updates.
+//! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.
+//!
+//! # Sessions live on one node
+//! A session is held by the node that serves its stream, so the subscription calls of a
+//! session (and an RPC call that starts a job with `follow`) must reach that node. Behind a
+//! load balancer with several gateway nodes, route by session (sticky sessions); a call that
+//! reaches another node is answered `404 not_found` for `sessionId`, and the client opens a new
+//! stream. Updates themselves reach every node through PostgreSQL, whichever node started the
+//! job and whichever node runs it.
+//!
+//! # Authentication of the stream
+//! `EventSource` cannot send headers, so the stream accepts the bearer token in the
+//! `Authorization` header *or* as `?token=<JWT>`. A token in a URL can end up in access logs,
+//! proxy logs and browser history: use short-lived tokens, keep query strings of
+//! `/_api/events` out of logs (Forge's own request logging records the path only), and serve
+//! over HTTPS. The stream ends when its token expires, so a stolen URL is good for no longer
+//! than the token; the client reconnects with a fresh token. Without a token the session is
+//! anonymous: it can follow public queries, and no job or workflow (an anonymous caller owns
+//! nothing).
+
+mod hub;
+mod jobs;
+mod routes;
+mod session;
+mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use forge_runtime::error::RuntimeError;
+use forge_runtime::Forge;
+
+use uuid::Uuid;
+
+use crate::auth::{Auth, Identity};
+use crate::error::ApiError;
+use hub::Hub;
+
+/// Settings of realtime delivery.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RealtimeConfig {
+    /// How long a stream may stay silent before a keep-alive comment is sent. Proxies close
+    /// idle connections, and a write is how a dead client is noticed.
+    pub keep_alive: Duration,
+    /// Users with this role may watch every job and workflow, not only their own.
+    pub see_all_role: Option<String>,
+    /// Subscriptions one session may hold at once.
+    pub max_subscriptions_per_session: usize,
+    /// Events a session may have queued before progress updates of one subscription replace
+    /// each other.
+    pub outbox_soft_limit: usize,
+    /// Events a session may have queued before status changes of one subscription replace
+    /// each other too (its latest state is always kept).
+    pub outbox_hard_limit: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+            see_all_role: None,
+            max_subscriptions_per_session: 1_000,
+            outbox_soft_limit: 256,
+            outbox_hard_limit: 1_024,
+        }
+    }
+}
+
+/// Counters of a node's realtime state, for tests, benchmarks and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RealtimeStats {
+    /// Open streams.
+    pub sessions: usize,
+    pub subscriptions: usize,
+    /// Events waiting to be written, over all sessions.
+    pub queued_events: usize,
+    /// The most events one session has waiting.
+    pub max_queued_events: usize,
+    /// Events replaced by later ones because their client read too slowly.
+    pub coalesced_events: u64,
+}
+
+/// Why a realtime call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RealtimeError {
+    /// No session with this id on this node, or the secret or user does not match. The cases
+    /// are not told apart, so session ids cannot be probed.
+    #[error(
+        "unknown session (it ended, belongs to another node, or the secret or user does not match)"
+    )]
+    UnknownSession,
+    /// The session holds the most subscriptions it may.
+    #[error("the session already holds {0} subscriptions, the most it may")]
+    TooManySubscriptions(usize),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Realtime delivery of one node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Realtime {
+    hub: Arc<Hub>,
+    auth: Auth,
+}
+
+impl Realtime {
+    /// Starts fanning out the node's notifications; `auth` checks the tokens of the stream
+    /// and of the subscription calls.
+    pub async fn start(
+        forge: &Forge,
+        config: RealtimeConfig,
+        auth: Auth,
+    ) -> Result<Self, RuntimeError> {
+        let events = forge.notifier().await?.subscribe();
+        Ok(Self {
+            hub: Hub::start(forge.store().clone(), config, events),
+            auth,
+        })
+    }
+
+    pub fn config(&self) -> &RealtimeConfig {
+        self.hub.config()
+    }
+
+    pub fn stats(&self) -> RealtimeStats {
+        self.hub.stats()
+    }
+
+    /// Start-and-follow: subscribes `follow`'s session to the job that is about to be created
+    /// with id `job_id` by `identity`. Call it *before* inserting the job, then tell the
+    /// returned [`JobFollow`] which job was created; if the insert fails, drop it and the
+    /// subscription is removed. Anonymous callers cannot follow (they own no job, so they
+    /// could not subscribe again after a reconnect).
+    pub fn follow_job(
+        &self,
+        identity: Option<&Identity>,
+        follow: &Follow,
+        job_id: Uuid,
+    ) -> Result<JobFollow, ApiError> {
+        let Some(identity) = identity else {
+            return Err(ApiError::unauthenticated(
+                "following a job needs a signed-in user",
+            ));
+        };
+        routes::check_subscription_id(&follow.subscription_id)?;
+        let proof = hub::Proof {
+            session_id: follow.session_id,
+            secret: &follow.session_secret,
+            user: Some(&identity.user_id),
+        };
+        self.hub
+            .follow_job(&proof, &follow.subscription_id, job_id)
+            .map(JobFollow)
+            .map_err(|e| routes::api_error(e, "follow.sessionId"))
+    }
+}
+
+/// The `follow` of an RPC call that starts a job or workflow: the SSE session to deliver its
+/// updates on, and the client's id for the subscription.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Follow {
+    pub session_id: Uuid,
+    pub session_secret: String,
+    pub subscription_id: String,
+}
+
+/// A subscription made for a job before it exists; see [`Realtime::follow_job`].
+#[derive(Debug)]
+pub struct JobFollow(hub::FollowGuard);
+
+impl JobFollow {
+    /// The job was created as `job_id` (which differs from the id given to
+    /// [`Realtime::follow_job`] only when an idempotency key returned an earlier job: that one
+    /// is then subscribed to the ordinary way).
+    pub async fn started(self, job_id: Uuid) -> Result<(), ApiError> {
+        self.0
+            .started(job_id)
+            .await
+            .map_err(|e| routes::api_error(e, "follow.sessionId"))
+    }
+}

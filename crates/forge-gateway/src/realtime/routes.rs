@@ -1,0 +1,178 @@
+//! The HTTP side of realtime delivery: the stream and the subscription calls.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::hub::Proof;
+use super::session::Viewer;
+use super::{sse, Realtime, RealtimeError};
+use crate::auth::Identity;
+use crate::error::{json_body, ApiError};
+
+/// Longest subscription id accepted: ids are kept per subscription and echoed in every event.
+const MAX_SUBSCRIPTION_ID: usize = 200;
+
+impl Realtime {
+    /// The realtime routes, ready to merge into the gateway's router.
+    pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        Router::new()
+            .route("/_api/events", get(events))
+            .route("/_api/subscribe-job", post(subscribe_job))
+            .route("/_api/unsubscribe", post(unsubscribe))
+            .with_state(self.clone())
+    }
+
+    fn viewer(&self, identity: Option<&Identity>) -> Viewer {
+        let see_all = self.config().see_all_role.as_deref();
+        Viewer {
+            user: identity.map(|i| i.user_id.clone()),
+            sees_all: identity
+                .zip(see_all)
+                .is_some_and(|(i, role)| i.has_role(role)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    token: Option<String>,
+}
+
+/// `GET /_api/events`: opens the session's stream.
+async fn events(
+    State(rt): State<Realtime>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let identity = match query.token.as_deref() {
+        Some(token) => Some(rt.auth.verify(token)?),
+        None => rt.auth.from_headers(&headers)?,
+    };
+    let expires_at = identity.as_ref().map(|i| i.expires_at).map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let session = rt.hub.open_session(rt.viewer(identity.as_ref()));
+    Ok(sse::response(
+        rt.hub.clone(),
+        session,
+        rt.config().keep_alive,
+        expires_at,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SubscribeJob {
+    session_id: Uuid,
+    session_secret: String,
+    subscription_id: String,
+    job_id: Uuid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Unsubscribe {
+    session_id: Uuid,
+    session_secret: String,
+    subscription_id: String,
+}
+
+/// `POST /_api/subscribe-job`.
+async fn subscribe_job(
+    State(rt): State<Realtime>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let identity = rt.auth.from_headers(&headers)?;
+    let req: SubscribeJob = json_body(&headers, &body)?;
+    check_subscription_id(&req.subscription_id)?;
+    let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
+    let state = rt
+        .hub
+        .subscribe_job(&proof, &req.subscription_id, req.job_id)
+        .await
+        .map_err(|e| api_error(e, "sessionId"))?;
+    let data = match state {
+        Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
+        None => not_found_job(req.job_id),
+    };
+    Ok(data_response(&data.to_string()))
+}
+
+/// `POST /_api/unsubscribe`.
+async fn unsubscribe(
+    State(rt): State<Realtime>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let identity = rt.auth.from_headers(&headers)?;
+    let req: Unsubscribe = json_body(&headers, &body)?;
+    let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
+    let existed = rt
+        .hub
+        .unsubscribe(&proof, &req.subscription_id)
+        .map_err(|e| api_error(e, "sessionId"))?;
+    Ok(data_response(if existed { "true" } else { "false" }))
+}
+
+/// The session proof a subscription call carries.
+fn proof<'a>(session_id: Uuid, secret: &'a str, identity: Option<&'a Identity>) -> Proof<'a> {
+    Proof {
+        session_id,
+        secret,
+        user: identity.map(|i| i.user_id.as_str()),
+    }
+}
+
+/// The state of a job the caller cannot see: unknown and not visible look the same.
+pub(crate) fn not_found_job(job_id: Uuid) -> serde_json::Value {
+    serde_json::json!({
+        "jobId": job_id,
+        "status": "not_found",
+        "progress": null,
+        "message": null,
+        "output": null,
+        "error": null,
+    })
+}
+
+/// `{"data": <json>}` from JSON text that is already serialized.
+fn data_response(json: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"data\":{json}}}"),
+    )
+        .into_response()
+}
+
+pub(crate) fn check_subscription_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.chars().count() > MAX_SUBSCRIPTION_ID {
+        return Err(ApiError::invalid_args(
+            "subscriptionId",
+            format!("must be 1 to {MAX_SUBSCRIPTION_ID} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The answer to a failed realtime call; `session_field` names the field that held the
+/// session id.
+pub(crate) fn api_error(e: RealtimeError, session_field: &str) -> ApiError {
+    match e {
+        RealtimeError::UnknownSession => {
+            ApiError::not_found(e.to_string()).with_field(session_field)
+        }
+        RealtimeError::TooManySubscriptions(_) => ApiError::conflict(e.to_string()),
+        RealtimeError::Database(e) => ApiError::internal(e),
+    }
+}

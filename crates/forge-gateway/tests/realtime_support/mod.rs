@@ -1,0 +1,116 @@
+//! What the realtime tests and benchmark share: a node serving the realtime routes on a real
+//! socket, tokens, and clients of the event stream.
+
+#![allow(dead_code)] // Each test file uses its own part of this.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use forge::Forge;
+use forge_gateway::auth::Auth;
+use forge_gateway::realtime::{Realtime, RealtimeConfig};
+use forge_test_support::sse::SseStream;
+use serde_json::{json, Value};
+
+pub(crate) const SECRET: &[u8] = b"realtime-test-secret";
+
+pub(crate) fn auth() -> Auth {
+    Auth::hs256(SECRET, Duration::from_secs(5)).unwrap()
+}
+
+/// A token for `user` with `roles`, valid for an hour.
+pub(crate) fn token(user: &str, roles: &[&str]) -> String {
+    token_for(user, roles, Duration::from_secs(3600))
+}
+
+pub(crate) fn token_for(user: &str, roles: &[&str], valid: Duration) -> String {
+    let exp = (SystemTime::now() + valid)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({ "sub": user, "roles": roles, "exp": exp });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Serves the realtime routes of `forge` on 127.0.0.1 with a listen backlog large enough for
+/// reconnect storms. Returns the base URL and the realtime handle.
+pub(crate) async fn serve(forge: &Forge, config: RealtimeConfig) -> (String, Realtime) {
+    let realtime = Realtime::start(forge, config, auth()).await.unwrap();
+    let app: axum::Router = realtime.routes();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), realtime)
+}
+
+/// A client of the event stream: the stream, its session, and the token it uses.
+pub(crate) struct Client {
+    pub(crate) stream: SseStream,
+    pub(crate) session: String,
+    pub(crate) secret: String,
+    pub(crate) token: String,
+}
+
+impl Client {
+    /// Opens the stream with `?token=` (as a browser's EventSource does) and reads the session
+    /// event.
+    pub(crate) async fn connect(http: &reqwest::Client, base: &str, token: &str) -> Client {
+        let url = format!("{base}/_api/events?token={token}");
+        let mut stream = SseStream::open(http, &url, None).await.unwrap();
+        let (_, name, data) = stream
+            .next_event(Duration::from_secs(30), "the session event")
+            .await;
+        assert_eq!(name, "session");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        Client {
+            stream,
+            session: v["sessionId"].as_str().unwrap().into(),
+            secret: v["sessionSecret"].as_str().unwrap().into(),
+            token: token.into(),
+        }
+    }
+
+    /// `POST /_api/subscribe-job`; returns the status and body.
+    pub(crate) async fn subscribe_job(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        sub: &str,
+        job: impl serde::Serialize,
+    ) -> (u16, Value) {
+        let body = json!({
+            "sessionId": self.session, "sessionSecret": self.secret,
+            "subscriptionId": sub, "jobId": job,
+        });
+        post(
+            http,
+            &format!("{base}/_api/subscribe-job"),
+            &self.token,
+            &body,
+        )
+        .await
+    }
+}
+
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let res = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
