@@ -20,7 +20,7 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
 ];
 
 /// Any fixed number works; it only has to be the same on every node.
-const MIGRATION_LOCK: i64 = 0x666f_7267_65_6d_69;
+const MIGRATION_LOCK: i64 = 0x0066_6f72_6765_6d69;
 
 pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
     let mut conn = pool.acquire().await?;
