@@ -12,20 +12,23 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use forge_runtime::notifier::{Event, JobUpdate};
+use forge_runtime::notifier::{Event, JobUpdate, TABLE_CHANGES, WORKFLOW_UPDATES};
 use forge_runtime::store::{JobRow, Store};
 use forge_runtime::JobState;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::jobs::{JobChange, JobFeed};
+use super::queries::{LiveQuery, QueryIndex, QueryKey};
 use super::session::{OutboxLimits, Session, SubId, Viewer};
 use super::{RealtimeConfig, RealtimeError, RealtimeStats};
+use crate::error::ApiError;
 
 /// What a subscription follows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Topic {
     Job(Uuid),
+    Query(Arc<QueryKey>),
 }
 
 struct SessionEntry {
@@ -53,6 +56,7 @@ struct JobTopic {
 struct Index {
     sessions: HashMap<Uuid, SessionEntry>,
     jobs: HashMap<Uuid, JobTopic>,
+    queries: QueryIndex,
 }
 
 pub(crate) struct Hub {
@@ -217,6 +221,53 @@ impl Hub {
         Ok(true)
     }
 
+    /// Subscribes to a query: registers on its group (which runs it at once if it is new),
+    /// then answers with the group's latest result, waiting for the first one. Later results
+    /// that differ are pushed.
+    pub(crate) async fn subscribe_query(
+        self: &Arc<Self>,
+        proof: &Proof<'_>,
+        sub: &str,
+        key: QueryKey,
+        call: Arc<dyn LiveQuery>,
+    ) -> Result<Arc<str>, QuerySubscribeError> {
+        let key = Arc::new(key);
+        let mut latest = None;
+        let (session, sub) = self.register(
+            proof,
+            sub,
+            Topic::Query(key.clone()),
+            |index, session, sub| {
+                latest = Some(index.queries.add_sub(self, &key, call, session, sub));
+            },
+        )?;
+        let mut latest = latest.expect("registered");
+        let failed_run = match &*latest.borrow_and_update() {
+            Some((_, Ok(json))) => return Ok(json.clone()),
+            Some((run, Err(_))) => Some(*run),
+            None => None,
+        };
+        if failed_run.is_some() {
+            // A failure is not cached for newcomers: they get a run of their own.
+            self.lock().queries.rerun(&key);
+        }
+        let outcome = latest
+            .wait_for(|l| l.as_ref().is_some_and(|(run, _)| Some(*run) != failed_run))
+            .await
+            .ok()
+            .and_then(|l| l.as_ref().map(|(_, outcome)| outcome.clone()));
+        match outcome {
+            Some(Ok(json)) => Ok(json),
+            Some(Err(failure)) => {
+                self.lock()
+                    .remove_sub_of(session.id, &sub, &Topic::Query(key));
+                Err(QuerySubscribeError::Failed(failure))
+            }
+            // The group ended before its first run: the subscription was removed meanwhile.
+            None => Err(QuerySubscribeError::Realtime(RealtimeError::UnknownSession)),
+        }
+    }
+
     /// Checks the proof and registers `sub` on `topic` (`add` puts it into the topic's
     /// index), replacing a subscription of the same id.
     fn register(
@@ -243,10 +294,31 @@ impl Hub {
         Ok((session, sub))
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs `f` on the query part of the index, under the index lock.
+    pub(crate) fn with_queries<T>(&self, f: impl FnOnce(&mut QueryIndex) -> T) -> T {
+        f(&mut self.lock().queries)
+    }
+
+    /// Announced table changes (`forge_table_changes`, or Forge's own channels for its
+    /// tables) re-run the query groups that read them.
+    fn tables_changed(&self, oids: impl IntoIterator<Item = u32>) {
+        let mut index = self.lock();
+        for oid in oids {
+            index.queries.table_changed(oid);
+        }
+    }
+
     /// Fans job updates out. Called by [`run`] in commit order.
     fn job_updates(&self, updates: &[JobUpdate]) {
         let mut to_fetch = Vec::new();
         let mut index = self.lock();
+        for oid in index.queries.forge_tables(true) {
+            index.queries.table_changed(oid);
+        }
         for u in updates {
             let Some(topic) = index.jobs.get_mut(&u.job_id) else {
                 continue;
@@ -303,7 +375,11 @@ impl Hub {
     /// After the LISTEN connection was lost (or this node fell behind its notifications):
     /// re-reads every followed job and pushes what changed meanwhile.
     async fn resync(&self) {
-        let ids: Vec<Uuid> = self.lock().jobs.keys().copied().collect();
+        let ids: Vec<Uuid> = {
+            let index = self.lock();
+            index.queries.rerun_all();
+            index.jobs.keys().copied().collect()
+        };
         if ids.is_empty() {
             return;
         }
@@ -352,6 +428,7 @@ impl Hub {
         let index = self.lock();
         let mut stats = RealtimeStats {
             sessions: index.sessions.len(),
+            query_groups: index.queries.group_count(),
             ..RealtimeStats::default()
         };
         for entry in index.sessions.values() {
@@ -407,6 +484,7 @@ impl Index {
                     }
                 }
             }
+            Topic::Query(key) => self.queries.remove_sub(key, session, sub),
         }
     }
 }
@@ -498,12 +576,26 @@ async fn run(hub: Weak<Hub>, mut events: broadcast::Receiver<Event>) {
         };
         match event {
             Ok(Event::JobUpdates(updates)) => hub.job_updates(&updates),
+            Ok(Event::JobsAvailable) => {
+                let jobs = hub.with_queries(|q| q.forge_tables(true));
+                hub.tables_changed(jobs);
+            }
+            Ok(Event::Other { channel, payload }) => match &*channel {
+                TABLE_CHANGES => match payload.parse::<u32>() {
+                    Ok(oid) => hub.tables_changed([oid]),
+                    Err(_) => tracing::error!(%payload, "unreadable table change payload"),
+                },
+                WORKFLOW_UPDATES => {
+                    let tables = hub.with_queries(|q| q.forge_tables(false));
+                    hub.tables_changed(tables);
+                }
+                _ => {}
+            },
             Ok(Event::Reconnected) => hub.resync().await,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "realtime hub fell behind its notifications");
                 hub.resync().await;
             }
-            Ok(_) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -538,5 +630,19 @@ async fn fetch_rows(hub: Weak<Hub>, store: Store, mut ids: mpsc::UnboundedReceiv
             return;
         };
         hub.rows_fetched(&batch, rows);
+    }
+}
+
+/// Why a query subscription failed.
+#[derive(Debug)]
+pub(crate) enum QuerySubscribeError {
+    Realtime(RealtimeError),
+    /// The query's first run failed; the subscription was removed.
+    Failed(ApiError),
+}
+
+impl From<RealtimeError> for QuerySubscribeError {
+    fn from(e: RealtimeError) -> Self {
+        QuerySubscribeError::Realtime(e)
     }
 }

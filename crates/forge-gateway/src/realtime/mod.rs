@@ -13,6 +13,8 @@
 //!   coalesces when its client reads too slowly.
 //! * [`hub`]: the index of sessions and subscriptions, and the fan-out of the node's
 //!   notifications to them; [`jobs`] holds the ordering rules of one job's updates.
+//! * [`queries`]: query subscriptions: which tables a query read, found by PostgreSQL's
+//!   per-transaction scan counters, change triggers on them, debounced re-runs.
 //! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.
 //!
 //! # Sessions live on one node
@@ -35,6 +37,7 @@
 
 mod hub;
 mod jobs;
+mod queries;
 mod routes;
 mod session;
 mod sse;
@@ -50,6 +53,7 @@ use uuid::Uuid;
 use crate::auth::{Auth, Identity};
 use crate::error::ApiError;
 use hub::Hub;
+pub use queries::{LiveQuery, QueryResolver};
 
 /// Settings of realtime delivery.
 #[derive(Debug, Clone)]
@@ -68,6 +72,9 @@ pub struct RealtimeConfig {
     /// Events a session may have queued before status changes of one subscription replace
     /// each other too (its latest state is always kept).
     pub outbox_hard_limit: usize,
+    /// How long a query subscription waits after a change of a table it read before running
+    /// again; the changes within that time are served by one run.
+    pub query_debounce: Duration,
 }
 
 impl Default for RealtimeConfig {
@@ -78,6 +85,7 @@ impl Default for RealtimeConfig {
             max_subscriptions_per_session: 1_000,
             outbox_soft_limit: 256,
             outbox_hard_limit: 1_024,
+            query_debounce: Duration::from_millis(50),
         }
     }
 }
@@ -95,6 +103,9 @@ pub struct RealtimeStats {
     pub max_queued_events: usize,
     /// Events replaced by later ones because their client read too slowly.
     pub coalesced_events: u64,
+    /// Distinct subscribed queries (subscriptions to the same query by the same caller share
+    /// one).
+    pub query_groups: usize,
 }
 
 /// Why a realtime call failed.
@@ -115,10 +126,20 @@ pub enum RealtimeError {
 }
 
 /// Realtime delivery of one node. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Realtime {
     hub: Arc<Hub>,
     auth: Auth,
+    queries: Option<Arc<dyn QueryResolver>>,
+}
+
+impl std::fmt::Debug for Realtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Realtime")
+            .field("hub", &self.hub)
+            .field("queries", &self.queries.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Realtime {
@@ -133,7 +154,16 @@ impl Realtime {
         Ok(Self {
             hub: Hub::start(forge.store().clone(), config, events),
             auth,
+            queries: None,
         })
+    }
+
+    /// Enables query subscriptions (`POST /_api/subscribe`): `resolver` turns a call's
+    /// function name and arguments into a query to run (the gateway's RPC layer provides it
+    /// from the function registry). Without one, every query is unknown.
+    pub fn with_query_resolver(mut self, resolver: impl QueryResolver) -> Self {
+        self.queries = Some(Arc::new(resolver));
+        self
     }
 
     pub fn config(&self) -> &RealtimeConfig {

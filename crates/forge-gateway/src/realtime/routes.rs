@@ -9,7 +9,8 @@ use axum::Router;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::hub::Proof;
+use super::hub::{Proof, QuerySubscribeError};
+use super::queries::QueryKey;
 use super::session::Viewer;
 use super::{sse, Realtime, RealtimeError};
 use crate::auth::Identity;
@@ -24,6 +25,7 @@ impl Realtime {
         Router::new()
             .route("/_api/events", get(events))
             .route("/_api/subscribe-job", post(subscribe_job))
+            .route("/_api/subscribe", post(subscribe_query))
             .route("/_api/unsubscribe", post(unsubscribe))
             .with_state(self.clone())
     }
@@ -80,6 +82,18 @@ struct SubscribeJob {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SubscribeQuery {
+    session_id: Uuid,
+    session_secret: String,
+    subscription_id: String,
+    #[serde(rename = "fn")]
+    function: String,
+    #[serde(default)]
+    args: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Unsubscribe {
     session_id: Uuid,
     session_secret: String,
@@ -106,6 +120,48 @@ async fn subscribe_job(
         None => not_found_job(req.job_id),
     };
     Ok(data_response(&data.to_string()))
+}
+
+/// `POST /_api/subscribe`: a query subscription.
+async fn subscribe_query(
+    State(rt): State<Realtime>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let identity = rt.auth.from_headers(&headers)?;
+    let req: SubscribeQuery = json_body(&headers, &body)?;
+    check_subscription_id(&req.subscription_id)?;
+    let unknown = || ApiError::not_found(format!("unknown query `{}`", req.function));
+    let resolver = rt.queries.as_ref().ok_or_else(unknown)?;
+    let query = resolver.resolve(&req.function, req.args.clone(), identity.as_ref())?;
+    let key = QueryKey {
+        function: req.function.clone(),
+        args: req.args.to_string(),
+        caller: caller_key(identity.as_ref()),
+    };
+    let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
+    let json = rt
+        .hub
+        .subscribe_query(&proof, &req.subscription_id, key, query)
+        .await
+        .map_err(|e| match e {
+            QuerySubscribeError::Realtime(e) => api_error(e, "sessionId"),
+            QuerySubscribeError::Failed(e) => e,
+        })?;
+    Ok(data_response(&json))
+}
+
+/// What a query can see of its caller, as one string: queries with the same arguments share a
+/// run only when this is equal.
+fn caller_key(identity: Option<&Identity>) -> String {
+    match identity {
+        None => String::new(),
+        Some(i) => {
+            let mut roles = i.roles.clone();
+            roles.sort();
+            serde_json::json!([i.user_id, roles]).to_string()
+        }
+    }
 }
 
 /// `POST /_api/unsubscribe`.

@@ -10,7 +10,7 @@ pub use jobs::{
     StartWrite, UpdateBatch,
 };
 pub use migrate::MIGRATIONS;
-pub use realtime::{scan_counts, DbSnapshot, ScanCounts, TableWatch};
+pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 

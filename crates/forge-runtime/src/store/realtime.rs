@@ -83,11 +83,11 @@ pub enum TableWatch {
 /// keeps them per backend and flushes them only while idle outside a transaction, so two
 /// readings inside one transaction bracket exactly what the statements between them read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScanCounts(HashMap<u32, i64>);
+struct ScanCounts(HashMap<u32, i64>);
 
 impl ScanCounts {
     /// Oids of the tables scanned between `self` (earlier) and `later`.
-    pub fn tables_read_until(&self, later: &ScanCounts) -> Vec<u32> {
+    fn tables_read_until(&self, later: &ScanCounts) -> Vec<u32> {
         let mut read: Vec<u32> = later
             .0
             .iter()
@@ -99,9 +99,8 @@ impl ScanCounts {
     }
 }
 
-/// Reads the scan counters. Call it on the connection (inside the transaction) the tracked
-/// statements run on.
-pub async fn scan_counts<'e, E: PgExecutor<'e>>(exec: E) -> Result<ScanCounts, sqlx::Error> {
+/// Reads the scan counters of the connection's current transaction.
+async fn scan_counts<'e, E: PgExecutor<'e>>(exec: E) -> Result<ScanCounts, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT relid::int8 AS relid, (seq_scan + COALESCE(idx_scan, 0))::int8 AS scans
          FROM pg_stat_xact_user_tables
@@ -117,7 +116,37 @@ pub async fn scan_counts<'e, E: PgExecutor<'e>>(exec: E) -> Result<ScanCounts, s
     Ok(ScanCounts(counts))
 }
 
+/// A read-only transaction whose tables are being tracked: run statements on
+/// [`conn`](Self::conn), then [`finish`](Self::finish) to learn which tables they read.
+pub struct TrackedRead {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    before: ScanCounts,
+}
+
+impl TrackedRead {
+    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+
+    /// Ends the transaction; returns the oids of the tables read since it began.
+    pub async fn finish(mut self) -> Result<Vec<u32>, sqlx::Error> {
+        let after = scan_counts(&mut *self.tx).await?;
+        self.tx.rollback().await?;
+        Ok(self.before.tables_read_until(&after))
+    }
+}
+
 impl Store {
+    /// Begins a read-only transaction that records which tables its statements read.
+    pub async fn begin_tracked_read(&self) -> Result<TrackedRead, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let before = scan_counts(&mut *tx).await?;
+        Ok(TrackedRead { tx, before })
+    }
+
     /// The jobs `ids` (those that exist) and the snapshot they were read with, in one
     /// statement.
     pub async fn get_jobs_with_snapshot(
