@@ -10,7 +10,7 @@ use forge_gateway::realtime::{Follow, Realtime, RealtimeConfig};
 use forge_test_support::sse::{SseItem, SseParser};
 use forge_test_support::{wait_for, TestDb};
 use futures::StreamExt;
-use realtime_support::{auth, token, Client};
+use realtime_support::{auth, token, token_for, Client};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -532,4 +532,33 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
     drop(c);
     drop(n);
     drop(worker_node);
+}
+
+#[tokio::test]
+async fn the_stream_ends_when_its_token_expires_and_bad_tokens_are_refused() {
+    let n = node(config()).await;
+    let mut c = n
+        .client(&token_for("alice", &[], Duration::from_secs(2)))
+        .await;
+    assert!(!c.stream.ended_within(Duration::from_millis(500)).await);
+    assert!(c.stream.ended_within(WAIT).await);
+    wait_for("the session to be removed", WAIT, || async {
+        (n.realtime.stats().sessions == 0).then_some(())
+    })
+    .await;
+
+    let url = format!("{}/_api/events?token=not-a-token", n.base);
+    let res = n.http.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    // The header works as well as the query parameter.
+    let res = n
+        .http
+        .get(format!("{}/_api/events", n.base))
+        .bearer_auth(token("alice", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 }
