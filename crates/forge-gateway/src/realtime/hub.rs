@@ -353,7 +353,12 @@ impl Hub {
                 continue;
             };
             if let Some(mut first) = waiting.pop_front() {
-                first.fill_from(rows.get(id));
+                if !first.fill_from(rows.get(id)) {
+                    waiting.push_front(first);
+                    topic.waiting = Some(waiting);
+                    refetch.push(*id);
+                    continue;
+                }
                 deliver_job(topic, &first);
             }
             while let Some(change) = waiting.pop_front() {

@@ -64,15 +64,22 @@ impl JobChange {
 
     /// Completes an update with the output and error of the row read after it. The row is
     /// used only while it still shows the same attempt and status (a retried job may already
-    /// have been claimed again, which clears its error).
-    pub(crate) fn fill_from(&mut self, row: Option<&JobRow>) {
-        if let Some(row) = row {
-            if row.attempts == self.attempt && row.status == self.state.status {
-                let full = row.state();
-                self.state.output = full.output;
-                self.state.error = full.error;
-            }
+    /// have been claimed again, which clears its error). Returns false when the row was read
+    /// too early to show a terminal update: read it again.
+    pub(crate) fn fill_from(&mut self, row: Option<&JobRow>) -> bool {
+        let Some(row) = row else {
+            // The job was deleted: deliver what the notification said.
+            return true;
+        };
+        if row.attempts == self.attempt && row.status == self.state.status {
+            let full = row.state();
+            self.state.output = full.output;
+            self.state.error = full.error;
+            return true;
         }
+        // A terminal status never changes, so a row that does not show it yet is older than
+        // the update; a retry's row may have moved on for good.
+        !self.state.status.is_terminal()
     }
 
     /// The outbox phase: equal for two changes that differ only in progress and message.
