@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Latencies run from `ctx.progress()` returning in the server's job to the SSE event arriving
-//! at the client, over real HTTP. The job reports the wall-clock time at which each call
-//! returned in the message of its next call, so the two processes share no state.
+//! at the client, over real HTTP; the time from the call (which includes the write's commit) is
+//! printed beside it. The job puts the wall-clock time of each call into its message, and the
+//! time at which the call returned into the message of the next call, so the two processes
+//! share no state.
 
 #[path = "../tests/realtime_support/mod.rs"]
 mod realtime_support;
@@ -36,7 +38,7 @@ fn now_micros() -> u64 {
 }
 
 /// Waits at its gate, then reports progress `count` times, `interval_ms` apart. Each message is
-/// `<seq> <when the previous call returned, µs since the epoch>`.
+/// `<seq> <when the previous call returned> <when this call was made>` (µs since the epoch).
 #[forge::job(max_attempts = 1)]
 async fn bench_progress(
     ctx: &JobContext,
@@ -60,11 +62,9 @@ async fn bench_progress(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for seq in 1..=count {
         tick.tick().await;
-        ctx.progress(
-            seq as f64 * 100.0 / count as f64,
-            format!("{seq} {returned}"),
-        )
-        .await?;
+        let message = format!("{seq} {returned} {}", now_micros());
+        ctx.progress(seq as f64 * 100.0 / count as f64, message)
+            .await?;
         returned = now_micros();
     }
     Ok(returned)
@@ -187,6 +187,7 @@ async fn subscribe(http: &reqwest::Client, base: &str, c: &Client, job: uuid::Uu
 struct Seen {
     arrived: Vec<Option<u64>>,
     returned: Vec<Option<u64>>,
+    called: Vec<Option<u64>>,
     completed: bool,
 }
 
@@ -195,6 +196,7 @@ async fn follow(mut c: Client, count: usize) -> Seen {
     let mut seen = Seen {
         arrived: vec![None; count + 1],
         returned: vec![None; count + 1],
+        called: vec![None; count + 1],
         completed: false,
     };
     loop {
@@ -216,11 +218,12 @@ async fn follow(mut c: Client, count: usize) -> Seen {
         let Some(msg) = st["message"].as_str() else {
             continue;
         };
-        let (seq, prev) = msg.split_once(' ').unwrap();
-        let seq: usize = seq.parse().unwrap();
+        let parts: Vec<&str> = msg.split(' ').collect();
+        let (seq, prev): (usize, u64) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
         seen.arrived[seq] = Some(at);
+        seen.called[seq] = Some(parts[2].parse().unwrap());
         if seq > 1 {
-            seen.returned[seq - 1] = Some(prev.parse().unwrap());
+            seen.returned[seq - 1] = Some(prev);
         }
     }
 }
@@ -235,14 +238,18 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 /// Latencies in µs of every progress event whose return time is known, and how many events
 /// arrived of those sent.
-fn latencies(seen: &[Seen], count: usize) -> (Vec<u64>, usize, usize, usize) {
+fn latencies(seen: &[Seen], count: usize) -> (Vec<u64>, Vec<u64>, usize, usize, usize) {
     let mut lat = Vec::new();
+    let mut from_call = Vec::new();
     let mut arrived = 0;
     let mut early = 0;
     for s in seen {
         for seq in 1..=count {
             if let Some(a) = s.arrived[seq] {
                 arrived += 1;
+                if let Some(c) = s.called[seq] {
+                    from_call.push(a.saturating_sub(c));
+                }
                 if let Some(r) = s.returned[seq] {
                     // The notification can reach the client before the worker has the commit's
                     // acknowledgement: that is zero latency, not a negative one.
@@ -255,7 +262,8 @@ fn latencies(seen: &[Seen], count: usize) -> (Vec<u64>, usize, usize, usize) {
         }
     }
     lat.sort_unstable();
-    (lat, arrived, seen.len() * count, early)
+    from_call.sort_unstable();
+    (lat, from_call, arrived, seen.len() * count, early)
 }
 
 async fn latency(samples: usize) {
@@ -271,7 +279,7 @@ async fn latency(samples: usize) {
     server.open_gate("l").await;
     let seen = follow(c, samples).await;
     assert!(seen.completed, "the client did not see the job complete");
-    let (lat, arrived, sent, early) = latencies(&[seen], samples);
+    let (lat, from_call, arrived, sent, early) = latencies(&[seen], samples);
     println!("progress latency, one job reporting every 20 ms to one SSE client:");
     println!("  events delivered: {arrived}/{sent}");
     println!(
@@ -281,6 +289,16 @@ async fn latency(samples: usize) {
         percentile(&lat, 0.99),
         percentile(&lat, 1.0),
         lat.len()
+    );
+    print_from_call(&from_call);
+}
+
+/// The latency from the `progress()` call, which includes the write's commit.
+fn print_from_call(from_call: &[u64]) {
+    println!(
+        "  from the progress() call (includes its commit): p50 {:.2} ms  p99 {:.2} ms",
+        percentile(from_call, 0.5),
+        percentile(from_call, 0.99)
     );
 }
 
@@ -331,7 +349,7 @@ async fn load(jobs: usize, seconds: u64) {
     watcher.abort();
     let elapsed = started.elapsed();
     let completed = seen.iter().filter(|s| s.completed).count();
-    let (lat, arrived, sent, early) = latencies(&seen, count);
+    let (lat, from_call, arrived, sent, early) = latencies(&seen, count);
     println!("load: {jobs} jobs x 10 progress/s x {seconds} s, one SSE client per job, one node:");
     println!(
         "  clients that saw their job complete: {completed}/{jobs}  (run took {:.1} s)",
@@ -349,6 +367,7 @@ async fn load(jobs: usize, seconds: u64) {
         percentile(&lat, 1.0),
         lat.len()
     );
+    print_from_call(&from_call);
     println!(
         "  server memory: {} KiB before, +{:.1} KiB per connection after connecting, +{:.1} KiB per connection once subscribed, peak {} KiB under load",
         rss_before,
