@@ -1,8 +1,8 @@
 //! The node's hub: every open session, every subscription, and the fan-out of the node's one
 //! LISTEN connection to them.
 //!
-//! One index, behind one lock that is never held across an await, maps each job, workflow and
-//! query group to the subscriptions that follow it, and each session to its subscriptions.
+//! One index, behind one lock that is never held across an await, maps each job and query
+//! group to the subscriptions that follow it, and each session to its subscriptions.
 //! The notifier's events are handled by one task ([`run`]) in the order they arrive, which is
 //! commit order; a job update that needs its row (output, error) is completed by the fetcher
 //! task, and the job's later updates wait behind it so that they cannot overtake it.

@@ -1,19 +1,20 @@
 //! Realtime delivery: one Server-Sent Events stream per client, carrying the updates of the
-//! jobs, workflows and queries it subscribed to.
+//! jobs and queries it subscribed to. (Workflow subscriptions, `/_api/subscribe-workflow`, come
+//! with the workflow engine's state read.)
 //!
 //! ```text
-//!  worker ─► forge.jobs ─ trigger ─► NOTIFY forge_job_updates ─┐
-//!  engine ─► workflows  ─────────► NOTIFY forge_workflow_updates ├─► notifier (one LISTEN
-//!  any write to a watched table ─► NOTIFY forge_table_changes ──┘    connection per node)
+//!  worker ─► forge.jobs ─ trigger ─► NOTIFY forge_job_updates ───┐
+//!  any write to a watched table ───► NOTIFY forge_table_changes ─┴─► notifier (one LISTEN
+//!                                                                     connection per node)
 //!                                                                           │
-//!        hub: job / workflow / query topic ─► subscriptions ─► session outbox ─► SSE stream
+//!        hub: job topics, query groups ─► subscriptions ─► session outbox ─► SSE stream
 //! ```
 //!
-//! * [`session`]: a session (id, secret, user) and its outbox, the bounded buffer that
+//! * `session`: a session (id, secret, user) and its outbox, the bounded buffer that
 //!   coalesces when its client reads too slowly.
-//! * [`hub`]: the index of sessions and subscriptions, and the fan-out of the node's
-//!   notifications to them; [`jobs`] holds the ordering rules of one job's updates.
-//! * [`queries`]: query subscriptions: which tables a query read, found by PostgreSQL's
+//! * `hub`: the index of sessions and subscriptions, and the fan-out of the node's
+//!   notifications to them; `jobs` holds the ordering rules of one job's updates.
+//! * `queries`: query subscriptions: which tables a query read, found by PostgreSQL's
 //!   per-transaction scan counters, change triggers on them, debounced re-runs.
 //! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.
 //!
@@ -28,12 +29,17 @@
 //! # Authentication of the stream
 //! `EventSource` cannot send headers, so the stream accepts the bearer token in the
 //! `Authorization` header *or* as `?token=<JWT>`. A token in a URL can end up in access logs,
-//! proxy logs and browser history: use short-lived tokens, keep query strings of
-//! `/_api/events` out of logs (Forge's own request logging records the path only), and serve
-//! over HTTPS. The stream ends when its token expires, so a stolen URL is good for no longer
-//! than the token; the client reconnects with a fresh token. Without a token the session is
-//! anonymous: it can follow public queries, and no job or workflow (an anonymous caller owns
-//! nothing).
+//! proxy logs and browser history: use short-lived tokens, keep the query strings of
+//! `/_api/events` out of access logs, and serve over HTTPS. The stream ends when its token
+//! expires, so a leaked URL is good for no longer than the token; the client reconnects with a
+//! fresh token. Without a token the session is anonymous: it can follow public queries, and no
+//! job (an anonymous caller owns nothing).
+//!
+//! # Dead clients
+//! A client that closed its connection is noticed at the next write (at the latest the
+//! keep-alive comment), which ends its session. A peer that vanished without closing (a
+//! pulled cable) is noticed when the kernel gives up on unacknowledged data: give the listening
+//! socket a `TCP_USER_TIMEOUT` (or TCP keepalive) to bound that time.
 
 mod hub;
 mod jobs;
