@@ -562,3 +562,58 @@ async fn the_stream_ends_when_its_token_expires_and_bad_tokens_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// Subscribing while a job reports progress as fast as it can: after each subscribe answer
+/// come exactly the steps that followed it, none missed, none repeated, none older.
+#[tokio::test]
+async fn subscribing_mid_flight_loses_and_repeats_nothing() {
+    let n = node(config()).await;
+    let mut c = n.client(&token("alice", &[])).await;
+    let job = n
+        .forge
+        .enqueue(rt_steps::request(200).owner("alice"))
+        .await
+        .unwrap();
+    n.subscribe(&c, "s0", job).await;
+    let _worker = n.forge.start_worker(WorkerConfig::default()).await.unwrap();
+    // subscription -> the progress it must see next (None: it has not answered yet).
+    let mut next: HashMap<String, f64> = HashMap::from([("s0".to_string(), 0.5)]);
+    let mut done = Vec::new();
+    let mut subscribed = 1;
+    while done.len() < next.len() {
+        let (_, _, data) = c.stream.next_event(WAIT, "job events").await;
+        let v: Value = serde_json::from_str(&data).unwrap();
+        let sub = v["subscriptionId"].as_str().unwrap().to_string();
+        let st = &v["state"];
+        let expected = next[&sub];
+        match st["status"].as_str().unwrap() {
+            "claimed" | "running" if st["progress"].is_null() => {}
+            "running" => {
+                assert_eq!(st["progress"].as_f64(), Some(expected), "{sub}: {st}");
+                next.insert(sub.clone(), expected + 0.5);
+            }
+            "completed" => {
+                assert_eq!(expected, 100.5, "{sub} ended early: {st}");
+                done.push(sub.clone());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+        // Every 40 steps seen on s0, another subscription joins mid-flight.
+        if sub == "s0" && subscribed < 5 && expected >= subscribed as f64 * 20.0 {
+            let name = format!("s{subscribed}");
+            let (_, answer) = n.subscribe(&c, &name, job).await;
+            let st = &answer["data"];
+            let from = match st["progress"].as_f64() {
+                _ if st["status"] == "completed" => {
+                    done.push(name.clone());
+                    100.5
+                }
+                Some(p) => p + 0.5,
+                None => 0.5,
+            };
+            next.insert(name, from);
+            subscribed += 1;
+        }
+    }
+    assert_eq!(subscribed, 5);
+}
