@@ -175,7 +175,11 @@ async fn start_and_follow_delivers_even_the_first_update() {
     let n = node(config()).await;
     let _worker = n.forge.start_worker(WorkerConfig::default()).await.unwrap();
     let mut c = n.client(&token("alice", &[])).await;
-    let job = rt_steps::request(3).owner("alice").prepare().unwrap();
+    let job = rt_steps::request(3)
+        .owner("alice")
+        .idempotency_key("once")
+        .prepare()
+        .unwrap();
     let follow = Follow {
         session_id: c.session.parse().unwrap(),
         session_secret: c.secret.clone(),
@@ -192,7 +196,7 @@ async fn start_and_follow_delivers_even_the_first_update() {
         .insert_jobs(std::slice::from_ref(&job))
         .await
         .unwrap();
-    guard.started(ids[0]).await.unwrap();
+    assert_eq!(guard.started(ids[0]).await.unwrap(), None);
     let (states, _) = until_terminal(&mut c, "f").await;
     assert_eq!(
         summary(&states),
@@ -206,6 +210,27 @@ async fn start_and_follow_delivers_even_the_first_update() {
         ]
     );
 
+    // Starting it again with the same idempotency key returns the first job: the follow
+    // moves to that one and answers with its state (the new id was never created).
+    let again = rt_steps::request(3)
+        .owner("alice")
+        .idempotency_key("once")
+        .prepare()
+        .unwrap();
+    let follow_again = Follow {
+        subscription_id: "again".into(),
+        ..follow.clone()
+    };
+    let guard = n
+        .realtime
+        .follow_job(Some(&alice), &follow_again, again.id)
+        .unwrap();
+    let ids_again = n.forge.store().insert_jobs(&[again]).await.unwrap();
+    assert_eq!(ids_again, ids);
+    let state = guard.started(ids_again[0]).await.unwrap().unwrap();
+    assert_eq!((state.job_id, state.status), (ids[0], JobStatus::Completed));
+    assert_eq!(n.realtime.stats().subscriptions, 2);
+
     // A follow that was never confirmed (the insert failed) leaves no subscription behind.
     let other = uuid::Uuid::now_v7();
     let follow = Follow {
@@ -213,7 +238,7 @@ async fn start_and_follow_delivers_even_the_first_update() {
         ..follow
     };
     drop(n.realtime.follow_job(Some(&alice), &follow, other).unwrap());
-    assert_eq!(n.realtime.stats().subscriptions, 1);
+    assert_eq!(n.realtime.stats().subscriptions, 2);
     // Anonymous callers and wrong secrets cannot follow.
     assert!(n.realtime.follow_job(None, &follow, other).is_err());
     let bad = Follow {

@@ -509,14 +509,18 @@ pub(crate) struct FollowGuard {
 impl FollowGuard {
     /// The job was created, as `actual_id`. That differs from the id the subscription was
     /// made for only when an idempotency key returned an existing job; that one is then
-    /// subscribed to the ordinary way (read with its snapshot, owner checked).
-    pub(crate) async fn started(mut self, actual_id: Uuid) -> Result<(), RealtimeError> {
+    /// subscribed to the ordinary way (read with its snapshot, owner checked), and its state
+    /// returned (`None` also when the caller may not see it).
+    pub(crate) async fn started(
+        mut self,
+        actual_id: Uuid,
+    ) -> Result<Option<JobState>, RealtimeError> {
         self.armed = false;
         if actual_id == self.job_id {
-            return Ok(());
+            return Ok(None);
         }
         let Some(hub) = self.hub.upgrade() else {
-            return Ok(());
+            return Ok(None);
         };
         hub.lock()
             .remove_sub_of(self.session, &self.sub, &Topic::Job(self.job_id));
@@ -525,8 +529,7 @@ impl FollowGuard {
             secret: &self.secret,
             user: self.user.as_deref(),
         };
-        hub.subscribe_job(&proof, &self.sub, actual_id).await?;
-        Ok(())
+        hub.subscribe_job(&proof, &self.sub, actual_id).await
     }
 }
 

@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use forge_runtime::error::RuntimeError;
-use forge_runtime::Forge;
+use forge_runtime::{Forge, JobState};
 
 use uuid::Uuid;
 
@@ -224,10 +224,12 @@ pub struct Follow {
 pub struct JobFollow(hub::FollowGuard);
 
 impl JobFollow {
-    /// The job was created as `job_id` (which differs from the id given to
+    /// The job was created as `job_id`. That differs from the id given to
     /// [`Realtime::follow_job`] only when an idempotency key returned an earlier job: that one
-    /// is then subscribed to the ordinary way).
-    pub async fn started(self, job_id: Uuid) -> Result<(), ApiError> {
+    /// is then subscribed to the ordinary way, and its current state is returned for the
+    /// call's answer (`None` for a new job, whose state is the one just inserted, or for an
+    /// earlier job the caller may not see).
+    pub async fn started(self, job_id: Uuid) -> Result<Option<JobState>, ApiError> {
         self.0
             .started(job_id)
             .await
