@@ -6,12 +6,15 @@ use std::time::Duration;
 mod realtime_support;
 
 use forge::prelude::*;
+use forge::store::Store;
 use forge_gateway::realtime::{Follow, Realtime, RealtimeConfig};
 use forge_test_support::sse::{SseItem, SseParser};
 use forge_test_support::{wait_for, TestDb};
 use futures::StreamExt;
 use realtime_support::{auth, token, token_for, Client};
 use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -494,15 +497,14 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
         .execute(worker_node.pool())
         .await
         .unwrap();
-    let role = format!("rt_gw_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
-        .execute(worker_node.pool())
+    let test_role = TestRole::new(worker_node.pool()).await;
+    let role = test_role.0.clone();
+    let options: PgConnectOptions = db.url.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .connect_with(options.username(&role))
         .await
         .unwrap();
-    let gw_url = db
-        .url
-        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
-    let gateway = Forge::connect(&gw_url).await.unwrap();
+    let gateway = Forge::from_store(Store::new(pool));
     let n = serve(db, gateway, config()).await;
 
     let _worker = worker_node
@@ -557,6 +559,44 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
     drop(c);
     drop(n);
     drop(worker_node);
+}
+
+/// A superuser login role for one test, dropped afterwards (roles belong to the cluster, not
+/// to the test's database).
+struct TestRole(String);
+
+impl TestRole {
+    async fn new(admin: &sqlx::PgPool) -> TestRole {
+        let name = format!("rt_gw_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN SUPERUSER"))
+            .execute(admin)
+            .await
+            .unwrap();
+        TestRole(name)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // As `TestDb` does: its own thread and runtime, since this may run during a panic.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&forge_test_support::server_url())
+                    .await
+                    .ok()?;
+                sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
 }
 
 #[tokio::test]
