@@ -6,7 +6,7 @@
 //! cargo run --release -p forge-gateway --example realtime_bench -- latency
 //! cargo run --release -p forge-gateway --example realtime_bench -- load [--jobs 1000] [--seconds 10]
 //! cargo run --release -p forge-gateway --example realtime_bench -- idle [--connections 10000]
-//! cargo run --release -p forge-gateway --example realtime_bench -- storm [--clients 1000]
+//! cargo run --release -p forge-gateway --example realtime_bench -- storm [--clients 1000] [--jitter-ms 1000]
 //! ```
 //!
 //! Latencies run from `ctx.progress()` returning in the server's job to the SSE event arriving
@@ -94,7 +94,10 @@ fn main() {
         "latency" => rt.block_on(latency(opt("--samples", 500) as usize)),
         "load" => rt.block_on(load(opt("--jobs", 1000) as usize, opt("--seconds", 10))),
         "idle" => rt.block_on(idle(opt("--connections", 10_000) as usize)),
-        "storm" => rt.block_on(storm(opt("--clients", 1000) as usize)),
+        "storm" => rt.block_on(storm(
+            opt("--clients", 1000) as usize,
+            opt("--jitter-ms", 1000),
+        )),
         _ => {
             eprintln!("usage: realtime_bench latency|load|idle|storm [options]");
             std::process::exit(2);
@@ -424,7 +427,7 @@ fn listen_drops() -> (u64, u64) {
     (get("ListenOverflows"), get("ListenDrops"))
 }
 
-async fn storm(clients: usize) {
+async fn storm(clients: usize, jitter_ms: u64) {
     let server = Server::start().await;
     let http = reqwest::Client::new();
     let reqs = (0..clients).map(|_| bench_progress::request("never".into(), 1, 1).owner("bench"));
@@ -437,7 +440,8 @@ async fn storm(clients: usize) {
     }
     let drops_before = listen_drops();
     // Every client loses its connection at the same moment, then reconnects after a jittered
-    // delay (the client's backoff: up to 1 s for the first retry) and subscribes again.
+    // delay (the client's backoff: up to 1 s for the first retry by default; 0 makes them all
+    // come back at once) and subscribes again.
     drop(connected);
     let started = Instant::now();
     let tasks: Vec<_> = ids
@@ -445,7 +449,7 @@ async fn storm(clients: usize) {
         .map(|id| {
             let (http, base, id) = (http.clone(), server.base.clone(), *id);
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=jitter_ms))).await;
                 let c = connect(&http, &base).await;
                 let state = subscribe(&http, &base, &c, id).await;
                 assert_ne!(state["status"], "not_found");
@@ -462,7 +466,9 @@ async fn storm(clients: usize) {
     }
     done.sort_unstable();
     let drops_after = listen_drops();
-    println!("reconnect storm: {clients} clients dropped at once, reconnecting with 0-1 s jitter:");
+    println!(
+        "reconnect storm: {clients} clients dropped at once, reconnecting after 0-{jitter_ms} ms:"
+    );
     println!(
         "  all re-registered after {:.2} s  (p50 {:.0} ms, p99 {:.0} ms after the drop)",
         *done.last().unwrap() as f64 / 1e6,
