@@ -1,11 +1,11 @@
 //! `#[forge::job]`.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::quote;
 use syn::ItemFn;
 
 use crate::attr::{self, AccessOpt};
-use crate::signature::{self, camel_case, type_string};
+use crate::signature::{self, type_string};
 
 struct Options {
     max_attempts: u32,
@@ -71,9 +71,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let name_str = name.to_string();
     let arg_idents: Vec<_> = sig.args.iter().map(|a| &a.ident).collect();
     let arg_types: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let wire_names: Vec<_> = sig.args.iter().map(|a| camel_case(&a.ident)).collect();
-    let rust_names: Vec<_> = arg_idents.iter().map(|i| i.to_string()).collect();
-    let type_strs: Vec<_> = arg_types.iter().map(|t| type_string(t)).collect();
     let output = &sig.output;
     let output_str = type_string(output);
     let wire_checks = signature::wire_assertions(&sig);
@@ -89,7 +86,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let max_backoff_ms = opts.max_backoff_ms;
     let access = opts.access.tokens();
     let doc = format!("Typed handle of the `{name_str}` job: `{name_str}::request(..)` builds a request to enqueue it.");
-    let args_struct = format_ident!("__ForgeArgs");
+    let args_struct = signature::args_struct_ident();
+    let args_struct_def = signature::args_struct(&sig);
+    let arg_defs = signature::arg_defs(&sig);
 
     Ok(quote! {
         #func
@@ -103,12 +102,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             #wire_checks
 
-            #[derive(__f::serde::Serialize, __f::serde::Deserialize, __f::schemars::JsonSchema)]
-            #[serde(crate = "::forge::__private::serde", rename_all = "camelCase", deny_unknown_fields)]
-            #[schemars(crate = "::forge::__private::schemars")]
-            struct #args_struct {
-                #( #arg_idents: #arg_types, )*
-            }
+            #args_struct_def
 
             impl #name {
                 /// A request to enqueue this job with these arguments.
@@ -138,7 +132,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             __f::inventory::submit! {
                 __f::JobDef {
                     name: #name_str,
-                    args: &[ #( __f::ArgDef { name: #wire_names, rust_name: #rust_names, rust_type: #type_strs } ),* ],
+                    args: #arg_defs,
                     output_type: #output_str,
                     options: __f::JobOptions {
                         max_attempts: #max_attempts,

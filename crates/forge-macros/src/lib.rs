@@ -3,6 +3,7 @@
 
 mod attr;
 mod job;
+mod query;
 mod signature;
 
 use proc_macro::TokenStream;
@@ -11,6 +12,24 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
     job::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Registers an async function as a query: read-only, callable by clients through the gateway.
+/// See the `forge` crate docs.
+#[proc_macro_attribute]
+pub fn query(attr: TokenStream, item: TokenStream) -> TokenStream {
+    query::expand(query::Kind::Query, attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Registers an async function as a mutation: it writes in one transaction that commits only
+/// if it returns `Ok`. See the `forge` crate docs.
+#[proc_macro_attribute]
+pub fn mutation(attr: TokenStream, item: TokenStream) -> TokenStream {
+    query::expand(query::Kind::Mutation, attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

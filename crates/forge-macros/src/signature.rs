@@ -2,7 +2,7 @@
 //! output type.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
@@ -144,4 +144,36 @@ pub(crate) fn wire_assertions(sig: &Signature) -> TokenStream {
 /// `Type` as written, for the registry.
 pub(crate) fn type_string(ty: &Type) -> String {
     ty.to_token_stream().to_string().replace(' ', "")
+}
+
+/// The name of the struct the arguments of a function are deserialized into.
+pub(crate) fn args_struct_ident() -> Ident {
+    format_ident!("__ForgeArgs")
+}
+
+/// The arguments of a function as one struct: the JSON object clients send (camelCase
+/// fields, unknown fields refused), and its JSON Schema.
+pub(crate) fn args_struct(sig: &Signature) -> TokenStream {
+    let name = args_struct_ident();
+    let idents = sig.args.iter().map(|a| &a.ident);
+    let types = sig.args.iter().map(|a| &a.ty);
+    quote! {
+        #[derive(__f::serde::Serialize, __f::serde::Deserialize, __f::schemars::JsonSchema)]
+        #[serde(crate = "::forge::__private::serde", rename_all = "camelCase", deny_unknown_fields)]
+        #[schemars(crate = "::forge::__private::schemars")]
+        struct #name {
+            #( #idents: #types, )*
+        }
+    }
+}
+
+/// The `&[ArgDef]` of the registry entry.
+pub(crate) fn arg_defs(sig: &Signature) -> TokenStream {
+    let defs = sig.args.iter().map(|a| {
+        let wire = camel_case(&a.ident);
+        let rust = a.ident.to_string();
+        let ty = type_string(&a.ty);
+        quote!(__f::ArgDef { name: #wire, rust_name: #rust, rust_type: #ty })
+    });
+    quote!(&[ #( #defs ),* ])
 }

@@ -14,10 +14,37 @@ use crate::status::JobStatus;
 ///
 /// Like `anyhow::Error`, it deliberately does not implement `std::error::Error` itself, so that
 /// the blanket `From` conversion can exist.
+///
+/// # What the caller of a query or mutation sees
+/// Only a [`Refusal`] made with [`Error::unprocessable`], [`Error::invalid_arg`],
+/// [`Error::conflict`], [`Error::not_found`] or [`Error::forbidden`] reaches the client with its
+/// message. Every other error (a database error converted with `?`, [`Error::msg`]) is logged
+/// under a correlation id and answered as an internal error, so internal text never leaks.
 pub struct Error {
     kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    refusal: Option<Refusal>,
+}
+
+/// Why a query or mutation refused its call, in terms the client is meant to see: each is
+/// answered with its own status and the error's message (see `docs/protocol.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// 400 `invalid_args`: an argument is well-typed but not acceptable.
+    InvalidArg {
+        /// The argument, as the client spells it (camelCase).
+        field: String,
+    },
+    /// 422 `unprocessable`: the input is well-formed but cannot be acted on.
+    Unprocessable,
+    /// 409 `conflict`: the current state does not allow it.
+    Conflict,
+    /// 404 `not_found`: what the call refers to does not exist (or is not the caller's).
+    NotFound,
+    /// 403 `forbidden`: the caller may not do this.
+    Forbidden,
 }
 
 /// How the runtime treats an [`Error`].
@@ -39,6 +66,7 @@ impl Error {
             kind: ErrorKind::Retryable,
             message: message.to_string(),
             source: None,
+            refusal: None,
         }
     }
 
@@ -48,6 +76,7 @@ impl Error {
             kind: ErrorKind::Fatal,
             message: message.to_string(),
             source: None,
+            refusal: None,
         }
     }
 
@@ -57,7 +86,55 @@ impl Error {
             kind: ErrorKind::Cancelled,
             message: "cancelled".into(),
             source: None,
+            refusal: None,
         }
+    }
+
+    /// Refuses a query or mutation call with a message for the client: 422 `unprocessable`.
+    /// In a job it is a fatal error.
+    pub fn unprocessable(message: impl fmt::Display) -> Self {
+        Self::refused(Refusal::Unprocessable, message)
+    }
+
+    /// Refuses a call because of the argument `field` (as the client spells it): 400
+    /// `invalid_args` naming the field.
+    pub fn invalid_arg(field: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::refused(
+            Refusal::InvalidArg {
+                field: field.into(),
+            },
+            message,
+        )
+    }
+
+    /// Refuses a call that conflicts with the current state: 409 `conflict`.
+    pub fn conflict(message: impl fmt::Display) -> Self {
+        Self::refused(Refusal::Conflict, message)
+    }
+
+    /// Refuses a call about something that does not exist: 404 `not_found`.
+    pub fn not_found(message: impl fmt::Display) -> Self {
+        Self::refused(Refusal::NotFound, message)
+    }
+
+    /// Refuses a call the caller may not make: 403 `forbidden`.
+    pub fn forbidden(message: impl fmt::Display) -> Self {
+        Self::refused(Refusal::Forbidden, message)
+    }
+
+    /// A fatal error whose message is meant for the client.
+    pub fn refused(refusal: Refusal, message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Fatal,
+            message: message.to_string(),
+            source: None,
+            refusal: Some(refusal),
+        }
+    }
+
+    /// Set when the error is meant for the client (see [`Error::refused`]).
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -97,6 +174,7 @@ impl fmt::Debug for Error {
             .field("kind", &self.kind)
             .field("message", &self.message)
             .field("source", &self.source)
+            .field("refusal", &self.refusal)
             .finish()
     }
 }
@@ -110,6 +188,7 @@ where
             kind: ErrorKind::Retryable,
             message: err.to_string(),
             source: Some(Box::new(err)),
+            refusal: None,
         }
     }
 }
@@ -158,6 +237,22 @@ pub enum EnqueueError {
         field: &'static str,
         message: String,
     },
+    /// The connection of the mutation is held by a value its `ctx.db()` returned; drop that
+    /// first.
+    #[error("{}", DbError::InUse)]
+    ConnectionInUse,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why a query or mutation could not have its connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A value an earlier `ctx.db()` returned is still alive: a call has one connection, and
+    /// waiting for it would wait forever.
+    #[error("the connection of this call is in use: drop the value an earlier `ctx.db()` returned before using the database again")]
+    InUse,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -34,6 +34,7 @@
 //! write of an old attempt changes nothing.
 
 pub mod error;
+pub mod function;
 pub mod node;
 pub mod notifier;
 pub mod queue;
@@ -42,7 +43,8 @@ pub mod status;
 pub mod store;
 pub mod worker;
 
-pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use error::{Error, ErrorKind, Refusal, Result, ResultExt};
+pub use function::{MutationContext, QueryContext, User};
 pub use node::Forge;
 pub use queue::{EnqueueOptions, JobRequest};
 pub use status::{JobState, JobStatus};

@@ -84,6 +84,15 @@ impl<O> JobRequest<O> {
         self
     }
 
+    /// Makes `owner` the owner unless the request names one: a job started on a user's behalf
+    /// (by their mutation, say) belongs to them.
+    pub(crate) fn or_owner(mut self, owner: Option<&str>) -> Self {
+        if self.options.owner.is_none() {
+            self.options.owner = owner.map(str::to_string);
+        }
+        self
+    }
+
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.options.idempotency_key = Some(key.into());
         self

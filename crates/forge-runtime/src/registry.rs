@@ -11,6 +11,7 @@ use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
 use crate::error::{ArgsError, Error};
+use crate::function::{MutationContext, QueryContext};
 use crate::worker::JobContext;
 
 /// Who may call a function through the gateway.
@@ -133,6 +134,109 @@ pub fn job(name: &str) -> Option<&'static JobDef> {
 pub fn jobs() -> impl Iterator<Item = &'static JobDef> {
     jobs_by_name().values().copied()
 }
+
+/// Options of `#[forge::query(...)]` and `#[forge::mutation(...)]`.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionOptions {
+    /// How long a call may run; `None`: the gateway's default.
+    pub timeout: Option<Duration>,
+    pub access: Access,
+}
+
+/// What the gateway calls to run a query: checks the JSON arguments (before anything runs),
+/// then gives the future that runs the query in its context.
+pub type QueryRunFn = for<'a, 'c> fn(
+    &'a QueryContext<'c>,
+    Value,
+) -> Result<BoxFuture<'a, Result<Value, Error>>, ArgsError>;
+
+/// What the gateway calls to run a mutation; see [`QueryRunFn`].
+pub type MutationRunFn = for<'a> fn(
+    &'a MutationContext,
+    Value,
+) -> Result<BoxFuture<'a, Result<Value, Error>>, ArgsError>;
+
+/// A registered `#[forge::query]`.
+pub struct QueryDef {
+    pub name: &'static str,
+    pub args: &'static [ArgDef],
+    /// The output type, as written in the source.
+    pub output_type: &'static str,
+    pub options: FunctionOptions,
+    /// Checks JSON arguments without running anything.
+    pub parse_args: fn(Value) -> Result<Value, ArgsError>,
+    pub run: QueryRunFn,
+    /// JSON Schema of the arguments object and of the output, for codegen and OpenAPI.
+    pub args_schema: fn(&mut SchemaGenerator) -> Schema,
+    pub output_schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+/// A registered `#[forge::mutation]`.
+pub struct MutationDef {
+    pub name: &'static str,
+    pub args: &'static [ArgDef],
+    /// The output type, as written in the source.
+    pub output_type: &'static str,
+    pub options: FunctionOptions,
+    /// Checks JSON arguments without running anything.
+    pub parse_args: fn(Value) -> Result<Value, ArgsError>,
+    pub run: MutationRunFn,
+    /// JSON Schema of the arguments object and of the output, for codegen and OpenAPI.
+    pub args_schema: fn(&mut SchemaGenerator) -> Schema,
+    pub output_schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+macro_rules! function_registry {
+    ($def:ty, $attr:literal, $by_name:ident, $one:ident, $all:ident) => {
+        impl std::fmt::Debug for $def {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($def))
+                    .field("name", &self.name)
+                    .field("args", &self.args)
+                    .field("output_type", &self.output_type)
+                    .field("options", &self.options)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        inventory::collect!($def);
+
+        fn $by_name() -> &'static BTreeMap<&'static str, &'static $def> {
+            static DEFS: OnceLock<BTreeMap<&'static str, &'static $def>> = OnceLock::new();
+            DEFS.get_or_init(|| {
+                let mut map = BTreeMap::new();
+                for def in inventory::iter::<$def> {
+                    if map.insert(def.name, def).is_some() {
+                        panic!(
+                            concat!("two ", $attr, " functions are named `{}`"),
+                            def.name
+                        );
+                    }
+                }
+                map
+            })
+        }
+
+        #[doc = concat!("The ", $attr, " registered under `name`.")]
+        pub fn $one(name: &str) -> Option<&'static $def> {
+            $by_name().get(name).copied()
+        }
+
+        #[doc = concat!("Every registered ", $attr, ", ordered by name.")]
+        pub fn $all() -> impl Iterator<Item = &'static $def> {
+            $by_name().values().copied()
+        }
+    };
+}
+
+function_registry!(QueryDef, "#[forge::query]", queries_by_name, query, queries);
+function_registry!(
+    MutationDef,
+    "#[forge::mutation]",
+    mutations_by_name,
+    mutation,
+    mutations
+);
 
 /// Deserializes `args` into `T`, naming the offending field on failure. Used by the code the
 /// macros generate.

@@ -23,25 +23,28 @@
 //! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
 //! queue, workers, notifier). This crate re-exports what users need.
 
-pub use forge_macros::job;
+pub use forge_macros::{job, mutation, query};
 pub use forge_runtime::{
-    error, notifier, queue, registry, status, store, worker, EnqueueOptions, Error, ErrorKind,
-    Forge, JobContext, JobRequest, JobState, JobStatus, Result, ResultExt, Worker, WorkerConfig,
+    error, function, notifier, queue, registry, status, store, worker, EnqueueOptions, Error,
+    ErrorKind, Forge, JobContext, JobRequest, JobState, JobStatus, MutationContext, QueryContext,
+    Refusal, Result, ResultExt, User, Worker, WorkerConfig,
 };
 
 /// `use forge::prelude::*;` brings what job code needs.
 pub mod prelude {
     pub use crate::{
-        EnqueueOptions, Error, Forge, JobContext, JobRequest, JobState, JobStatus, Result,
-        ResultExt, WorkerConfig,
+        EnqueueOptions, Error, Forge, JobContext, JobRequest, JobState, JobStatus, MutationContext,
+        QueryContext, Result, ResultExt, User, WorkerConfig,
     };
 }
 
 /// Used by the code the macros generate. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use forge_runtime::error::ArgsError;
     pub use forge_runtime::registry::{
-        decode_args, parse_args, Access, ArgDef, Backoff, JobDef, JobOptions,
+        decode_args, parse_args, Access, ArgDef, Backoff, FunctionOptions, JobDef, JobOptions,
+        MutationDef, QueryDef,
     };
     pub use futures::future::BoxFuture;
     pub use inventory;

@@ -4,6 +4,7 @@
 mod jobs;
 mod migrate;
 mod realtime;
+mod transactions;
 
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, JobRow, NewJob, ProgressWrite,
