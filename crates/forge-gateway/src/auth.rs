@@ -7,6 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
+use forge_runtime::User;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -24,6 +25,14 @@ pub struct Identity {
 impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// The user as functions see it (`ctx.user()`).
+    pub fn user(&self) -> User {
+        User {
+            id: self.user_id.clone(),
+            roles: self.roles.clone(),
+        }
     }
 }
 

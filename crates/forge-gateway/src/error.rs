@@ -46,6 +46,26 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
     }
 
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 413: the body, or the batch, is over its limit.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 422: a function refused its well-typed input.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
+    }
+
+    /// 504: a function ran past its timeout.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
@@ -107,15 +127,22 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> Result<T, ApiError> {
+    let value = json_value(headers, body)?;
+    forge_runtime::registry::decode_args(value)
+        .map_err(|e| ApiError::invalid_args(&e.field, e.message))
+}
+
+/// A JSON request body: 415 for another content type, 400 `bad_request` for malformed JSON.
+pub fn json_value(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let is_json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| {
+            v.get(..16)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+        });
     if !is_json {
         return Err(ApiError::unsupported_media_type());
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-    forge_runtime::registry::decode_args(value)
-        .map_err(|e| ApiError::invalid_args(&e.field, e.message))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }

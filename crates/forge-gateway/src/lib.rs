@@ -1,10 +1,25 @@
 //! Forge's HTTP gateway.
 //!
+//! * [`Gateway`] (`server`): the router, the layers every route shares, the listening socket,
+//!   and [`run`], which runs a node (gateway, workers or both) from its [`Config`].
+//! * `rpc`: calls (`/_api/rpc/{fn}`, `/_api/rpc`, `/_api/rpc/batch`) and `/_api/cancel-job`;
+//!   `functions`: the registry's queries, mutations and jobs as one namespace, the access
+//!   check and the call itself; `openapi`: the OpenAPI document of them.
 //! * [`error`]: the JSON error envelope every route answers failures with.
 //! * [`auth`]: bearer tokens (JWT) and the caller's identity.
+//! * [`config`]: `forge.toml` and its environment overrides.
 //! * [`realtime`]: one SSE stream per client, with job (and workflow and query)
 //!   subscriptions fanned out from the node's LISTEN connection.
 
 pub mod auth;
+pub mod config;
 pub mod error;
+mod functions;
+mod openapi;
 pub mod realtime;
+mod rpc;
+mod server;
+
+pub use config::{Config, GatewayConfig};
+pub use functions::DuplicateName;
+pub use server::{bind, run, Gateway, GatewayError};

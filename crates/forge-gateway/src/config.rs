@@ -1,0 +1,524 @@
+//! Configuration of a node: `forge.toml`, with environment variables overriding it.
+//!
+//! ```toml
+//! [database]
+//! url = "postgres://app@db/app"    # DATABASE_URL (required)
+//! max_connections = 20             # FORGE_DATABASE_MAX_CONNECTIONS
+//!
+//! [node]
+//! roles = ["gateway", "worker"]    # FORGE_ROLES=gateway,worker
+//!
+//! [gateway]
+//! host = "0.0.0.0"                 # FORGE_HOST
+//! port = 8080                      # PORT
+//! cors_origins = ["http://localhost:5173"]  # FORGE_CORS_ORIGINS (comma-separated, "*": any)
+//! body_limit = 1048576             # FORGE_BODY_LIMIT, bytes
+//! function_timeout = "30s"         # FORGE_FUNCTION_TIMEOUT
+//! batch_limit = 100                # FORGE_BATCH_LIMIT
+//! listen_backlog = 4096            # FORGE_LISTEN_BACKLOG
+//!
+//! [auth]
+//! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
+//! leeway = "30s"                   # FORGE_JWT_LEEWAY: clock skew tolerated on `exp`
+//! admin_role = "admin"             # FORGE_ADMIN_ROLE: may watch and cancel every job
+//!
+//! [worker]
+//! concurrency = 16                 # FORGE_WORKER_CONCURRENCY
+//! queues = ["default"]             # FORGE_WORKER_QUEUES (comma-separated)
+//! ```
+//!
+//! The file is `./forge.toml`, or the one `FORGE_CONFIG` names; without either, the environment
+//! alone configures the node. Unknown keys are refused, so a typo does not go unnoticed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use forge_runtime::WorkerConfig;
+use serde::Deserialize;
+
+use crate::realtime::RealtimeConfig;
+
+/// Why the configuration could not be loaded. Each names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A required setting is in neither the file nor the environment.
+    #[error("missing required setting `{setting}`: set it in forge.toml or with the environment variable {env}")]
+    Missing {
+        setting: &'static str,
+        env: &'static str,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Serves HTTP: RPC and realtime.
+    pub gateway: bool,
+    /// Runs jobs.
+    pub worker: bool,
+}
+
+/// How the gateway answers: authentication, limits, CORS, realtime.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// The HS256 secret bearer tokens are signed with.
+    pub jwt_secret: Vec<u8>,
+    /// Clock skew tolerated on a token's `exp`.
+    pub jwt_leeway: Duration,
+    /// Users with this role may watch and cancel every job, not only their own.
+    pub admin_role: Option<String>,
+    /// Origins a browser may call from; `*` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// How long a function may run when it declares no `timeout` of its own.
+    pub function_timeout: Duration,
+    /// Most calls in one batch.
+    pub batch_limit: usize,
+    pub realtime: RealtimeConfig,
+}
+
+impl GatewayConfig {
+    /// Defaults with this token secret.
+    pub fn new(jwt_secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            jwt_secret: jwt_secret.into(),
+            jwt_leeway: Duration::from_secs(30),
+            admin_role: None,
+            cors_origins: Vec::new(),
+            body_limit: 1024 * 1024,
+            function_timeout: Duration::from_secs(30),
+            batch_limit: 100,
+            realtime: RealtimeConfig::default(),
+        }
+    }
+}
+
+/// Where a gateway listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub host: String,
+    pub port: u16,
+    /// Connections the kernel queues before they are accepted: large, so that a burst of
+    /// reconnecting clients (a gateway restart) is not refused.
+    pub backlog: u32,
+}
+
+/// A node's whole configuration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    pub database_url: String,
+    pub max_connections: u32,
+    pub roles: Roles,
+    pub listen: ListenConfig,
+    /// Set on gateway nodes.
+    pub gateway: Option<GatewayConfig>,
+    pub worker: WorkerConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    database: DatabaseFile,
+    #[serde(default)]
+    node: NodeFile,
+    #[serde(default)]
+    gateway: GatewayFile,
+    #[serde(default)]
+    auth: AuthFile,
+    #[serde(default)]
+    worker: WorkerFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DatabaseFile {
+    url: Option<String>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    roles: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    host: Option<String>,
+    port: Option<u16>,
+    cors_origins: Option<Vec<String>>,
+    body_limit: Option<usize>,
+    function_timeout: Option<String>,
+    batch_limit: Option<usize>,
+    listen_backlog: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    jwt_secret: Option<String>,
+    leeway: Option<String>,
+    admin_role: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WorkerFile {
+    concurrency: Option<usize>,
+    queues: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Reads `FORGE_CONFIG` (or `./forge.toml` if it exists) and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let (path, required) = match std::env::var_os("FORGE_CONFIG") {
+            Some(p) => (PathBuf::from(p), true),
+            None => (PathBuf::from("forge.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::from_sources(text.as_deref().map(|t| (path.as_path(), t)), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Builds the configuration from a file's text (and its path, for messages) and an
+    /// environment lookup; the environment wins.
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let f: File = match file {
+            Some((path, text)) => toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+            None => File::default(),
+        };
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+        let database_url = env("DATABASE_URL")
+            .or(f.database.url)
+            .ok_or(ConfigError::Missing {
+                setting: "database.url",
+                env: "DATABASE_URL",
+            })?;
+        let max_connections = number(
+            "database.max_connections",
+            env("FORGE_DATABASE_MAX_CONNECTIONS"),
+            f.database.max_connections,
+            20,
+        )?;
+        if max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+
+        let roles = match env("FORGE_ROLES").map(|v| list(&v)).or(f.node.roles) {
+            None => Roles {
+                gateway: true,
+                worker: true,
+            },
+            Some(names) => roles(&names)?,
+        };
+
+        let listen = ListenConfig {
+            host: env("FORGE_HOST")
+                .or(f.gateway.host)
+                .unwrap_or_else(|| "0.0.0.0".into()),
+            port: number("gateway.port", env("PORT"), f.gateway.port, 8080)?,
+            backlog: number(
+                "gateway.listen_backlog",
+                env("FORGE_LISTEN_BACKLOG"),
+                f.gateway.listen_backlog,
+                4096,
+            )?,
+        };
+
+        let gateway = if roles.gateway {
+            let secret =
+                env("FORGE_JWT_SECRET")
+                    .or(f.auth.jwt_secret)
+                    .ok_or(ConfigError::Missing {
+                        setting: "auth.jwt_secret",
+                        env: "FORGE_JWT_SECRET",
+                    })?;
+            if secret.len() < 32 {
+                // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+                return Err(invalid(
+                    "auth.jwt_secret",
+                    "must be at least 32 bytes long (a shorter HS256 key can be guessed)",
+                ));
+            }
+            let mut g = GatewayConfig::new(secret);
+            if let Some(v) = env("FORGE_JWT_LEEWAY").or(f.auth.leeway) {
+                g.jwt_leeway = duration("auth.leeway", &v)?;
+            }
+            g.admin_role = env("FORGE_ADMIN_ROLE").or(f.auth.admin_role);
+            g.realtime.see_all_role = g.admin_role.clone();
+            if let Some(origins) = env("FORGE_CORS_ORIGINS")
+                .map(|v| list(&v))
+                .or(f.gateway.cors_origins)
+            {
+                g.cors_origins = origins;
+            }
+            g.body_limit = number(
+                "gateway.body_limit",
+                env("FORGE_BODY_LIMIT"),
+                f.gateway.body_limit,
+                g.body_limit,
+            )?;
+            if let Some(v) = env("FORGE_FUNCTION_TIMEOUT").or(f.gateway.function_timeout) {
+                g.function_timeout = duration("gateway.function_timeout", &v)?;
+            }
+            g.batch_limit = number(
+                "gateway.batch_limit",
+                env("FORGE_BATCH_LIMIT"),
+                f.gateway.batch_limit,
+                g.batch_limit,
+            )?;
+            if g.batch_limit == 0 {
+                return Err(invalid("gateway.batch_limit", "must be at least 1"));
+            }
+            Some(g)
+        } else {
+            None
+        };
+
+        let mut worker = WorkerConfig::default();
+        worker.concurrency = number(
+            "worker.concurrency",
+            env("FORGE_WORKER_CONCURRENCY"),
+            f.worker.concurrency,
+            worker.concurrency,
+        )?;
+        if worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if let Some(queues) = env("FORGE_WORKER_QUEUES")
+            .map(|v| list(&v))
+            .or(f.worker.queues)
+        {
+            if queues.is_empty() {
+                return Err(invalid("worker.queues", "must name at least one queue"));
+            }
+            worker.queues = queues;
+        }
+
+        Ok(Config {
+            database_url,
+            max_connections,
+            roles,
+            listen,
+            gateway,
+            worker,
+        })
+    }
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// A comma-separated list, as environment variables give them.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn roles(names: &[String]) -> Result<Roles, ConfigError> {
+    let mut r = Roles {
+        gateway: false,
+        worker: false,
+    };
+    for name in names {
+        match name.as_str() {
+            "gateway" => r.gateway = true,
+            "worker" => r.worker = true,
+            other => {
+                return Err(invalid(
+                    "node.roles",
+                    format!("unknown role `{other}`: expected `gateway` and/or `worker`"),
+                ))
+            }
+        }
+    }
+    if !r.gateway && !r.worker {
+        return Err(invalid(
+            "node.roles",
+            "a node needs at least one role: `gateway`, `worker`",
+        ));
+    }
+    Ok(r)
+}
+
+/// The environment's value (text) if set, else the file's, else `default`.
+fn number<T: std::str::FromStr>(
+    setting: &'static str,
+    env: Option<String>,
+    file: Option<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| invalid(setting, format!("`{v}` is not a valid number: {e}"))),
+        None => Ok(file.unwrap_or(default)),
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`.
+fn duration(setting: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    let s = v.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || {
+        invalid(
+            setting,
+            format!(
+                "`{v}` is not a duration: write a whole number and a unit: ms, s, m or h (\"30s\")"
+            ),
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_sources(file.map(|t| (Path::new("forge.toml"), t)), |k| {
+            env.get(k).cloned()
+        })
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let file = format!(
+            "[database]\nurl = \"postgres://file\"\n[gateway]\nport = 9000\nfunction_timeout = \"5s\"\n[auth]\njwt_secret = \"{SECRET}\"\n"
+        );
+        let c = load(Some(&file), &[("PORT", "9100")]).unwrap();
+        assert_eq!(c.database_url, "postgres://file");
+        assert_eq!(c.listen.port, 9100);
+        let g = c.gateway.unwrap();
+        assert_eq!(g.function_timeout, Duration::from_secs(5));
+        assert_eq!(g.jwt_secret, SECRET.as_bytes());
+        let c = load(
+            Some(&file),
+            &[
+                ("DATABASE_URL", "postgres://env"),
+                ("FORGE_ROLES", "worker"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "postgres://env");
+        assert!(c.gateway.is_none());
+        assert!(c.roles.worker && !c.roles.gateway);
+    }
+
+    #[test]
+    fn a_missing_required_setting_is_named() {
+        let err = load(None, &[("FORGE_JWT_SECRET", SECRET)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("missing required setting `database.url`")
+                && err.to_string().contains("DATABASE_URL"),
+            "{err}"
+        );
+        let err = load(None, &[("DATABASE_URL", "postgres://x")]).unwrap_err();
+        assert!(err.to_string().contains("`auth.jwt_secret`"), "{err}");
+        assert!(err.to_string().contains("FORGE_JWT_SECRET"), "{err}");
+        // A worker-only node needs no token secret.
+        load(
+            None,
+            &[("DATABASE_URL", "postgres://x"), ("FORGE_ROLES", "worker")],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_named() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("FORGE_JWT_SECRET", SECRET),
+        ];
+        let err = load(Some("[gateway]\nprot = 1\n"), &base).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let err = load(None, &[base[0], base[1], ("PORT", "http")]).unwrap_err();
+        assert!(err.to_string().contains("`gateway.port`"), "{err}");
+        let err = load(None, &[base[0], base[1], ("FORGE_FUNCTION_TIMEOUT", "5")]).unwrap_err();
+        assert!(
+            err.to_string().contains("`gateway.function_timeout`"),
+            "{err}"
+        );
+        let err = load(None, &[base[0], base[1], ("FORGE_ROLES", "gateway,cron")]).unwrap_err();
+        assert!(err.to_string().contains("unknown role `cron`"), "{err}");
+        let err = load(None, &[base[0], ("FORGE_JWT_SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn lists_from_the_environment() {
+        let c = load(
+            None,
+            &[
+                ("DATABASE_URL", "postgres://x"),
+                ("FORGE_JWT_SECRET", SECRET),
+                ("FORGE_CORS_ORIGINS", "http://a:5173, http://b"),
+                ("FORGE_ADMIN_ROLE", "admin"),
+            ],
+        )
+        .unwrap();
+        let g = c.gateway.unwrap();
+        assert_eq!(g.cors_origins, ["http://a:5173", "http://b"]);
+        assert_eq!(g.realtime.see_all_role.as_deref(), Some("admin"));
+    }
+}

@@ -1,0 +1,381 @@
+//! The functions clients may call: every registered query, mutation and job, in one
+//! namespace, with the access check and the call itself. Every route that calls a function
+//! (the RPC routes, the batch, query subscriptions) goes through here, so the checks are the
+//! same on all of them.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use forge_runtime::error::{ArgsError, EnqueueError};
+use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef};
+use forge_runtime::{
+    Error, Forge, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, User,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::realtime::{Follow, LiveQuery, QueryResolver, Realtime};
+
+/// What kind of function a name refers to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Function {
+    Query(&'static QueryDef),
+    Mutation(&'static MutationDef),
+    Job(&'static JobDef),
+}
+
+impl Function {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Function::Query(d) => d.name,
+            Function::Mutation(d) => d.name,
+            Function::Job(d) => d.name,
+        }
+    }
+
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Function::Query(_) => "query",
+            Function::Mutation(_) => "mutation",
+            Function::Job(_) => "job",
+        }
+    }
+
+    pub(crate) fn access(self) -> Access {
+        match self {
+            Function::Query(d) => d.options.access,
+            Function::Mutation(d) => d.options.access,
+            Function::Job(d) => d.options.access,
+        }
+    }
+
+    fn timeout(self) -> Option<Duration> {
+        match self {
+            Function::Query(d) => d.options.timeout,
+            Function::Mutation(d) => d.options.timeout,
+            // A job's own timeout bounds its run on a worker; through RPC it is only
+            // started.
+            Function::Job(_) => None,
+        }
+    }
+
+    /// Queries of a batch run side by side; everything else runs alone, in order.
+    pub(crate) fn is_query(self) -> bool {
+        matches!(self, Function::Query(_))
+    }
+}
+
+/// Two registered functions share a name, so a call to it could not tell them apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {first} `{name}` and the {second} `{name}` share a name; functions called through the gateway need distinct names")]
+pub struct DuplicateName {
+    pub name: &'static str,
+    pub first: &'static str,
+    pub second: &'static str,
+}
+
+/// Every callable function by name.
+#[derive(Debug)]
+pub(crate) struct Functions(BTreeMap<&'static str, Function>);
+
+impl Functions {
+    pub(crate) fn from_registry() -> Result<Self, DuplicateName> {
+        let all = registry::queries()
+            .map(Function::Query)
+            .chain(registry::mutations().map(Function::Mutation))
+            .chain(registry::jobs().map(Function::Job));
+        let mut map = BTreeMap::new();
+        for f in all {
+            if let Some(first) = map.insert(f.name(), f) {
+                return Err(DuplicateName {
+                    name: f.name(),
+                    first: first.kind(),
+                    second: f.kind(),
+                });
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Function> {
+        self.0.get(name).copied()
+    }
+
+    /// Ordered by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Function> + '_ {
+        self.0.values().copied()
+    }
+}
+
+/// Whether `identity` may call a function with `access`: 401 without a user where one is
+/// needed, 403 without the role.
+pub(crate) fn authorize(access: Access, identity: Option<&Identity>) -> Result<(), ApiError> {
+    match (access, identity) {
+        (Access::Public, _) => Ok(()),
+        (_, None) => Err(ApiError::unauthenticated(
+            "this function needs a signed-in user: send `Authorization: Bearer <token>`",
+        )),
+        (Access::Authenticated, Some(_)) => Ok(()),
+        (Access::Role(role), Some(i)) if i.has_role(role) => Ok(()),
+        (Access::Role(role), Some(_)) => Err(ApiError::forbidden(format!(
+            "this function needs the role `{role}`"
+        ))),
+    }
+}
+
+/// One call: a function, its arguments, and for a job, the session to follow it on.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) function: String,
+    pub(crate) args: Value,
+    pub(crate) follow: Option<Follow>,
+}
+
+/// Calls functions for the gateway's routes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub(crate) forge: Forge,
+    pub(crate) functions: Arc<Functions>,
+    pub(crate) realtime: Realtime,
+    /// For functions without a `timeout` of their own.
+    pub(crate) default_timeout: Duration,
+}
+
+impl Caller {
+    /// Looks the function up and checks that `identity` may call it.
+    pub(crate) fn resolve(
+        &self,
+        name: &str,
+        identity: Option<&Identity>,
+    ) -> Result<Function, ApiError> {
+        let f = self.functions.get(name).ok_or_else(|| {
+            ApiError::not_found(format!("unknown function `{name}`")).with_field("fn")
+        })?;
+        authorize(f.access(), identity)?;
+        Ok(f)
+    }
+
+    /// Makes `call` as `identity`; returns the `data` of the answer.
+    pub(crate) async fn call(
+        &self,
+        identity: Option<&Identity>,
+        call: Call,
+    ) -> Result<Value, ApiError> {
+        let f = self.resolve(&call.function, identity)?;
+        if call.follow.is_some() && !matches!(f, Function::Job(_)) {
+            return Err(ApiError::invalid_args(
+                "follow",
+                format!(
+                    "only a job or workflow can be followed; `{}` is a {}",
+                    f.name(),
+                    f.kind()
+                ),
+            ));
+        }
+        let timeout = f.timeout().unwrap_or(self.default_timeout);
+        let user = identity.map(Identity::user);
+        match f {
+            Function::Query(def) => {
+                let ctx = QueryContext::new(self.forge.store().clone(), user);
+                let out = match (def.run)(&ctx, call.args) {
+                    Ok(fut) => guarded(def.name, timeout, fut).await,
+                    Err(e) => Err(args_error(e)),
+                };
+                if let Err(e) = ctx.finish().await {
+                    // The answer is known; the pool discards a connection it cannot reset.
+                    tracing::warn!(function = def.name, error = %e, "ending a query's transaction");
+                }
+                out
+            }
+            Function::Mutation(def) => {
+                let ctx = MutationContext::new(self.forge.store().clone(), user);
+                let out = match (def.run)(&ctx, call.args) {
+                    Ok(fut) => guarded(def.name, timeout, fut).await,
+                    Err(e) => Err(args_error(e)),
+                };
+                match out {
+                    Ok(v) => {
+                        ctx.commit().await.map_err(|e| {
+                            ApiError::internal(format_args!(
+                                "committing mutation `{}`: {e}",
+                                def.name
+                            ))
+                        })?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        if let Err(rb) = ctx.rollback().await {
+                            tracing::warn!(function = def.name, error = %rb, "rolling back a failed mutation");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Function::Job(def) => {
+                let start = self.start_job(def, identity, call.args, call.follow);
+                match tokio::time::timeout(timeout, start).await {
+                    Ok(out) => out,
+                    Err(_) => Err(timed_out(def.name, timeout)),
+                }
+            }
+        }
+    }
+
+    /// Starts a job owned by the caller. With `follow`, the job is subscribed on that SSE
+    /// session before it is inserted, so its first update cannot be missed.
+    async fn start_job(
+        &self,
+        def: &'static JobDef,
+        identity: Option<&Identity>,
+        args: Value,
+        follow: Option<Follow>,
+    ) -> Result<Value, ApiError> {
+        let mut req = JobRequest::<Value>::new(def.name, args);
+        if let Some(i) = identity {
+            req = req.owner(i.user_id.clone());
+        }
+        let job = req.prepare().map_err(|e| enqueue_error(def.name, e))?;
+        let follow = follow
+            .map(|f| self.realtime.follow_job(identity, &f, job.id))
+            .transpose()?;
+        let ids = self
+            .forge
+            .store()
+            .insert_jobs(std::slice::from_ref(&job))
+            .await
+            .map_err(|e| ApiError::internal(format_args!("starting job `{}`: {e}", def.name)))?;
+        let id = ids[0];
+        let state = match follow {
+            Some(f) => f.started(id).await?,
+            None => None,
+        };
+        let state = state.unwrap_or(JobState {
+            job_id: id,
+            status: JobStatus::Pending,
+            progress: None,
+            message: None,
+            output: None,
+            error: None,
+        });
+        Ok(json!({ "jobId": id, "state": state }))
+    }
+}
+
+/// Runs a function's future within its timeout; a panic is an internal error (and, for a
+/// mutation, rolls its transaction back like any other failure).
+async fn guarded(
+    name: &'static str,
+    timeout: Duration,
+    fut: BoxFuture<'_, Result<Value, Error>>,
+) -> Result<Value, ApiError> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Err(_) => Err(timed_out(name, timeout)),
+        Ok(Err(panic)) => Err(ApiError::internal(format_args!(
+            "function `{name}` panicked: {}",
+            panic_text(&*panic)
+        ))),
+        Ok(Ok(out)) => out.map_err(|e| function_error(name, e)),
+    }
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+fn timed_out(name: &str, timeout: Duration) -> ApiError {
+    ApiError::timeout(format!(
+        "`{name}` ran past its timeout of {}",
+        human(timeout)
+    ))
+}
+
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn args_error(e: ArgsError) -> ApiError {
+    ApiError::invalid_args(&e.field, e.message)
+}
+
+fn enqueue_error(name: &str, e: EnqueueError) -> ApiError {
+    match e {
+        EnqueueError::InvalidArgs(e) => args_error(e),
+        e => ApiError::internal(format_args!("starting job `{name}`: {e}")),
+    }
+}
+
+/// What the client sees of a function's error: its message when the function refused the
+/// call ([`Refusal`]), an internal error with a correlation id otherwise.
+pub(crate) fn function_error(name: &str, e: Error) -> ApiError {
+    let message = e.to_string();
+    match e.refusal() {
+        Some(Refusal::InvalidArg { field }) => ApiError::invalid_args(field, message),
+        Some(Refusal::Unprocessable) => ApiError::unprocessable(message),
+        Some(Refusal::Conflict) => ApiError::conflict(message),
+        Some(Refusal::NotFound) => ApiError::not_found(message),
+        Some(Refusal::Forbidden) => ApiError::forbidden(message),
+        _ => ApiError::internal(format_args!("function `{name}` failed: {e:?}")),
+    }
+}
+
+/// Query subscriptions (`POST /_api/subscribe`) resolved from the registry, with the same
+/// checks as a call.
+impl QueryResolver for Caller {
+    fn resolve(
+        &self,
+        function: &str,
+        args: Value,
+        caller: Option<&Identity>,
+    ) -> Result<Arc<dyn LiveQuery>, ApiError> {
+        let f = Caller::resolve(self, function, caller)?;
+        let Function::Query(def) = f else {
+            return Err(ApiError::invalid_args(
+                "fn",
+                format!(
+                    "only queries can be subscribed to; `{function}` is a {}",
+                    f.kind()
+                ),
+            ));
+        };
+        let args = (def.parse_args)(args).map_err(args_error)?;
+        Ok(Arc::new(LiveCall {
+            def,
+            args,
+            user: caller.map(Identity::user),
+            timeout: def.options.timeout.unwrap_or(self.default_timeout),
+        }))
+    }
+}
+
+/// A subscribed query with its arguments and caller.
+struct LiveCall {
+    def: &'static QueryDef,
+    args: Value,
+    user: Option<User>,
+    timeout: Duration,
+}
+
+impl LiveQuery for LiveCall {
+    fn run<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<Value, ApiError>> {
+        Box::pin(async move {
+            let ctx = QueryContext::on_connection(conn, self.user.clone());
+            let fut = (self.def.run)(&ctx, self.args.clone()).map_err(args_error)?;
+            guarded(self.def.name, self.timeout, fut).await
+        })
+    }
+}
