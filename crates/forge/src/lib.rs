@@ -20,6 +20,34 @@
 //! let job_id = forge.enqueue(export_users::request("csv".into())).await?;
 //! ```
 //!
+//! Clients call queries and mutations (and start jobs) through the gateway
+//! (`forge-gateway`): `POST /_api/rpc/{fn}` with the arguments as JSON.
+//!
+//! ```ignore
+//! #[forge::query] // signed-in users; `public` or `role = "admin"` otherwise
+//! pub async fn my_todos(ctx: &QueryContext) -> Result<Vec<String>> {
+//!     let user = ctx.user().expect("not public, so signed in");
+//!     let mut db = ctx.db().await?; // a read-only transaction
+//!     Ok(sqlx::query_scalar("SELECT title FROM todos WHERE owner = $1")
+//!         .bind(&user.id)
+//!         .fetch_all(&mut *db)
+//!         .await?)
+//! }
+//!
+//! #[forge::mutation(timeout = "5s")]
+//! pub async fn add_todo(ctx: &MutationContext, title: String) -> Result<()> {
+//!     if title.is_empty() {
+//!         return Err(Error::invalid_arg("title", "must not be empty")); // 400, shown
+//!     }
+//!     {
+//!         let mut db = ctx.db().await?; // one transaction, committed on Ok
+//!         sqlx::query("INSERT INTO todos (title) VALUES ($1)").bind(&title).execute(&mut *db).await?;
+//!     }
+//!     ctx.enqueue(notify_watchers::request(title)).await?; // only if the mutation commits
+//!     Ok(())
+//! }
+//! ```
+//!
 //! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
 //! queue, workers, notifier). This crate re-exports what users need.
 
