@@ -294,6 +294,7 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn timed_out(name: &str, timeout: Duration) -> ApiError {
+    tracing::warn!(function = name, ?timeout, "function timed out");
     ApiError::timeout(format!(
         "`{name}` ran past its timeout of {}",
         human(timeout)
