@@ -61,6 +61,26 @@ pub(crate) fn string(meta: &Meta) -> syn::Result<String> {
     }
 }
 
+/// `["a", "b"]` → the strings.
+pub(crate) fn string_list(meta: &Meta) -> syn::Result<Vec<String>> {
+    match value(meta)? {
+        Expr::Array(array) => array
+            .elems
+            .iter()
+            .map(|e| match e {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => Ok(s.value()),
+                e => Err(syn::Error::new_spanned(e, "expected a string")),
+            })
+            .collect(),
+        e => Err(syn::Error::new_spanned(
+            e,
+            "expected a list of strings: `[\"a\", \"b\"]`",
+        )),
+    }
+}
+
 /// `"250ms"`, `"30s"`, `"5m"`, `"2h"` → milliseconds.
 pub(crate) fn duration_ms(meta: &Meta) -> syn::Result<u64> {
     let s = string(meta)?;

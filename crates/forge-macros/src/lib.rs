@@ -5,6 +5,7 @@ mod attr;
 mod job;
 mod query;
 mod signature;
+mod workflow;
 
 use proc_macro::TokenStream;
 
@@ -30,6 +31,15 @@ pub fn query(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn mutation(attr: TokenStream, item: TokenStream) -> TokenStream {
     query::expand(query::Kind::Mutation, attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Registers an async function as a durable workflow made of steps. See the `forge` crate
+/// docs.
+#[proc_macro_attribute]
+pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
+    workflow::expand(attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

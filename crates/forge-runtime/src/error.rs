@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::status::JobStatus;
+use crate::status::{JobStatus, WorkflowStatus};
 
 /// The error a job, workflow step, query or mutation returns.
 ///
@@ -296,4 +296,74 @@ pub enum RuntimeError {
         field: &'static str,
         message: String,
     },
+}
+
+/// Why starting a workflow failed. No workflow (and no job) exists after any of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// No `#[forge::workflow]` of that name is registered.
+    #[error("unknown workflow `{0}`")]
+    UnknownWorkflow(String),
+    /// The arguments do not fit the workflow's parameters.
+    #[error(transparent)]
+    InvalidArgs(#[from] ArgsError),
+    /// The connection of the mutation is held by a value its `ctx.db()` returned; drop that
+    /// first.
+    #[error("{}", DbError::InUse)]
+    ConnectionInUse,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why a workflow cancel request was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowCancelError {
+    /// No such workflow, or one the caller may not see (the two are not told apart on
+    /// purpose).
+    #[error("workflow not found")]
+    NotFound,
+    /// The workflow already reached a terminal status.
+    #[error("workflow already finished with status `{0}`")]
+    AlreadyFinished(WorkflowStatus),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why an event could not be delivered to a workflow. Nothing is stored after any of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// No workflow has that id.
+    #[error("workflow not found")]
+    NotFound,
+    /// The workflow already ended; nothing would ever wait for the event.
+    #[error("workflow already finished with status `{0}`")]
+    AlreadyFinished(WorkflowStatus),
+    /// Event names are not empty.
+    #[error("an event name cannot be empty")]
+    EmptyName,
+    /// The connection of the mutation is held by a value its `ctx.db()` returned; drop that
+    /// first.
+    #[error("{}", DbError::InUse)]
+    ConnectionInUse,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// How `ctx.wait_for_event(..)` can end other than with the event. Both are the workflow's to
+/// handle; `?` turns them into a failure of the workflow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// No event of that name arrived in time.
+    #[error("timed out after {timeout:?} waiting for event `{event}`")]
+    TimedOut {
+        event: String,
+        timeout: std::time::Duration,
+    },
+    /// The event arrived, but its payload does not fit the type waited for.
+    #[error("the payload of event `{event}` does not fit: {message}")]
+    InvalidPayload { event: String, message: String },
 }

@@ -42,10 +42,12 @@ pub mod registry;
 pub mod status;
 pub mod store;
 pub mod worker;
+pub mod workflow;
 
 pub use error::{Error, ErrorKind, Refusal, Result, ResultExt};
 pub use function::{MutationContext, QueryContext, User};
 pub use node::Forge;
 pub use queue::{EnqueueOptions, JobRequest};
-pub use status::{JobState, JobStatus};
+pub use status::{JobState, JobStatus, StepStatus, WorkflowState, WorkflowStatus};
 pub use worker::{JobContext, Worker, WorkerConfig};
+pub use workflow::{WorkflowContext, WorkflowRequest};

@@ -92,10 +92,11 @@ impl Forge {
         self.store.get_job(id).await
     }
 
-    /// Starts this node's workers for every registered job.
+    /// Starts this node's workers for every registered job and workflow.
     pub async fn start_worker(&self, config: WorkerConfig) -> Result<Worker, RuntimeError> {
-        self.start_worker_with(config, worker::registered_handlers())
-            .await
+        let mut handlers = worker::registered_handlers();
+        handlers.extend(crate::workflow::handlers());
+        self.start_worker_with(config, handlers).await
     }
 
     /// Starts workers with an explicit set of handlers.

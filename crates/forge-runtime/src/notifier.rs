@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::status::JobStatus;
+use crate::status::{JobStatus, WorkflowStatus};
 
 pub const JOBS_AVAILABLE: &str = "forge_jobs_available";
 pub const JOB_UPDATES: &str = "forge_job_updates";
@@ -31,6 +31,27 @@ pub struct JobUpdate {
     /// with [`DbSnapshot::sees`](crate::store::DbSnapshot::sees) whether this update is
     /// already reflected in what it read.
     pub xid: u64,
+}
+
+/// One changed workflow, as published on `forge_workflow_updates` (the notifier passes these
+/// payloads on as [`Event::Other`]; read them with [`WorkflowUpdate::parse`]). The steps are not
+/// in it: read the state with `Store::get_workflows_with_snapshot`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct WorkflowUpdate {
+    pub workflow_id: Uuid,
+    pub status: WorkflowStatus,
+    /// The current step (cut to 200 characters).
+    pub step: Option<String>,
+    pub waiting_for: Option<String>,
+    /// The transaction that made the change, as on [`JobUpdate`].
+    pub xid: u64,
+}
+
+impl WorkflowUpdate {
+    /// The updates of one `forge_workflow_updates` payload.
+    pub fn parse(payload: &str) -> Result<Vec<WorkflowUpdate>, serde_json::Error> {
+        serde_json::from_str(payload)
+    }
 }
 
 /// What the notifier broadcasts.

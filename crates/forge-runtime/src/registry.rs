@@ -229,6 +229,11 @@ macro_rules! function_registry {
     };
 }
 
+// The workflow registry (`workflow::def`) is built the same way.
+pub(crate) use function_registry;
+
+pub use crate::workflow::def::{workflow, workflows, WorkflowDef, WorkflowOptions, WorkflowRunFn};
+
 function_registry!(QueryDef, "#[forge::query]", queries_by_name, query, queries);
 function_registry!(
     MutationDef,

@@ -48,14 +48,38 @@
 //! }
 //! ```
 //!
+//! Durable workflows are made of named steps; each step's output is stored, so a workflow
+//! resumes after a crash without running completed steps again, sleeps and waits for events
+//! without holding a worker, and undoes its completed steps when it fails (see
+//! [`workflow`](mod@workflow)):
+//!
+//! ```ignore
+//! #[forge::workflow(steps = ["reserve", "charge", "wait_shipped"])]
+//! pub async fn place_order(ctx: &WorkflowContext, order_id: Uuid) -> Result<()> {
+//!     let hold: Hold = ctx.step("reserve", || async { stock::reserve(order_id).await })
+//!         .compensate(|hold: Hold| async move { stock::release(hold).await })
+//!         .await?;
+//!     ctx.step("charge", || async { payments::charge(order_id).await }).retries(5).await?;
+//!     let _: Shipped = ctx.wait_for_event("shipped", Duration::from_secs(7 * 86400))
+//!         .named("wait_shipped").await?;
+//!     Ok(())
+//! }
+//! let id = forge.start_workflow(place_order::request(order_id)).await?;
+//! ```
+//!
 //! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
 //! queue, workers, notifier). This crate re-exports what users need.
 
+pub use forge_macros::workflow;
 pub use forge_macros::{job, mutation, query};
+pub use forge_runtime::workflow;
 pub use forge_runtime::{
     error, function, notifier, queue, registry, status, store, worker, EnqueueOptions, Error,
     ErrorKind, Forge, JobContext, JobRequest, JobState, JobStatus, MutationContext, QueryContext,
     Refusal, Result, ResultExt, User, Worker, WorkerConfig,
+};
+pub use forge_runtime::{
+    StepStatus, WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus,
 };
 
 /// `use forge::prelude::*;` brings what job code needs.
@@ -64,6 +88,7 @@ pub mod prelude {
         EnqueueOptions, Error, Forge, JobContext, JobRequest, JobState, JobStatus, MutationContext,
         QueryContext, Result, ResultExt, User, WorkerConfig,
     };
+    pub use crate::{WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus};
 }
 
 /// Used by the code the macros generate. Not a public API.
@@ -74,6 +99,7 @@ pub mod __private {
         decode_args, parse_args, Access, ArgDef, Backoff, FunctionOptions, JobDef, JobOptions,
         MutationDef, QueryDef,
     };
+    pub use forge_runtime::registry::{WorkflowDef, WorkflowOptions};
     pub use futures::future::BoxFuture;
     pub use inventory;
     pub use schemars;

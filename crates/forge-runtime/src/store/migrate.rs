@@ -17,6 +17,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "realtime",
         include_str!("../../migrations/0003_realtime.sql"),
     ),
+    (
+        4,
+        "workflows",
+        include_str!("../../migrations/0004_workflows.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

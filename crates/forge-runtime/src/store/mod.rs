@@ -5,6 +5,7 @@ mod jobs;
 mod migrate;
 mod realtime;
 mod transactions;
+mod workflows;
 
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, JobRow, NewJob, ProgressWrite,
@@ -12,6 +13,12 @@ pub use jobs::{
 };
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
+pub use workflows::{
+    cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
+    take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
+    HistoryEntry, LoadedWorkflow, NewWorkflow, Park, StepKind, StepStart, StepUpdate, WorkflowRow,
+    WorkflowWrite, WriteOutcome, WORKFLOW_JOB_ATTEMPTS, WORKFLOW_JOB_PREFIX,
+};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
