@@ -1,4 +1,4 @@
-//! The functions clients may call: every registered query, mutation and job, in one
+//! The functions clients may call: every registered query, mutation, job and workflow, in one
 //! namespace, with the access check and the call itself. Every route that calls a function
 //! (the RPC routes, the batch, query subscriptions) goes through here, so the checks are the
 //! same on all of them.
@@ -8,10 +8,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use forge_runtime::error::{ArgsError, EnqueueError};
-use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef};
+use forge_runtime::error::{ArgsError, EnqueueError, StartError};
+use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef, WorkflowDef};
 use forge_runtime::{
     Error, Forge, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, User,
+    WorkflowRequest,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -28,6 +29,7 @@ pub(crate) enum Function {
     Query(&'static QueryDef),
     Mutation(&'static MutationDef),
     Job(&'static JobDef),
+    Workflow(&'static WorkflowDef),
 }
 
 impl Function {
@@ -36,6 +38,7 @@ impl Function {
             Function::Query(d) => d.name,
             Function::Mutation(d) => d.name,
             Function::Job(d) => d.name,
+            Function::Workflow(d) => d.name,
         }
     }
 
@@ -44,6 +47,7 @@ impl Function {
             Function::Query(_) => "query",
             Function::Mutation(_) => "mutation",
             Function::Job(_) => "job",
+            Function::Workflow(_) => "workflow",
         }
     }
 
@@ -52,6 +56,7 @@ impl Function {
             Function::Query(d) => d.options.access,
             Function::Mutation(d) => d.options.access,
             Function::Job(d) => d.options.access,
+            Function::Workflow(d) => d.options.access,
         }
     }
 
@@ -59,9 +64,9 @@ impl Function {
         match self {
             Function::Query(d) => d.options.timeout,
             Function::Mutation(d) => d.options.timeout,
-            // A job's own timeout bounds its run on a worker; through RPC it is only
-            // started.
-            Function::Job(_) => None,
+            // A job's own timeout bounds its run on a worker, a workflow's steps have theirs;
+            // through RPC they are only started.
+            Function::Job(_) | Function::Workflow(_) => None,
         }
     }
 
@@ -89,7 +94,8 @@ impl Functions {
         let all = registry::queries()
             .map(Function::Query)
             .chain(registry::mutations().map(Function::Mutation))
-            .chain(registry::jobs().map(Function::Job));
+            .chain(registry::jobs().map(Function::Job))
+            .chain(registry::workflows().map(Function::Workflow));
         let mut map = BTreeMap::new();
         for f in all {
             if let Some(first) = map.insert(f.name(), f) {
@@ -129,7 +135,8 @@ pub(crate) fn authorize(access: Access, identity: Option<&Identity>) -> Result<(
     }
 }
 
-/// One call: a function, its arguments, and for a job, the session to follow it on.
+/// One call: a function, its arguments, and for a job or workflow, the session to follow it
+/// on.
 #[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) function: String,
@@ -168,7 +175,7 @@ impl Caller {
         call: Call,
     ) -> Result<Value, ApiError> {
         let f = self.resolve(&call.function, identity)?;
-        if call.follow.is_some() && !matches!(f, Function::Job(_)) {
+        if call.follow.is_some() && !matches!(f, Function::Job(_) | Function::Workflow(_)) {
             return Err(ApiError::invalid_args(
                 "follow",
                 format!(
@@ -224,7 +231,47 @@ impl Caller {
                     Err(_) => Err(timed_out(def.name, timeout)),
                 }
             }
+            Function::Workflow(def) => {
+                if call.follow.is_some() {
+                    return Err(ApiError::invalid_args(
+                        "follow",
+                        "following a workflow from its start is not available yet: start it, then subscribe to it",
+                    ));
+                }
+                let start = self.start_workflow(def, identity, call.args);
+                match tokio::time::timeout(timeout, start).await {
+                    Ok(out) => out,
+                    Err(_) => Err(timed_out(def.name, timeout)),
+                }
+            }
         }
+    }
+
+    /// Starts a workflow owned by the caller; answers with its state as started (declared
+    /// steps `pending`).
+    async fn start_workflow(
+        &self,
+        def: &'static WorkflowDef,
+        identity: Option<&Identity>,
+        args: Value,
+    ) -> Result<Value, ApiError> {
+        let mut req = WorkflowRequest::<Value>::new(def.name, args);
+        if let Some(i) = identity {
+            req = req.owner(i.user_id.clone());
+        }
+        let id = self.forge.start_workflow(req).await.map_err(|e| match e {
+            StartError::InvalidArgs(e) => args_error(e),
+            e => ApiError::internal(format_args!("starting workflow `{}`: {e}", def.name)),
+        })?;
+        let state = self
+            .forge
+            .workflow_state(id)
+            .await
+            .map_err(|e| ApiError::internal(format_args!("reading workflow {id}: {e}")))?
+            .ok_or_else(|| {
+                ApiError::internal(format_args!("workflow {id} vanished at its start"))
+            })?;
+        Ok(json!({ "workflowId": id, "state": state }))
     }
 
     /// Starts a job owned by the caller. With `follow`, the job is subscribed on that SSE

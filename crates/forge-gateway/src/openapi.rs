@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::functions::{Function, Functions};
 use forge_runtime::registry::Access;
-use forge_runtime::JobState;
+use forge_runtime::{JobState, JobStatus, WorkflowState, WorkflowStatus};
 
 /// Error statuses and the component response describing each.
 const ERRORS: &[(&str, &str, &str)] = &[
@@ -38,7 +38,15 @@ pub(crate) fn document(functions: &Functions, batch_limit: usize) -> Value {
     }
     paths.insert("/_api/rpc".into(), generic_call());
     paths.insert("/_api/rpc/batch".into(), batch(batch_limit));
-    paths.insert("/_api/cancel-job".into(), cancel_job());
+    let job_status = gen.subschema_for::<JobStatus>();
+    let job_status = finish(&mut gen, job_status);
+    paths.insert("/_api/cancel-job".into(), cancel("job", job_status));
+    let workflow_status = gen.subschema_for::<WorkflowStatus>();
+    let workflow_status = finish(&mut gen, workflow_status);
+    paths.insert(
+        "/_api/cancel-workflow".into(),
+        cancel("workflow", workflow_status),
+    );
     paths.insert(
         "/_api/health".into(),
         probe("health", "The node answers HTTP"),
@@ -130,6 +138,20 @@ fn operation(gen: &mut SchemaGenerator, f: Function) -> Value {
             });
             (args, output, "Job: starts it, owned by the caller")
         }
+        Function::Workflow(d) => {
+            let args = (d.args_schema)(gen);
+            let state = gen.subschema_for::<WorkflowState>();
+            let state = finish(gen, state);
+            let output = json!({
+                "type": "object",
+                "required": ["workflowId", "state"],
+                "properties": {
+                    "workflowId": { "type": "string", "format": "uuid" },
+                    "state": state,
+                },
+            });
+            (args, output, "Workflow: starts it, owned by the caller")
+        }
     };
     let args = finish(gen, args);
     let required_args = args
@@ -161,7 +183,7 @@ fn operation(gen: &mut SchemaGenerator, f: Function) -> Value {
         let applies = match *status {
             "401" => !matches!(access, Access::Public),
             "403" => matches!(access, Access::Role(_)),
-            "409" | "422" => !matches!(f, Function::Job(_)),
+            "409" | "422" => matches!(f, Function::Query(_) | Function::Mutation(_)),
             _ => true,
         };
         if applies {
@@ -276,7 +298,11 @@ fn batch(limit: usize) -> Value {
     } })
 }
 
-fn cancel_job() -> Value {
+/// `POST /_api/cancel-job` or `/_api/cancel-workflow`.
+fn cancel(what: &str, status: Value) -> Value {
+    let id = format!("{what}Id");
+    let mut id_schema = Map::new();
+    id_schema.insert(id.clone(), json!({ "type": "string", "format": "uuid" }));
     let mut responses = error_refs(&["400", "401", "404", "409", "413", "415", "500"]);
     responses.insert(
         "200".into(),
@@ -285,18 +311,18 @@ fn cancel_job() -> Value {
             "required": ["data"],
             "properties": { "data": {
                 "type": "object", "required": ["status"],
-                "properties": { "status": { "$ref": "#/components/schemas/JobStatus" } },
+                "properties": { "status": status },
             } },
         } } } }),
     );
     json!({ "post": {
-        "operationId": "_cancelJob",
-        "summary": "Cancels a job the caller owns: at once if it has not started, at its next check_cancelled() if it runs.",
-        "tags": ["jobs"],
+        "operationId": format!("_cancel_{what}"),
+        "summary": format!("Cancels a {what} the caller owns (or any, with the admin role)."),
+        "tags": [what],
         "security": [{ "bearerAuth": [] }],
         "requestBody": { "required": true, "content": { "application/json": { "schema": {
-            "type": "object", "required": ["jobId"], "additionalProperties": false,
-            "properties": { "jobId": { "type": "string", "format": "uuid" } },
+            "type": "object", "required": [id], "additionalProperties": false,
+            "properties": id_schema,
         } } } },
         "responses": responses,
     } })

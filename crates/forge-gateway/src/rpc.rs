@@ -1,5 +1,6 @@
 //! The RPC routes: one call (`POST /_api/rpc/{fn}`, `POST /_api/rpc`), a batch of calls
-//! (`POST /_api/rpc/batch`), and cancelling a job (`POST /_api/cancel-job`).
+//! (`POST /_api/rpc/batch`), and cancelling a job or workflow (`POST /_api/cancel-job`,
+//! `POST /_api/cancel-workflow`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use forge_runtime::error::CancelError;
+use forge_runtime::error::{CancelError, WorkflowCancelError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -26,6 +27,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .route("/_api/rpc/batch", post(batch))
         .route("/_api/rpc/{fn}", post(call_named))
         .route("/_api/cancel-job", post(cancel_job))
+        .route("/_api/cancel-workflow", post(cancel_workflow))
         .with_state(state)
 }
 
@@ -169,6 +171,16 @@ struct CancelJob {
     job_id: Uuid,
 }
 
+/// The owner a cancel is restricted to: the caller's own, unless they have the admin role.
+fn cancel_owner<'a>(s: &AppState, identity: &'a Identity) -> Option<&'a str> {
+    let is_admin = s
+        .config
+        .admin_role
+        .as_deref()
+        .is_some_and(|role| identity.has_role(role));
+    (!is_admin).then_some(identity.user_id.as_str())
+}
+
 /// `POST /_api/cancel-job`: only the job's owner (or the admin role) may cancel it; anyone
 /// else is told it does not exist.
 async fn cancel_job(
@@ -182,12 +194,7 @@ async fn cancel_job(
         ));
     };
     let req: CancelJob = json_body(&headers, &body)?;
-    let is_admin = s
-        .config
-        .admin_role
-        .as_deref()
-        .is_some_and(|role| identity.has_role(role));
-    let owner = (!is_admin).then_some(identity.user_id.as_str());
+    let owner = cancel_owner(&s, &identity);
     match s.caller.forge.cancel_job(req.job_id, owner).await {
         Ok(status) => Ok(json_response(&json!({ "data": { "status": status } }))),
         Err(CancelError::NotFound) => Err(ApiError::not_found("no such job").with_field("jobId")),
@@ -199,6 +206,42 @@ async fn cancel_job(
         Err(e) => Err(ApiError::internal(format_args!(
             "cancelling job {}: {e}",
             req.job_id
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CancelWorkflow {
+    workflow_id: Uuid,
+}
+
+/// `POST /_api/cancel-workflow`: as for jobs; the workflow's completed steps are compensated.
+async fn cancel_workflow(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(identity) = s.auth.from_headers(&headers)? else {
+        return Err(ApiError::unauthenticated(
+            "cancelling a workflow needs a signed-in user",
+        ));
+    };
+    let req: CancelWorkflow = json_body(&headers, &body)?;
+    let owner = cancel_owner(&s, &identity);
+    match s.caller.forge.cancel_workflow(req.workflow_id, owner).await {
+        Ok(status) => Ok(json_response(&json!({ "data": { "status": status } }))),
+        Err(WorkflowCancelError::NotFound) => {
+            Err(ApiError::not_found("no such workflow").with_field("workflowId"))
+        }
+        Err(e @ WorkflowCancelError::AlreadyFinished(status)) => {
+            let mut err = ApiError::conflict(e.to_string());
+            err.details = Some(json!({ "field": "workflowId", "status": status }));
+            Err(err)
+        }
+        Err(e) => Err(ApiError::internal(format_args!(
+            "cancelling workflow {}: {e}",
+            req.workflow_id
         ))),
     }
 }

@@ -194,6 +194,26 @@ async fn rpc_public_job(_ctx: &JobContext) -> Result<()> {
     Ok(())
 }
 
+/// Waits for the event `go`, then doubles `n` in a step.
+#[forge::workflow(steps = ["double"])]
+async fn rpc_flow(ctx: &WorkflowContext, n: u32) -> Result<u32> {
+    let _: Value = ctx
+        .wait_for_event("go", Duration::from_secs(600))
+        .named("wait_go")
+        .await?;
+    ctx.step("double", || async move { Ok(n * 2) }).await
+}
+
+/// A mutation that starts a workflow in its transaction, then fails or not.
+#[forge::mutation]
+async fn rpc_start_flow(ctx: &MutationContext, n: u32, fail: bool) -> Result<Uuid> {
+    let id = ctx.start_workflow(rpc_flow::request(n)).await?;
+    if fail {
+        return Err(Error::conflict("not this time"));
+    }
+    Ok(id)
+}
+
 // ---- The server ----------------------------------------------------------------------------
 
 struct Server {
@@ -876,6 +896,13 @@ async fn health_readiness_and_the_openapi_document() {
         "#/components/schemas/JobState"
     );
     assert!(doc["components"]["schemas"]["JobStatus"].is_object());
+    let flow = &doc["paths"]["/_api/rpc/rpc_flow"]["post"]["responses"]["200"]["content"]
+        ["application/json"]["schema"]["properties"]["data"];
+    assert_eq!(
+        flow["properties"]["state"]["$ref"],
+        "#/components/schemas/WorkflowState"
+    );
+    assert!(doc["paths"]["/_api/cancel-workflow"]["post"].is_object());
     // Every reference resolves.
     let text = doc.to_string();
     for r in text.split("\"$ref\":\"#/").skip(1) {
@@ -1008,4 +1035,179 @@ async fn subscriptions_and_start_and_follow_go_through_the_registry() {
         }
     }
     assert_eq!(statuses.first().map(String::as_str), Some("claimed"));
+}
+
+#[tokio::test]
+async fn a_workflow_started_through_rpc_is_owned_by_its_caller() {
+    let s = server_with(|c| c.admin_role = Some("admin".into())).await;
+    let (status, body) = s.call("rpc_flow", Some(&alice()), json!({ "n": 21 })).await;
+    assert_eq!(status, 200, "{body}");
+    let id: Uuid = body["data"]["workflowId"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let state = &body["data"]["state"];
+    assert_eq!(state["workflowId"], json!(id));
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["steps"][0]["name"], "double");
+    assert_eq!(state["steps"][0]["status"], "pending");
+    let row = s.forge.workflow(id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.owner.as_deref()),
+        ("rpc_flow", Some("alice"))
+    );
+
+    // Bad arguments start nothing; it needs a user; `follow` is refused for now.
+    let (status, body) = s
+        .call("rpc_flow", Some(&alice()), json!({ "n": "x" }))
+        .await;
+    assert_eq!((status, code(&body)), (400, ("invalid_args", Some("n"))));
+    assert_eq!(s.call("rpc_flow", None, json!({ "n": 1 })).await.0, 401);
+    let follow = json!({ "sessionId": Uuid::nil(), "sessionSecret": "x", "subscriptionId": "s" });
+    let (status, body) = s
+        .post(
+            "/_api/rpc",
+            Some(&alice()),
+            json!({ "fn": "rpc_flow", "args": { "n": 1 }, "follow": follow }),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, ("invalid_args", Some("follow")))
+    );
+
+    // A mutation's workflow exists only if the mutation commits, and belongs to its caller.
+    let (status, _) = s
+        .call(
+            "rpc_start_flow",
+            Some(&alice()),
+            json!({ "n": 1, "fail": true }),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM forge.workflows")
+            .fetch_one(s.forge.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 1);
+    let (status, body) = s
+        .call(
+            "rpc_start_flow",
+            Some(&token("bob", &[], 3600)),
+            json!({ "n": 2, "fail": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bobs: Uuid = body["data"].as_str().unwrap().parse().unwrap();
+    assert_eq!(count().await, 2);
+    assert_eq!(
+        s.forge
+            .workflow(bobs)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("bob")
+    );
+
+    // It runs like any workflow.
+    let worker = s.forge.start_worker(WorkerConfig::default()).await.unwrap();
+    s.forge
+        .send_workflow_event(id, "go", json!(null))
+        .await
+        .unwrap();
+    let done = wait_for(
+        "the workflow to complete",
+        Duration::from_secs(15),
+        || async {
+            let st = s.forge.workflow_state(id).await.unwrap().unwrap();
+            (st.status == WorkflowStatus::Completed).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(done.output, Some(json!(42)));
+    worker.shutdown().await;
+
+    // Only its owner (or an admin) cancels it.
+    let cancel = |who: String, wf: Uuid| {
+        let s = &s;
+        async move {
+            s.post(
+                "/_api/cancel-workflow",
+                Some(&who),
+                json!({ "workflowId": wf }),
+            )
+            .await
+        }
+    };
+    let (status, body) = cancel(alice(), bobs).await;
+    assert_eq!(
+        (status, code(&body)),
+        (404, ("not_found", Some("workflowId")))
+    );
+    let (status, body) = cancel(alice(), id).await;
+    assert_eq!((status, code(&body).0), (409, "conflict"));
+    assert_eq!(body["error"]["details"]["status"], "completed");
+    let (status, body) = cancel(token("root", &["admin"], 3600), bobs).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s
+        .post("/_api/cancel-workflow", None, json!({ "workflowId": bobs }))
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_node_runs_from_its_configuration() {
+    let db = TestDb::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let file = format!(
+        "[database]\nurl = \"{}\"\n[gateway]\nhost = \"127.0.0.1\"\n[auth]\njwt_secret = \"{}\"\n",
+        db.url,
+        std::str::from_utf8(SECRET).unwrap()
+    );
+    let port_text = port.to_string();
+    let config = forge_gateway::Config::from_sources(
+        Some((std::path::Path::new("forge.toml"), file.as_str())),
+        |name| (name == "PORT").then(|| port_text.clone()),
+    )
+    .unwrap();
+    // The node runs beside the test (not spawned: `Forge::connect`'s future cannot be
+    // proven `Send`) until the test is done.
+    let test = async {
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_for("the node to be ready", Duration::from_secs(15), || async {
+            let res = http.get(format!("{base}/_api/ready")).send().await.ok()?;
+            res.status().is_success().then_some(())
+        })
+        .await;
+        // Gateway and worker in one node: a job started over HTTP runs to completion.
+        let res = http
+            .post(format!("{base}/_api/rpc/rpc_job"))
+            .bearer_auth(alice())
+            .json(&json!({ "n": 4 }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        let id: Uuid = body["data"]["jobId"].as_str().unwrap().parse().unwrap();
+        let forge = Forge::connect(&db.url).await.unwrap();
+        let done = wait_for("the job to complete", Duration::from_secs(15), || async {
+            let row = forge.job(id).await.unwrap()?;
+            (row.status == JobStatus::Completed).then_some(row)
+        })
+        .await;
+        assert_eq!(done.output, Some(json!(8)));
+    };
+    tokio::select! {
+        stopped = forge_gateway::run(config) => panic!("the node stopped: {stopped:?}"),
+        () = test => {}
+    }
 }
