@@ -10,6 +10,8 @@
 //! * [`store`] holds all SQL. Nothing else in Forge writes SQL.
 //! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
 //! * [`notifier`] is the node's single LISTEN connection.
+//! * [`workflow`] runs durable workflows on the same workers: each run (and each resume after a
+//!   wait) is a job that replays the workflow's recorded steps.
 //!
 //! # Publishing updates, and why this way
 //! A transaction that sent NOTIFY takes a database-wide lock while it commits, so one NOTIFY

@@ -499,6 +499,14 @@ async fn a_killed_process_is_resumed_by_another_without_rerunning_completed_step
             ("second", StepStatus::Completed)
         ]
     );
+    // Inside the step, not just recorded as started.
+    wait_for("step three's effect", WAIT, || async {
+        effects(forge.pool(), id)
+            .await
+            .contains(&"third".to_string())
+            .then_some(())
+    })
+    .await;
     // SIGKILL: no clean-up of any kind in the child.
     child.kill().unwrap();
     child.wait().unwrap();

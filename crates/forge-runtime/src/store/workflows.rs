@@ -436,7 +436,7 @@ pub async fn write_workflow<'e, E: PgExecutor<'e>>(
         wake_ats.push(u.wake_at);
     }
     let s = w.start.as_ref();
-    let row = sqlx::query(
+    let row = sqlx::query(&format!(
         "WITH wf AS (
              SELECT id, status, name, queue FROM forge.workflows
              WHERE id = $1 AND job_id = $2 AND attempt = $3
@@ -497,15 +497,21 @@ pub async fn write_workflow<'e, E: PgExecutor<'e>>(
                  finished_at = CASE WHEN $27 THEN now() END
              FROM ok WHERE w.id = ok.id
              RETURNING w.id
-         ), parked AS (
+         ){park}
+         SELECT status, EXISTS (SELECT 1 FROM ok) AS applied FROM wf",
+        // Only a write that parks has the INSERT: any INSERT statement on `forge.jobs`, even
+        // of no rows, wakes every worker.
+        park = if w.park.is_some() {
+            ", parked AS (
              INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts, run_at)
              SELECT $25, 'workflow:' || wf.name, jsonb_build_object('workflowId', wf.id),
                     wf.queue, $28, $26
              FROM wf JOIN changed ON changed.id = wf.id
-             WHERE $25::uuid IS NOT NULL
-         )
-         SELECT status, EXISTS (SELECT 1 FROM ok) AS applied FROM wf",
-    )
+         )"
+        } else {
+            ""
+        }
+    ))
     .bind(w.fence.workflow_id)
     .bind(w.fence.job_id)
     .bind(w.fence.attempt)
