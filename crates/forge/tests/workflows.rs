@@ -428,6 +428,46 @@ async fn a_step_is_retried_with_backoff_without_holding_a_worker() {
     worker.shutdown().await;
 }
 
+#[forge::workflow]
+async fn misbehaving(ctx: &WorkflowContext, panic: bool) -> Result<()> {
+    ctx.step("misbehave", || async {
+        if panic {
+            panic!("boom");
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    })
+    .retries(0)
+    .timeout(Duration::from_millis(100))
+    .await
+}
+
+#[tokio::test]
+async fn a_panicking_or_hanging_step_fails_like_an_error() {
+    let (_db, forge, worker) = setup().await;
+    let panics = forge
+        .start_workflow(misbehaving::request(true))
+        .await
+        .unwrap();
+    let hangs = forge
+        .start_workflow(misbehaving::request(false))
+        .await
+        .unwrap();
+    let s = wait_status(&forge, panics, WorkflowStatus::Compensated).await;
+    let error = s.steps[0].error.as_deref().unwrap();
+    assert!(error.contains("panicked: boom"), "{error}");
+    let s = wait_status(&forge, hangs, WorkflowStatus::Compensated).await;
+    let error = s.steps[0].error.as_deref().unwrap();
+    assert!(error.contains("timed out after 100ms"), "{error}");
+    // The worker survived both.
+    let again = forge
+        .start_workflow(four_steps::request("after".into()))
+        .await
+        .unwrap();
+    wait_status(&forge, again, WorkflowStatus::Completed).await;
+    worker.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // A crash: the process running the workflow is killed; another one resumes it.
 
@@ -735,6 +775,78 @@ async fn a_wait_that_times_out_is_an_error_the_workflow_handles() {
         "{error}"
     );
     assert_eq!(effects(forge.pool(), id).await, ["send", "expire"]);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_racing_the_wait_are_never_lost() {
+    let (_db, forge, worker) = setup().await;
+    // Each event is sent at a different moment around the one the workflow suspends: a lost
+    // wake-up would leave its workflow waiting for the (one minute) timeout.
+    let mut ids = Vec::new();
+    for i in 0..30u64 {
+        let id = forge
+            .start_workflow(confirm_flow::request(60_000))
+            .await
+            .unwrap();
+        let forge = forge.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(i * 700)).await;
+            forge
+                .send_workflow_event(id, "confirmed", json!({"code": format!("c{i}")}))
+                .await
+                .unwrap();
+        });
+        ids.push((i, id));
+    }
+    for (i, id) in ids {
+        let s = wait_status(&forge, id, WorkflowStatus::Completed).await;
+        assert_eq!(s.output, Some(json!(format!("c{i}"))));
+    }
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mutation_starts_workflows_and_sends_events_in_its_transaction() {
+    let (_db, forge, worker) = setup().await;
+    let user = forge::User {
+        id: "carol".into(),
+        roles: vec![],
+    };
+    // Rolled back: no workflow.
+    let ctx = MutationContext::new(forge.store().clone(), Some(user.clone()));
+    let gone = ctx
+        .start_workflow(confirm_flow::request(60_000))
+        .await
+        .unwrap();
+    ctx.rollback().await.unwrap();
+    assert!(forge.workflow_state(gone).await.unwrap().is_none());
+
+    let ctx = MutationContext::new(forge.store().clone(), Some(user));
+    let id = ctx
+        .start_workflow(confirm_flow::request(60_000))
+        .await
+        .unwrap();
+    ctx.commit().await.unwrap();
+    assert_eq!(
+        forge.workflow(id).await.unwrap().unwrap().owner.as_deref(),
+        Some("carol")
+    );
+    wait_status(&forge, id, WorkflowStatus::Waiting).await;
+
+    // An event sent by a mutation that fails is never seen.
+    let ctx = MutationContext::new(forge.store().clone(), None);
+    ctx.send_workflow_event(id, "confirmed", json!({"code": "rolled-back"}))
+        .await
+        .unwrap();
+    ctx.rollback().await.unwrap();
+    let ctx = MutationContext::new(forge.store().clone(), None);
+    ctx.send_workflow_event(id, "confirmed", json!({"code": "committed"}))
+        .await
+        .unwrap();
+    ctx.commit().await.unwrap();
+    let s = wait_status(&forge, id, WorkflowStatus::Completed).await;
+    assert_eq!(s.output, Some(json!("committed")));
     worker.shutdown().await;
 }
 
