@@ -5,6 +5,7 @@
 //! Steps record what they do in a table `effects`, so each test can count how often a step or
 //! a compensation really ran and in which order.
 
+use std::future::IntoFuture;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -302,6 +303,41 @@ async fn dynamic_steps_appear_in_the_order_they_ran() {
         names,
         ["declared_first", "extra_0", "extra_1", "declared_last"]
     );
+    worker.shutdown().await;
+}
+
+/// Two steps run at once; their order in the history is the order the body asked for them.
+#[forge::workflow]
+async fn fan_out(ctx: &WorkflowContext) -> Result<u32> {
+    let id = ctx.workflow_id();
+    let side = |name: &'static str, millis: u64| {
+        ctx.step(name, move || async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            effect(ctx.db(), id, name).await?;
+            Ok(millis as u32)
+        })
+        .into_future()
+    };
+    let (left, right) = tokio::join!(side("left", 80), side("right", 10));
+    let sum = left? + right?;
+    ctx.step("after", || async move { Ok(sum) }).await
+}
+
+#[tokio::test]
+async fn steps_may_run_concurrently() {
+    let (_db, forge, worker) = setup().await;
+    let id = forge.start_workflow(fan_out::request()).await.unwrap();
+    let s = wait_status(&forge, id, WorkflowStatus::Completed).await;
+    assert_eq!(s.output, Some(json!(90)));
+    assert_eq!(
+        steps(&s),
+        vec![
+            ("left", StepStatus::Completed),
+            ("right", StepStatus::Completed),
+            ("after", StepStatus::Completed),
+        ]
+    );
+    assert_eq!(effects(forge.pool(), id).await, ["right", "left"]);
     worker.shutdown().await;
 }
 

@@ -18,7 +18,7 @@
 //! (the body between steps must be deterministic), so a crash in between re-runs the step
 //! exactly as a crash during it would.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -91,8 +91,8 @@ impl From<sqlx::Error> for Abort {
 }
 
 struct State {
-    /// Index `i` holds position `i + 1`.
-    history: Vec<HistoryEntry>,
+    /// By position (`run_seq`).
+    history: BTreeMap<i32, HistoryEntry>,
     next_seq: i32,
     /// `Running` or `Compensating`, as last written or read.
     status: WorkflowStatus,
@@ -113,6 +113,10 @@ pub(crate) struct Execution {
     /// that timers agree with the `run_at` of the jobs that end them.
     clock: (DateTime<Utc>, Instant),
     state: Mutex<State>,
+    /// Held from building a write (it takes the pending step results) until it is applied,
+    /// so that the writes of steps the body runs concurrently go out one after the other, in
+    /// order, each seeing the rows the previous one wrote.
+    writes: tokio::sync::Mutex<()>,
     aborted: Notify,
 }
 
@@ -159,7 +163,7 @@ async fn run(job: JobContext, args: Value) -> Result<Value, Error> {
                     owner: loaded.owner,
                     clock: (loaded.now, Instant::now()),
                     state: Mutex::new(State {
-                        history: loaded.history,
+                        history: loaded.history.into_iter().map(|e| (e.run_seq, e)).collect(),
                         next_seq: 1,
                         status: loaded.status,
                         error: loaded.error,
@@ -167,6 +171,7 @@ async fn run(job: JobContext, args: Value) -> Result<Value, Error> {
                         compensations: HashMap::new(),
                         abort: None,
                     }),
+                    writes: tokio::sync::Mutex::new(()),
                     aborted: Notify::new(),
                 });
                 exec.drive(loaded.args).await.map_err(Error::from)?
@@ -285,7 +290,7 @@ impl Execution {
         let seq = st.next_seq;
         st.next_seq += 1;
         let compensating = st.status == WorkflowStatus::Compensating;
-        match st.history.get(seq as usize - 1) {
+        match st.history.get(&seq) {
             Some(e) if e.name != name || e.kind != kind => Err(Abort::Broken(format!(
                 "workflow `{}` no longer matches its history: at position {seq} it asks for {} \
                  `{name}`, but the history has {} `{}` there (was its code changed while it \
@@ -310,20 +315,14 @@ impl Execution {
         }
     }
 
-    /// Records `seq` in the in-memory history as the write that is about to go out will.
+    /// Records an entry in the in-memory history, once written.
     fn remember(&self, entry: HistoryEntry) {
-        let mut st = self.state();
-        let i = entry.run_seq as usize - 1;
-        if i < st.history.len() {
-            st.history[i] = entry;
-        } else {
-            st.history.push(entry);
-        }
+        self.state().history.insert(entry.run_seq, entry);
     }
 
     fn update_entry(&self, u: &StepUpdate) {
         let mut st = self.state();
-        if let Some(e) = st.history.get_mut(u.run_seq as usize - 1) {
+        if let Some(e) = st.history.get_mut(&u.run_seq) {
             e.status = u.status;
             if u.output.is_some() {
                 e.output = u.output.clone();
@@ -383,6 +382,7 @@ impl Execution {
         waiting_for: Option<String>,
         until: DateTime<Utc>,
     ) -> T {
+        let _writing = self.writes.lock().await;
         let mut w = self.write(WorkflowStatus::Running, status);
         w.start = start;
         w.step = Some(step.to_string());
@@ -471,7 +471,7 @@ impl Execution {
             has_compensation: compensation.is_some(),
             wake_at: None,
         };
-        self.remember(HistoryEntry {
+        let recorded = HistoryEntry {
             run_seq: seq,
             name: name.clone(),
             kind: StepKind::Step,
@@ -482,11 +482,15 @@ impl Execution {
             compensation_attempts: 0,
             has_compensation: compensation.is_some(),
             wake_at: None,
-        });
-        let mut w = self.write(WorkflowStatus::Running, WorkflowStatus::Running);
-        w.start = Some(start);
-        w.step = Some(name.clone());
-        self.send(w).await;
+        };
+        {
+            let _writing = self.writes.lock().await;
+            let mut w = self.write(WorkflowStatus::Running, WorkflowStatus::Running);
+            w.start = Some(start);
+            w.step = Some(name.clone());
+            self.send(w).await;
+        }
+        self.remember(recorded);
 
         let result = run_attempt(&format!("step `{name}`"), policy.timeout, run).await;
         let err = match result {
@@ -642,6 +646,7 @@ impl Execution {
         timeout: Duration,
         entry: Option<HistoryEntry>,
     ) -> Result<Option<Value>, Abort> {
+        let _writing = self.writes.lock().await;
         let mut tx = self.pool.begin().await?;
         match store::lock_workflow(&mut tx, self.fence).await? {
             Some(WorkflowStatus::Running) => {}
@@ -733,15 +738,19 @@ impl Execution {
 
     /// The body returned `Ok`.
     async fn complete(&self, output: Value) -> Result<Outcome, sqlx::Error> {
-        let (status, recorded, reached) = {
+        let (status, unreached) = {
             let st = self.state();
-            (st.status, st.history.len(), st.next_seq as usize - 1)
+            let unreached = st
+                .history
+                .range(st.next_seq..)
+                .next()
+                .map(|(_, e)| e.clone());
+            (st.status, unreached)
         };
         if status == WorkflowStatus::Compensating {
             return self.compensate(None).await;
         }
-        if reached < recorded {
-            let e = self.state().history[reached].clone();
+        if let Some(e) = unreached {
             return self
                 .fail(format!(
                     "workflow `{}` no longer matches its history: it returned, but the history \
@@ -749,7 +758,7 @@ impl Execution {
                     self.def.name,
                     e.kind.as_str(),
                     e.name,
-                    reached + 1
+                    e.run_seq
                 ))
                 .await;
         }
@@ -770,7 +779,7 @@ impl Execution {
     fn unfinished(&self, why: &str) -> Vec<StepUpdate> {
         self.state()
             .history
-            .iter()
+            .values()
             .filter(|e| e.status == StepStatus::Running)
             .map(|e| StepUpdate {
                 run_seq: e.run_seq,
@@ -822,7 +831,7 @@ impl Execution {
         let to_undo: Vec<HistoryEntry> = {
             let st = self.state();
             st.history
-                .iter()
+                .values()
                 .rev()
                 .filter(|e| e.status == StepStatus::Completed && e.has_compensation)
                 .cloned()
