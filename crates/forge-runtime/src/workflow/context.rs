@@ -20,7 +20,8 @@ use crate::registry::Backoff;
 /// A workflow body is replayed from the top each time its workflow resumes (after a sleep, an
 /// event, a retry backoff, or a crash), so it must be deterministic: everything that touches
 /// the world or depends on time happens inside steps, whose results are recorded and returned
-/// on replay without running them again.
+/// on replay without running them again. Steps may run concurrently (`tokio::join!`), as long
+/// as the body asks for them in the same order on every run.
 #[derive(Clone)]
 pub struct WorkflowContext {
     exec: Arc<Execution>,
