@@ -1,0 +1,247 @@
+//! Forge's benchmarks. Each run creates its own fresh database on the server at `DATABASE_URL`
+//! (default: the local server on 127.0.0.1:5432) and drops it afterwards.
+//!
+//! ```sh
+//! cargo run --release -p forge-bench -- jobs                # 50,000 jobs, 500 latency samples
+//! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
+//! cargo run --release -p forge-bench -- workflows --count 5000 --samples 200
+//! ```
+//!
+//! `workflows` prints the SQL statements one 3-step no-op workflow costs and workflows/s (see
+//! `workflows.rs`).
+//!
+//! `jobs` prints three numbers:
+//! * bulk enqueue: jobs/s of one `enqueue_many` call, no worker running;
+//! * end to end: no-op jobs/s from the first enqueue (bulk) to the last `completed` status seen
+//!   on `forge_job_updates`, with one worker node in the same process;
+//! * enqueue→start latency on an idle node, one job every 20 ms: from just before the enqueue
+//!   call to the first line of the handler.
+
+mod workflows;
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use forge::notifier::Event;
+use forge::prelude::*;
+use forge_test_support::TestDb;
+use tokio::sync::{broadcast, mpsc};
+
+/// Does nothing: what is measured is the runtime around it.
+#[forge::job(max_attempts = 1)]
+async fn bench_noop(_ctx: &JobContext) -> Result<()> {
+    Ok(())
+}
+
+/// Where the latency probe reports the moment its handler started.
+static PROBE_STARTS: OnceLock<mpsc::UnboundedSender<(u32, Instant)>> = OnceLock::new();
+
+#[forge::job(max_attempts = 1)]
+async fn bench_probe(_ctx: &JobContext, seq: u32) -> Result<()> {
+    let started = Instant::now();
+    if let Some(tx) = PROBE_STARTS.get() {
+        let _ = tx.send((seq, started));
+    }
+    Ok(())
+}
+
+struct Settings {
+    count: usize,
+    samples: usize,
+    concurrency: usize,
+    claim_batch: usize,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]"
+    );
+    std::process::exit(2);
+}
+
+fn parse_settings(mut args: impl Iterator<Item = String>) -> Settings {
+    let defaults = WorkerConfig::default();
+    let mut s = Settings {
+        count: 50_000,
+        samples: 500,
+        concurrency: defaults.concurrency,
+        claim_batch: defaults.claim_batch,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--count" => s.count = value,
+            "--samples" => s.samples = value,
+            "--concurrency" => s.concurrency = value,
+            "--claim-batch" => s.claim_batch = value,
+            _ => usage(),
+        }
+    }
+    s
+}
+
+#[tokio::main]
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("jobs") => jobs(parse_settings(args)).await,
+        Some("workflows") => {
+            let s = parse_settings(args);
+            let settings = workflows::Settings {
+                count: s.count,
+                samples: s.samples,
+                concurrency: s.concurrency,
+            };
+            workflows::workflows(settings).await
+        }
+        _ => usage(),
+    }
+}
+
+async fn jobs(s: Settings) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let config = WorkerConfig {
+        concurrency: s.concurrency,
+        claim_batch: s.claim_batch,
+        ..WorkerConfig::default()
+    };
+    println!(
+        "forge-bench jobs: {} jobs, {} latency samples, worker concurrency {}, claim batch {}",
+        s.count, s.samples, config.concurrency, config.claim_batch
+    );
+
+    // Bulk enqueue, with no worker competing for the database.
+    {
+        let db = TestDb::new().await;
+        let forge = Forge::connect(&db.url).await?;
+        let reqs: Vec<_> = (0..s.count).map(|_| bench_noop::request()).collect();
+        let t0 = Instant::now();
+        forge.enqueue_many(reqs).await?;
+        let took = t0.elapsed();
+        println!(
+            "bulk enqueue:       {:>9.0} jobs/s  ({} jobs in {:.1} ms)",
+            s.count as f64 / took.as_secs_f64(),
+            s.count,
+            ms(took)
+        );
+        forge.pool().close().await;
+    }
+
+    let db = TestDb::new().await;
+    let forge = Forge::connect(&db.url).await?;
+    let worker = forge.start_worker(config).await?;
+
+    // End to end: every job enqueued at once, until the last completion is published.
+    {
+        let mut events = forge.notifier().await?.subscribe();
+        let reqs: Vec<_> = (0..s.count).map(|_| bench_noop::request()).collect();
+        let t0 = Instant::now();
+        let ids = forge.enqueue_many(reqs).await?;
+        let enqueued = t0.elapsed();
+        let took = wait_all_completed(&forge, &mut events, ids.into_iter().collect()).await?;
+        println!(
+            "end to end:         {:>9.0} jobs/s  ({} no-op jobs in {:.1} ms, enqueue {:.1} ms)",
+            s.count as f64 / (took - t0).as_secs_f64(),
+            s.count,
+            ms(took - t0),
+            ms(enqueued)
+        );
+    }
+
+    // Latency on an idle node.
+    {
+        let (tx, mut starts) = mpsc::unbounded_channel();
+        PROBE_STARTS.set(tx).expect("set once");
+        // The first few probes warm up connections and statement caches; they are not counted.
+        const WARMUP: usize = 20;
+        let mut latencies = Vec::with_capacity(s.samples);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for seq in 0..(WARMUP + s.samples) as u32 {
+            tick.tick().await;
+            let t0 = Instant::now();
+            forge.enqueue(bench_probe::request(seq)).await?;
+            let (got, started) = tokio::time::timeout(Duration::from_secs(5), starts.recv())
+                .await?
+                .expect("the probe channel stays open");
+            assert_eq!(got, seq, "probes start in order");
+            if seq as usize >= WARMUP {
+                latencies.push(started - t0);
+            }
+        }
+        latencies.sort();
+        let pct = |p: f64| latencies[((p * latencies.len() as f64).ceil() as usize).max(1) - 1];
+        println!(
+            "enqueue→start:      p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms  ({} samples, one every 20 ms)",
+            ms(pct(0.50)),
+            ms(pct(0.90)),
+            ms(pct(0.99)),
+            ms(*latencies.last().expect("at least one sample")),
+            latencies.len()
+        );
+    }
+
+    worker.shutdown().await;
+    forge.pool().close().await;
+    Ok(())
+}
+
+/// Waits until every job of `pending` was published as `completed` and returns when the last
+/// one was. If the notifier's channel overflowed, some updates were not seen: the database
+/// then says when all are done (to within the polling interval).
+async fn wait_all_completed(
+    forge: &Forge,
+    events: &mut broadcast::Receiver<Event>,
+    mut pending: HashSet<uuid::Uuid>,
+) -> std::result::Result<Instant, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("{} jobs did not complete in time", pending.len()).into());
+        }
+        match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+            Ok(Ok(Event::JobUpdates(updates))) => {
+                for u in updates.iter() {
+                    match u.status {
+                        JobStatus::Completed => {
+                            pending.remove(&u.job_id);
+                        }
+                        JobStatus::Failed | JobStatus::DeadLetter | JobStatus::Cancelled => {
+                            return Err(format!("job {} ended {}", u.job_id, u.status).into());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                eprintln!("(the bench's subscriber lagged by {n} notifications; polling instead)");
+                return poll_all_completed(forge, pending).await;
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Err("notifier stopped".into()),
+        }
+    }
+    Ok(Instant::now())
+}
+
+async fn poll_all_completed(
+    forge: &Forge,
+    pending: HashSet<uuid::Uuid>,
+) -> std::result::Result<Instant, Box<dyn std::error::Error>> {
+    let ids: Vec<_> = pending.into_iter().collect();
+    loop {
+        let rows = forge.store().get_jobs(&ids).await?;
+        if rows.iter().all(|r| r.status == JobStatus::Completed) {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
