@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use forge_runtime::error::{ArgsError, EnqueueError, StartError};
 use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef, WorkflowDef};
+use forge_runtime::store;
 use forge_runtime::{
     Error, Forge, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, User,
     WorkflowRequest,
@@ -232,13 +233,7 @@ impl Caller {
                 }
             }
             Function::Workflow(def) => {
-                if call.follow.is_some() {
-                    return Err(ApiError::invalid_args(
-                        "follow",
-                        "following a workflow from its start is not available yet: start it, then subscribe to it",
-                    ));
-                }
-                let start = self.start_workflow(def, identity, call.args);
+                let start = self.start_workflow(def, identity, call.args, call.follow);
                 match tokio::time::timeout(timeout, start).await {
                     Ok(out) => out,
                     Err(_) => Err(timed_out(def.name, timeout)),
@@ -248,29 +243,45 @@ impl Caller {
     }
 
     /// Starts a workflow owned by the caller; answers with its state as started (declared
-    /// steps `pending`).
+    /// steps `pending`). With `follow`, the workflow is subscribed on that SSE session before
+    /// it is inserted, so its first update cannot be missed.
     async fn start_workflow(
         &self,
         def: &'static WorkflowDef,
         identity: Option<&Identity>,
         args: Value,
+        follow: Option<Follow>,
     ) -> Result<Value, ApiError> {
         let mut req = WorkflowRequest::<Value>::new(def.name, args);
         if let Some(i) = identity {
             req = req.owner(i.user_id.clone());
         }
-        let id = self.forge.start_workflow(req).await.map_err(|e| match e {
+        let start_error = |e| match e {
             StartError::InvalidArgs(e) => args_error(e),
             e => ApiError::internal(format_args!("starting workflow `{}`: {e}", def.name)),
-        })?;
-        let state = self
-            .forge
-            .workflow_state(id)
+        };
+        let wf = req.prepare().map_err(start_error)?;
+        let follow = follow
+            .map(|f| self.realtime.follow_workflow(identity, &f, wf.id))
+            .transpose()?;
+        let id = store::insert_workflow(self.forge.pool(), &wf)
             .await
-            .map_err(|e| ApiError::internal(format_args!("reading workflow {id}: {e}")))?
-            .ok_or_else(|| {
-                ApiError::internal(format_args!("workflow {id} vanished at its start"))
-            })?;
+            .map_err(|e| start_error(e.into()))?;
+        let state = match follow {
+            Some(f) => f.started(id).await?,
+            None => None,
+        };
+        let state = match state {
+            Some(state) => state,
+            None => self
+                .forge
+                .workflow_state(id)
+                .await
+                .map_err(|e| ApiError::internal(format_args!("reading workflow {id}: {e}")))?
+                .ok_or_else(|| {
+                    ApiError::internal(format_args!("workflow {id} vanished at its start"))
+                })?,
+        };
         Ok(json!({ "workflowId": id, "state": state }))
     }
 

@@ -18,7 +18,6 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use forge_runtime::error::RuntimeError;
 use forge_runtime::Forge;
-use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -218,7 +217,7 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
         None
     };
     let served = match config.gateway {
-        Some(gateway) => serve_gateway(forge.clone(), gateway, config.listen).await,
+        Some(gateway) => serve_gateway(&forge, gateway, &config.listen).await,
         None => {
             shutdown_signal().await;
             Ok(())
@@ -230,17 +229,7 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
     served
 }
 
-// Boxed as `Send` here, where the lifetimes are concrete: without it the compiler cannot
-// prove the future of a caller `Send` (rust-lang/rust#102211).
-fn serve_gateway(
-    forge: Forge,
-    config: GatewayConfig,
-    listen: ListenConfig,
-) -> BoxFuture<'static, Result<(), GatewayError>> {
-    Box::pin(async move { serve_gateway_inner(&forge, config, &listen).await })
-}
-
-async fn serve_gateway_inner(
+async fn serve_gateway(
     forge: &Forge,
     config: GatewayConfig,
     listen: &ListenConfig,

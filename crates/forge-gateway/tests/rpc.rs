@@ -1058,7 +1058,7 @@ async fn a_workflow_started_through_rpc_is_owned_by_its_caller() {
         ("rpc_flow", Some("alice"))
     );
 
-    // Bad arguments start nothing; it needs a user; `follow` is refused for now.
+    // Bad arguments start nothing; it needs a user; `follow` needs a session of this node.
     let (status, body) = s
         .call("rpc_flow", Some(&alice()), json!({ "n": "x" }))
         .await;
@@ -1074,7 +1074,7 @@ async fn a_workflow_started_through_rpc_is_owned_by_its_caller() {
         .await;
     assert_eq!(
         (status, code(&body)),
-        (400, ("invalid_args", Some("follow")))
+        (404, ("not_found", Some("follow.sessionId")))
     );
 
     // A mutation's workflow exists only if the mutation commits, and belongs to its caller.
@@ -1178,36 +1178,35 @@ async fn a_node_runs_from_its_configuration() {
         |name| (name == "PORT").then(|| port_text.clone()),
     )
     .unwrap();
-    // The node runs beside the test (not spawned: `Forge::connect`'s future cannot be
-    // proven `Send`) until the test is done.
-    let test = async {
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        wait_for("the node to be ready", Duration::from_secs(15), || async {
-            let res = http.get(format!("{base}/_api/ready")).send().await.ok()?;
-            res.status().is_success().then_some(())
-        })
-        .await;
-        // Gateway and worker in one node: a job started over HTTP runs to completion.
-        let res = http
-            .post(format!("{base}/_api/rpc/rpc_job"))
-            .bearer_auth(alice())
-            .json(&json!({ "n": 4 }))
-            .send()
-            .await
-            .unwrap();
-        let body: Value = res.json().await.unwrap();
-        let id: Uuid = body["data"]["jobId"].as_str().unwrap().parse().unwrap();
-        let forge = Forge::connect(&db.url).await.unwrap();
-        let done = wait_for("the job to complete", Duration::from_secs(15), || async {
-            let row = forge.job(id).await.unwrap()?;
-            (row.status == JobStatus::Completed).then_some(row)
-        })
-        .await;
-        assert_eq!(done.output, Some(json!(8)));
-    };
-    tokio::select! {
-        stopped = forge_gateway::run(config) => panic!("the node stopped: {stopped:?}"),
-        () = test => {}
+    // Spawned, as an application may do: this does not compile unless `run`'s future is
+    // `Send`.
+    let node = tokio::spawn(forge_gateway::run(config));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("the node to be ready", Duration::from_secs(15), || async {
+        let res = http.get(format!("{base}/_api/ready")).send().await.ok()?;
+        res.status().is_success().then_some(())
+    })
+    .await;
+    // Gateway and worker in one node: a job started over HTTP runs to completion.
+    let res = http
+        .post(format!("{base}/_api/rpc/rpc_job"))
+        .bearer_auth(alice())
+        .json(&json!({ "n": 4 }))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    let id: Uuid = body["data"]["jobId"].as_str().unwrap().parse().unwrap();
+    let forge = Forge::connect(&db.url).await.unwrap();
+    let done = wait_for("the job to complete", Duration::from_secs(15), || async {
+        let row = forge.job(id).await.unwrap()?;
+        (row.status == JobStatus::Completed).then_some(row)
+    })
+    .await;
+    assert_eq!(done.output, Some(json!(8)));
+    if node.is_finished() {
+        panic!("the node stopped: {:?}", node.await);
     }
+    node.abort();
 }

@@ -1,26 +1,30 @@
 //! The node's hub: every open session, every subscription, and the fan-out of the node's one
 //! LISTEN connection to them.
 //!
-//! One index, behind one lock that is never held across an await, maps each job and query
-//! group to the subscriptions that follow it, and each session to its subscriptions.
+//! One index, behind one lock that is never held across an await, maps each job, workflow and
+//! query group to the subscriptions that follow it, and each session to its subscriptions.
 //! The notifier's events are handled by one task ([`run`]) in the order they arrive, which is
-//! commit order; a job update that needs its row (output, error) is completed by the fetcher
-//! task, and the job's later updates wait behind it so that they cannot overtake it.
+//! commit order. A change that needs its row (a job's output or error, a workflow's output or
+//! a state too large for its notification) is completed by a fetcher task, and the later
+//! changes of the same job or workflow wait behind it so that they cannot overtake it.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use forge_runtime::notifier::{Event, JobUpdate, TABLE_CHANGES, WORKFLOW_UPDATES};
-use forge_runtime::store::{JobRow, Store};
-use forge_runtime::JobState;
+use forge_runtime::store::{DbSnapshot, Store};
+use forge_runtime::{JobState, WorkflowState};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use super::jobs::{JobChange, JobFeed};
+use super::feed::{Change, Feed};
+use super::jobs::JobChange;
 use super::queries::{LiveQuery, QueryIndex, QueryKey};
 use super::session::{OutboxLimits, Session, SubId, Viewer};
+use super::workflows::WorkflowChange;
 use super::{RealtimeConfig, RealtimeError, RealtimeStats};
 use crate::error::ApiError;
 
@@ -28,6 +32,7 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Topic {
     Job(Uuid),
+    Workflow(Uuid),
     Query(Arc<QueryKey>),
 }
 
@@ -36,34 +41,212 @@ struct SessionEntry {
     subs: HashMap<SubId, Topic>,
 }
 
-/// One subscription to a job.
-struct JobSub {
+/// One subscription to a job or workflow.
+pub(crate) struct Sub<C> {
     session: Arc<Session>,
     /// The subscription id as a JSON string, escaped once.
     sub_json: Arc<str>,
-    feed: JobFeed,
+    feed: Feed<C>,
+}
+
+/// The subscriptions to one job or workflow.
+pub(crate) struct FeedTopic<C> {
+    subs: HashMap<(Uuid, SubId), Sub<C>>,
+    /// While the row of the front change is being read, the later changes wait here behind
+    /// it.
+    waiting: Option<VecDeque<C>>,
+}
+
+impl<C> Default for FeedTopic<C> {
+    fn default() -> Self {
+        Self {
+            subs: HashMap::new(),
+            waiting: None,
+        }
+    }
 }
 
 #[derive(Default)]
-struct JobTopic {
-    subs: HashMap<(Uuid, SubId), JobSub>,
-    /// While the row of the front change is being read (for its output or error), the job's
-    /// later changes wait here behind it.
-    waiting: Option<VecDeque<JobChange>>,
-}
-
-#[derive(Default)]
-struct Index {
+pub(crate) struct Index {
     sessions: HashMap<Uuid, SessionEntry>,
-    jobs: HashMap<Uuid, JobTopic>,
+    jobs: HashMap<Uuid, FeedTopic<JobChange>>,
+    workflows: HashMap<Uuid, FeedTopic<WorkflowChange>>,
     queries: QueryIndex,
+}
+
+/// A job or workflow as read from its table, with the owner it is checked against.
+pub(crate) struct Read<C> {
+    id: Uuid,
+    owner: Option<String>,
+    change: C,
+}
+
+/// What the hub needs to know of a kind of followed thing: jobs and workflows.
+pub(crate) trait Followed: Change + Send + Sync + 'static {
+    /// The state a subscribe call answers with.
+    type State;
+
+    fn topic(id: Uuid) -> Topic;
+
+    fn topics(index: &mut Index) -> &mut HashMap<Uuid, FeedTopic<Self>>;
+
+    /// Reads `ids` (those that exist) with the snapshot of the read.
+    fn read(
+        store: &Store,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<(DbSnapshot, Vec<Read<Self>>), sqlx::Error>> + Send;
+
+    fn into_state(self) -> Self::State;
+
+    /// Completes the waiting changes of the topics `ids` with `reads`, made after each of
+    /// their front changes arrived. Returns the ids to read again.
+    fn rows_fetched(
+        index: &mut Index,
+        ids: &[Uuid],
+        snapshot: DbSnapshot,
+        reads: Vec<Read<Self>>,
+    ) -> Vec<Uuid>;
+}
+
+impl Followed for JobChange {
+    type State = JobState;
+
+    fn topic(id: Uuid) -> Topic {
+        Topic::Job(id)
+    }
+
+    fn topics(index: &mut Index) -> &mut HashMap<Uuid, FeedTopic<Self>> {
+        &mut index.jobs
+    }
+
+    async fn read(
+        store: &Store,
+        ids: &[Uuid],
+    ) -> Result<(DbSnapshot, Vec<Read<Self>>), sqlx::Error> {
+        let (snapshot, rows) = store.get_jobs_with_snapshot(ids).await?;
+        let reads = rows
+            .iter()
+            .map(|row| Read {
+                id: row.id,
+                owner: row.owner.clone(),
+                change: JobChange::from_row(row),
+            })
+            .collect();
+        Ok((snapshot, reads))
+    }
+
+    fn into_state(self) -> JobState {
+        self.state
+    }
+
+    /// A job's change is completed with the output and error of its row, and delivered as
+    /// published: a job's states differ by more than what the row keeps (progress), so the
+    /// row does not replace the change.
+    fn rows_fetched(
+        index: &mut Index,
+        ids: &[Uuid],
+        _snapshot: DbSnapshot,
+        reads: Vec<Read<Self>>,
+    ) -> Vec<Uuid> {
+        let reads: HashMap<Uuid, JobChange> = reads.into_iter().map(|r| (r.id, r.change)).collect();
+        let mut refetch = Vec::new();
+        for id in ids {
+            let Some(topic) = index.jobs.get_mut(id) else {
+                continue;
+            };
+            let Some(mut waiting) = topic.waiting.take() else {
+                continue;
+            };
+            if let Some(mut first) = waiting.pop_front() {
+                if !first.fill_from(reads.get(id)) {
+                    waiting.push_front(first);
+                    topic.waiting = Some(waiting);
+                    refetch.push(*id);
+                    continue;
+                }
+                deliver(topic, &first);
+            }
+            if drain(topic, waiting, None) {
+                refetch.push(*id);
+            }
+        }
+        refetch
+    }
+}
+
+impl Followed for WorkflowChange {
+    type State = WorkflowState;
+
+    fn topic(id: Uuid) -> Topic {
+        Topic::Workflow(id)
+    }
+
+    fn topics(index: &mut Index) -> &mut HashMap<Uuid, FeedTopic<Self>> {
+        &mut index.workflows
+    }
+
+    async fn read(
+        store: &Store,
+        ids: &[Uuid],
+    ) -> Result<(DbSnapshot, Vec<Read<Self>>), sqlx::Error> {
+        let (snapshot, rows) = store.get_workflows_with_snapshot(ids).await?;
+        let reads = rows
+            .iter()
+            .map(|row| Read {
+                id: row.id,
+                owner: row.owner.clone(),
+                change: WorkflowChange::from_row(row),
+            })
+            .collect();
+        Ok((snapshot, reads))
+    }
+
+    fn into_state(self) -> WorkflowState {
+        self.state
+    }
+
+    /// A workflow's row is all of its state, so the read replaces the change that needed it
+    /// (and the waiting changes the read already saw): it is applied to each subscription as
+    /// a re-read is.
+    fn rows_fetched(
+        index: &mut Index,
+        ids: &[Uuid],
+        snapshot: DbSnapshot,
+        reads: Vec<Read<Self>>,
+    ) -> Vec<Uuid> {
+        let snapshot = Arc::new(snapshot);
+        let reads: HashMap<Uuid, Read<Self>> = reads.into_iter().map(|r| (r.id, r)).collect();
+        let mut refetch = Vec::new();
+        for id in ids {
+            let Some(topic) = index.workflows.get_mut(id) else {
+                continue;
+            };
+            let Some(mut waiting) = topic.waiting.take() else {
+                continue;
+            };
+            match reads.get(id) {
+                Some(read) => apply_read(topic, &snapshot, read),
+                // Deleted: deliver what the notification said.
+                None => {
+                    if let Some(first) = waiting.pop_front() {
+                        deliver(topic, &first);
+                    }
+                }
+            }
+            if drain(topic, waiting, Some(&snapshot)) {
+                refetch.push(*id);
+            }
+        }
+        refetch
+    }
 }
 
 pub(crate) struct Hub {
     index: Mutex<Index>,
     store: Store,
     config: RealtimeConfig,
-    fetch: mpsc::UnboundedSender<Uuid>,
+    fetch_jobs: mpsc::UnboundedSender<Uuid>,
+    fetch_workflows: mpsc::UnboundedSender<Uuid>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -86,15 +269,26 @@ impl Hub {
         config: RealtimeConfig,
         events: broadcast::Receiver<Event>,
     ) -> Arc<Hub> {
-        let (fetch, fetch_rx) = mpsc::unbounded_channel();
+        let (fetch_jobs, jobs_rx) = mpsc::unbounded_channel();
+        let (fetch_workflows, workflows_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             index: Mutex::new(Index::default()),
             store: store.clone(),
             config,
-            fetch,
+            fetch_jobs,
+            fetch_workflows,
         });
         tokio::spawn(run(Arc::downgrade(&hub), events));
-        tokio::spawn(fetch_rows(Arc::downgrade(&hub), store, fetch_rx));
+        tokio::spawn(fetch_rows::<JobChange>(
+            Arc::downgrade(&hub),
+            store.clone(),
+            jobs_rx,
+        ));
+        tokio::spawn(fetch_rows::<WorkflowChange>(
+            Arc::downgrade(&hub),
+            store,
+            workflows_rx,
+        ));
         hub
     }
 
@@ -143,69 +337,66 @@ impl Hub {
         }
     }
 
-    /// Subscribes to a job: registers first, then reads the job with its snapshot, so that
-    /// every change is either in the answer or pushed after it. `None`: no such job, or one
-    /// the session's user may not see (told apart by nobody).
-    pub(crate) async fn subscribe_job(
+    /// Subscribes to a job or workflow: registers first, then reads it with its snapshot, so
+    /// that every change is either in the answer or pushed after it. `None`: no such job or
+    /// workflow, or one the session's user may not see (told apart by nobody).
+    pub(crate) async fn subscribe<C: Followed>(
         &self,
         proof: &Proof<'_>,
         sub: &str,
-        job_id: Uuid,
-    ) -> Result<Option<JobState>, RealtimeError> {
-        let (session, sub) =
-            self.register(proof, sub, Topic::Job(job_id), |index, session, sub| {
-                index.add_job_sub(job_id, session, sub, JobFeed::Reading(Vec::new()));
-            })?;
-        let read = self.store.get_jobs_with_snapshot(&[job_id]).await;
+        id: Uuid,
+    ) -> Result<Option<C::State>, RealtimeError> {
+        let topic = C::topic(id);
+        let (session, sub) = self.register(proof, sub, topic.clone(), |index, session, sub| {
+            index.add_sub::<C>(id, session, sub, Feed::Reading(Vec::new()));
+        })?;
+        let read = C::read(&self.store, &[id]).await;
         let mut index = self.lock();
-        let (snapshot, rows) = match read {
+        let (snapshot, reads) = match read {
             Ok(read) => read,
             Err(e) => {
-                index.remove_sub_of(session.id, &sub, &Topic::Job(job_id));
+                index.remove_sub_of(session.id, &sub, &topic);
                 return Err(RealtimeError::Database(e));
             }
         };
-        let row = rows
+        let read = reads
             .into_iter()
             .next()
-            .filter(|row| session.viewer.may_see(row.owner.as_deref()));
-        let Some(row) = row else {
-            index.remove_sub_of(session.id, &sub, &Topic::Job(job_id));
+            .filter(|read| session.viewer.may_see(read.owner.as_deref()));
+        let Some(read) = read else {
+            index.remove_sub_of(session.id, &sub, &topic);
             return Ok(None);
         };
-        let read = JobChange::from_row(&row);
         let snapshot = Arc::new(snapshot);
-        if let Some(topic) = index.jobs.get_mut(&job_id) {
-            if let Some(js) = topic.subs.get_mut(&(session.id, sub.clone())) {
-                let out = js.feed.apply_read(&snapshot, Some(&read), false);
-                for change in &out {
-                    push_job(js, &sub, change, &job_json(&change.state));
+        if let Some(t) = C::topics(&mut index).get_mut(&id) {
+            if let Some(s) = t.subs.get_mut(&(session.id, sub.clone())) {
+                for change in s.feed.apply_read(&snapshot, Some(&read.change), false) {
+                    push(s, &sub, &change, &change.state_json());
                 }
             }
         }
-        Ok(Some(read.state))
+        Ok(Some(read.change.into_state()))
     }
 
-    /// Subscribes to a job that the caller is about to create with id `job_id`, before it
-    /// exists, so that not even its first update can be missed. The subscription is removed
-    /// again unless the returned guard is [confirmed](FollowGuard::started).
-    pub(crate) fn follow_job(
+    /// Subscribes to a job or workflow that the caller is about to create with id `id`,
+    /// before it exists, so that not even its first update can be missed. The subscription
+    /// is removed again unless the returned guard is [confirmed](FollowGuard::started).
+    pub(crate) fn follow<C: Followed>(
         self: &Arc<Self>,
         proof: &Proof<'_>,
         sub: &str,
-        job_id: Uuid,
+        id: Uuid,
     ) -> Result<FollowGuard, RealtimeError> {
-        let (session, sub) =
-            self.register(proof, sub, Topic::Job(job_id), |index, session, sub| {
-                index.add_job_sub(job_id, session, sub, JobFeed::following());
-            })?;
+        let (session, sub) = self.register(proof, sub, C::topic(id), |index, session, sub| {
+            index.add_sub::<C>(id, session, sub, Feed::following());
+        })?;
         Ok(FollowGuard {
             hub: Arc::downgrade(self),
             session: session.id,
             secret: session.secret().to_string(),
             user: session.viewer.user.clone(),
             sub,
-            job_id,
+            topic: C::topic(id),
             armed: true,
         })
     }
@@ -323,77 +514,80 @@ impl Hub {
             let Some(topic) = index.jobs.get_mut(&u.job_id) else {
                 continue;
             };
-            let change = JobChange::from_update(u);
-            if let Some(waiting) = &mut topic.waiting {
-                waiting.push_back(change);
-            } else if change.needs_row() {
-                topic.waiting = Some(VecDeque::from([change]));
+            if accept(topic, JobChange::from_update(u)) {
                 to_fetch.push(u.job_id);
-            } else {
-                deliver_job(topic, &change);
             }
         }
         drop(index);
         for id in to_fetch {
             // Fails only when the fetcher has stopped, which happens when the hub is dropped.
-            let _ = self.fetch.send(id);
+            let _ = self.fetch_jobs.send(id);
         }
     }
 
-    /// Delivers changes that waited for their rows, and whatever queued behind them.
-    fn rows_fetched(&self, ids: &[Uuid], rows: Vec<JobRow>) {
-        let rows: HashMap<Uuid, JobRow> = rows.into_iter().map(|r| (r.id, r)).collect();
-        let mut refetch = Vec::new();
+    /// Fans workflow updates (a `forge_workflow_updates` payload) out. Called by [`run`] in
+    /// commit order.
+    fn workflow_updates(&self, payload: &str) {
+        let mut to_fetch = Vec::new();
         let mut index = self.lock();
-        for id in ids {
-            let Some(topic) = index.jobs.get_mut(id) else {
-                continue;
-            };
-            let Some(mut waiting) = topic.waiting.take() else {
-                continue;
-            };
-            if let Some(mut first) = waiting.pop_front() {
-                if !first.fill_from(rows.get(id)) {
-                    waiting.push_front(first);
-                    topic.waiting = Some(waiting);
-                    refetch.push(*id);
-                    continue;
-                }
-                deliver_job(topic, &first);
+        for oid in index.queries.forge_tables(false) {
+            index.queries.table_changed(oid);
+        }
+        if index.workflows.is_empty() {
+            return;
+        }
+        let changes = match WorkflowChange::parse(payload) {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable workflow update payload");
+                return;
             }
-            while let Some(change) = waiting.pop_front() {
-                if change.needs_row() {
-                    waiting.push_front(change);
-                    topic.waiting = Some(waiting);
-                    refetch.push(*id);
-                    break;
-                }
-                deliver_job(topic, &change);
+        };
+        for change in changes {
+            let id = change.id();
+            let Some(topic) = index.workflows.get_mut(&id) else {
+                continue;
+            };
+            if accept(topic, change) {
+                to_fetch.push(id);
             }
         }
         drop(index);
-        for id in refetch {
-            let _ = self.fetch.send(id);
+        for id in to_fetch {
+            let _ = self.fetch_workflows.send(id);
         }
     }
 
+    /// Delivers changes that waited for their rows, and whatever queued behind them. Returns
+    /// the ids to read again.
+    fn rows_fetched<C: Followed>(
+        &self,
+        ids: &[Uuid],
+        snapshot: DbSnapshot,
+        reads: Vec<Read<C>>,
+    ) -> Vec<Uuid> {
+        C::rows_fetched(&mut self.lock(), ids, snapshot, reads)
+    }
+
     /// After the LISTEN connection was lost (or this node fell behind its notifications):
-    /// re-reads every followed job and pushes what changed meanwhile.
+    /// re-reads every followed job and workflow and pushes what changed meanwhile.
     async fn resync(&self) {
-        let ids: Vec<Uuid> = {
-            let index = self.lock();
-            index.queries.rerun_all();
-            index.jobs.keys().copied().collect()
-        };
+        self.lock().queries.rerun_all();
+        self.resync_kind::<JobChange>("jobs").await;
+        self.resync_kind::<WorkflowChange>("workflows").await;
+    }
+
+    async fn resync_kind<C: Followed>(&self, what: &str) {
+        let ids: Vec<Uuid> = C::topics(&mut self.lock()).keys().copied().collect();
         if ids.is_empty() {
             return;
         }
         let mut delay = Duration::from_millis(50);
-        let (snapshot, rows) = loop {
-            match self.store.get_jobs_with_snapshot(&ids).await {
+        let (snapshot, reads) = loop {
+            match C::read(&self.store, &ids).await {
                 Ok(read) => break read,
                 Err(e) => {
-                    tracing::warn!(error = %e, "re-reading followed jobs failed; retrying");
+                    tracing::warn!(error = %e, what, "re-reading followed items failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -401,31 +595,15 @@ impl Hub {
         };
         let snapshot = Arc::new(snapshot);
         let mut index = self.lock();
-        for row in &rows {
-            let Some(topic) = index.jobs.get_mut(&row.id) else {
-                continue;
-            };
-            let read = JobChange::from_row(row);
-            let json = job_json(&read.state);
-            for ((_, sub), js) in topic.subs.iter_mut() {
-                // A subscription still being checked by its subscribe call may belong to
-                // someone who must not see this job: that call decides.
-                if !js.session.viewer.may_see(row.owner.as_deref()) {
-                    continue;
-                }
-                for change in js.feed.apply_read(&snapshot, Some(&read), true) {
-                    let json = if change == read {
-                        json.clone()
-                    } else {
-                        job_json(&change.state)
-                    };
-                    push_job(js, sub, &change, &json);
-                }
+        for read in &reads {
+            if let Some(topic) = C::topics(&mut index).get_mut(&read.id) {
+                apply_read(topic, &snapshot, read);
             }
         }
         tracing::info!(
-            jobs = ids.len(),
-            "re-read followed jobs after a notification gap"
+            count = ids.len(),
+            what,
+            "re-read followed items after a notification gap"
         );
     }
 
@@ -456,10 +634,16 @@ impl Index {
         }
     }
 
-    fn add_job_sub(&mut self, job_id: Uuid, session: &Arc<Session>, sub: &SubId, feed: JobFeed) {
-        self.jobs.entry(job_id).or_default().subs.insert(
+    fn add_sub<C: Followed>(
+        &mut self,
+        id: Uuid,
+        session: &Arc<Session>,
+        sub: &SubId,
+        feed: Feed<C>,
+    ) {
+        C::topics(self).entry(id).or_default().subs.insert(
             (session.id, sub.clone()),
-            JobSub {
+            Sub {
                 session: session.clone(),
                 sub_json: json_string(sub),
                 feed,
@@ -481,20 +665,28 @@ impl Index {
 
     fn remove_from_topic(&mut self, session: Uuid, sub: &SubId, topic: &Topic) {
         match topic {
-            Topic::Job(id) => {
-                if let Some(t) = self.jobs.get_mut(id) {
-                    t.subs.remove(&(session, sub.clone()));
-                    if t.subs.is_empty() {
-                        self.jobs.remove(id);
-                    }
-                }
-            }
+            Topic::Job(id) => remove_feed_sub(&mut self.jobs, *id, session, sub),
+            Topic::Workflow(id) => remove_feed_sub(&mut self.workflows, *id, session, sub),
             Topic::Query(key) => self.queries.remove_sub(key, session, sub),
         }
     }
 }
 
-/// A subscription made before its job exists; see [`Hub::follow_job`].
+fn remove_feed_sub<C>(
+    topics: &mut HashMap<Uuid, FeedTopic<C>>,
+    id: Uuid,
+    session: Uuid,
+    sub: &SubId,
+) {
+    if let Some(t) = topics.get_mut(&id) {
+        t.subs.remove(&(session, sub.clone()));
+        if t.subs.is_empty() {
+            topics.remove(&id);
+        }
+    }
+}
+
+/// A subscription made before its job or workflow exists; see [`Hub::follow`].
 #[derive(Debug)]
 pub(crate) struct FollowGuard {
     hub: Weak<Hub>,
@@ -502,34 +694,34 @@ pub(crate) struct FollowGuard {
     secret: String,
     user: Option<String>,
     sub: SubId,
-    job_id: Uuid,
+    topic: Topic,
     armed: bool,
 }
 
 impl FollowGuard {
-    /// The job was created, as `actual_id`. That differs from the id the subscription was
-    /// made for only when an idempotency key returned an existing job; that one is then
+    /// It was created, as `actual_id`. That differs from the id the subscription was made
+    /// for only when an idempotency key returned an existing one; that one is then
     /// subscribed to the ordinary way (read with its snapshot, owner checked), and its state
     /// returned (`None` also when the caller may not see it).
-    pub(crate) async fn started(
+    pub(crate) async fn started<C: Followed>(
         mut self,
         actual_id: Uuid,
-    ) -> Result<Option<JobState>, RealtimeError> {
+    ) -> Result<Option<C::State>, RealtimeError> {
         self.armed = false;
-        if actual_id == self.job_id {
+        if C::topic(actual_id) == self.topic {
             return Ok(None);
         }
         let Some(hub) = self.hub.upgrade() else {
             return Ok(None);
         };
         hub.lock()
-            .remove_sub_of(self.session, &self.sub, &Topic::Job(self.job_id));
+            .remove_sub_of(self.session, &self.sub, &self.topic);
         let proof = Proof {
             session_id: self.session,
             secret: &self.secret,
             user: self.user.as_deref(),
         };
-        hub.subscribe_job(&proof, &self.sub, actual_id).await
+        hub.subscribe::<C>(&proof, &self.sub, actual_id).await
     }
 }
 
@@ -538,35 +730,91 @@ impl Drop for FollowGuard {
         if self.armed {
             if let Some(hub) = self.hub.upgrade() {
                 hub.lock()
-                    .remove_sub_of(self.session, &self.sub, &Topic::Job(self.job_id));
+                    .remove_sub_of(self.session, &self.sub, &self.topic);
             }
         }
     }
 }
 
-fn deliver_job(topic: &mut JobTopic, change: &JobChange) {
-    // Serialized at most once, and only if some subscription takes it.
+/// Takes a change of a followed topic: delivers it, or queues it behind a change waiting for
+/// its row. Returns true when the change itself must wait for its row (fetch it).
+fn accept<C: Change>(topic: &mut FeedTopic<C>, change: C) -> bool {
+    if let Some(waiting) = &mut topic.waiting {
+        waiting.push_back(change);
+        false
+    } else if change.needs_row() {
+        topic.waiting = Some(VecDeque::from([change]));
+        true
+    } else {
+        deliver(topic, &change);
+        false
+    }
+}
+
+/// Delivers the changes that queued behind a change whose row was read, up to the next one
+/// that needs its row: that one waits again, and true is returned (read its row). Changes a
+/// read made with `seen_by` already reflects are dropped.
+fn drain<C: Change>(
+    topic: &mut FeedTopic<C>,
+    mut waiting: VecDeque<C>,
+    seen_by: Option<&DbSnapshot>,
+) -> bool {
+    while let Some(change) = waiting.pop_front() {
+        if seen_by.is_some_and(|s| change.xid().is_some_and(|x| s.sees(x))) {
+            continue;
+        }
+        if change.needs_row() {
+            waiting.push_front(change);
+            topic.waiting = Some(waiting);
+            return true;
+        }
+        deliver(topic, &change);
+    }
+    false
+}
+
+/// Applies a read of a topic's state to each of its subscriptions, as a re-read: whatever
+/// changed since the client's last state is pushed.
+fn apply_read<C: Change>(topic: &mut FeedTopic<C>, snapshot: &Arc<DbSnapshot>, read: &Read<C>) {
     let mut json: Option<String> = None;
-    for ((_, sub), js) in topic.subs.iter_mut() {
-        if js.feed.offer(change) {
-            let json = json.get_or_insert_with(|| job_json(&change.state));
-            push_job(js, sub, change, json);
+    for ((_, sub), s) in topic.subs.iter_mut() {
+        // A subscription still being checked by its subscribe call may belong to someone
+        // who must not see this: that call decides.
+        if !s.session.viewer.may_see(read.owner.as_deref()) {
+            continue;
+        }
+        for change in s.feed.apply_read(snapshot, Some(&read.change), true) {
+            let state = if change == read.change {
+                json.get_or_insert_with(|| change.state_json()).clone()
+            } else {
+                change.state_json()
+            };
+            push(s, sub, &change, &state);
         }
     }
 }
 
-fn push_job(js: &JobSub, sub: &SubId, change: &JobChange, state_json: &str) {
-    let frame = format!(
-        "event: job\ndata: {{\"subscriptionId\":{},\"state\":{}}}\n\n",
-        js.sub_json, state_json
-    );
-    js.session
-        .outbox
-        .push(sub, change.phase(), Bytes::from(frame));
+fn deliver<C: Change>(topic: &mut FeedTopic<C>, change: &C) {
+    // Serialized at most once, and only if some subscription takes it.
+    let mut json: Option<String> = None;
+    for ((_, sub), s) in topic.subs.iter_mut() {
+        if s.feed.offer(change) {
+            let json = json.get_or_insert_with(|| change.state_json());
+            push(s, sub, change, json);
+        }
+    }
 }
 
-fn job_json(state: &JobState) -> String {
-    serde_json::to_string(state).expect("a job state always serializes")
+fn push<C: Change>(s: &Sub<C>, sub: &SubId, change: &C, state_json: &str) {
+    let frame = format!(
+        "event: {}\ndata: {{\"subscriptionId\":{},\"state\":{}}}\n\n",
+        C::EVENT,
+        s.sub_json,
+        state_json
+    );
+    s.session
+        .outbox
+        .push(sub, change.phase(), Bytes::from(frame));
 }
 
 pub(crate) fn json_string(s: &str) -> Arc<str> {
@@ -593,10 +841,7 @@ async fn run(hub: Weak<Hub>, mut events: broadcast::Receiver<Event>) {
                     Ok(oid) => hub.tables_changed([oid]),
                     Err(_) => tracing::error!(%payload, "unreadable table change payload"),
                 },
-                WORKFLOW_UPDATES => {
-                    let tables = hub.with_queries(|q| q.forge_tables(false));
-                    hub.tables_changed(tables);
-                }
+                WORKFLOW_UPDATES => hub.workflow_updates(&payload),
                 _ => {}
             },
             Ok(Event::Reconnected) => hub.resync().await,
@@ -609,12 +854,22 @@ async fn run(hub: Weak<Hub>, mut events: broadcast::Receiver<Event>) {
     }
 }
 
-/// Reads the rows of jobs whose latest change needs them, in batches: everything asked for
-/// while the previous batch was being read.
-async fn fetch_rows(hub: Weak<Hub>, store: Store, mut ids: mpsc::UnboundedReceiver<Uuid>) {
+/// Reads the rows of jobs or workflows whose front change needs them, in batches: everything
+/// asked for while the previous batch was being read.
+async fn fetch_rows<C: Followed>(
+    hub: Weak<Hub>,
+    store: Store,
+    mut ids: mpsc::UnboundedReceiver<Uuid>,
+) {
     const MAX_BATCH: usize = 1_000;
-    while let Some(first) = ids.recv().await {
-        let mut batch = vec![first];
+    let mut batch: Vec<Uuid> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match ids.recv().await {
+                Some(id) => batch.push(id),
+                None => return,
+            }
+        }
         while batch.len() < MAX_BATCH {
             match ids.try_recv() {
                 Ok(id) => batch.push(id),
@@ -622,13 +877,13 @@ async fn fetch_rows(hub: Weak<Hub>, store: Store, mut ids: mpsc::UnboundedReceiv
             }
         }
         let mut delay = Duration::from_millis(50);
-        let rows = loop {
-            match store.get_jobs(&batch).await {
-                Ok(rows) => break rows,
+        let (snapshot, reads) = loop {
+            match C::read(&store, &batch).await {
+                Ok(read) => break read,
                 Err(e) => {
-                    // The change waits, and the job's later changes wait behind it: a
-                    // terminal state is delayed, never lost.
-                    tracing::warn!(error = %e, "reading finished jobs failed; retrying");
+                    // The change waits, and the later changes wait behind it: a terminal
+                    // state is delayed, never lost.
+                    tracing::warn!(error = %e, "reading rows of followed changes failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -637,7 +892,7 @@ async fn fetch_rows(hub: Weak<Hub>, store: Store, mut ids: mpsc::UnboundedReceiv
         let Some(hub) = hub.upgrade() else {
             return;
         };
-        hub.rows_fetched(&batch, rows);
+        batch = hub.rows_fetched(&batch, snapshot, reads);
     }
 }
 

@@ -1,24 +1,11 @@
-//! The order of one job's updates as one subscription sees them.
-//!
-//! Updates reach a node in commit order (one LISTEN connection; PostgreSQL queues
-//! notifications in commit order). What needs care is where the stream meets a read of the
-//! current state — a subscribe call, or the re-read after the LISTEN connection came back:
-//!
-//! * A subscription is registered *before* the read, so nothing committed after the read can
-//!   be missed. Updates that arrive while the read is in flight are held.
-//! * The read returns the database snapshot it was made with, and every update carries the id
-//!   of the transaction that made it: an update the snapshot already saw is dropped, one it did
-//!   not see is delivered after the read's state. No guessing from status order.
-//!
-//! On top of that exact rule two invariants hold whatever happens: nothing follows a terminal
-//! status, and an update of an earlier attempt never follows one of a later attempt.
-
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+//! A job's updates: what a notification on `forge_job_updates` carries and what must be read
+//! from its row. Their order is [`feed`](super::feed)'s.
 
 use forge_runtime::notifier::JobUpdate;
-use forge_runtime::store::{DbSnapshot, JobRow};
+use forge_runtime::store::JobRow;
 use forge_runtime::{JobState, JobStatus};
+
+use super::feed::Change;
 
 /// One state of a job on its way to subscribers.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,174 +42,72 @@ impl JobChange {
         }
     }
 
-    /// Statuses whose state carries what notifications leave out: the output of `completed`,
-    /// the error of `retry`, `failed`, `dead_letter` and `cancelled`. Their row is read
-    /// before they are delivered.
-    pub(crate) fn needs_row(&self) -> bool {
-        self.state.status.is_terminal() || self.state.status == JobStatus::Retry
-    }
-
-    /// Completes an update with the output and error of the row read after it. The row is
-    /// used only while it still shows the same attempt and status (a retried job may already
-    /// have been claimed again, which clears its error). Returns false when the row was read
-    /// too early to show a terminal update: read it again.
-    pub(crate) fn fill_from(&mut self, row: Option<&JobRow>) -> bool {
-        let Some(row) = row else {
+    /// Completes an update with the output and error of the row read after it (`read`). The
+    /// row is used only while it still shows the same attempt and status (a retried job may
+    /// already have been claimed again, which clears its error). Returns false when the row
+    /// was read too early to show a terminal update: read it again.
+    pub(crate) fn fill_from(&mut self, read: Option<&JobChange>) -> bool {
+        let Some(read) = read else {
             // The job was deleted: deliver what the notification said.
             return true;
         };
-        if row.attempts == self.attempt && row.status == self.state.status {
-            let full = row.state();
-            self.state.output = full.output;
-            self.state.error = full.error;
+        if read.attempt == self.attempt && read.state.status == self.state.status {
+            self.state.output = read.state.output.clone();
+            self.state.error = read.state.error.clone();
             return true;
         }
         // A terminal status never changes, so a row that does not show it yet is older than
         // the update; a retry's row may have moved on for good.
         !self.state.status.is_terminal()
     }
+}
 
-    /// The outbox phase: equal for two changes that differ only in progress and message.
-    pub(crate) fn phase(&self) -> u64 {
+impl Change for JobChange {
+    const EVENT: &'static str = "job";
+
+    fn xid(&self) -> Option<u64> {
+        self.xid
+    }
+
+    fn generation(&self) -> i32 {
+        self.attempt
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.state.status.is_terminal()
+    }
+
+    fn state_json(&self) -> String {
+        serde_json::to_string(&self.state).expect("a job state always serializes")
+    }
+
+    fn phase(&self) -> u64 {
         let status = JobStatus::ALL
             .iter()
             .position(|s| *s == self.state.status)
             .unwrap_or(0) as u64;
         ((self.attempt.max(0) as u64) << 8) | status
     }
-}
 
-/// Where one subscription stands.
-#[derive(Debug)]
-pub(crate) enum JobFeed {
-    /// The current state is being read; changes that arrive meanwhile wait here.
-    Reading(Vec<JobChange>),
-    Live {
-        /// The snapshot of the last read, while updates it already saw may still arrive.
-        floor: Option<Arc<DbSnapshot>>,
-        /// The attempt and status of the last state the client got.
-        last: Option<(i32, JobStatus)>,
-        /// A digest of that state, so that a re-read that changes nothing sends nothing.
-        digest: u64,
-        /// Whether anything was pushed on the stream yet.
-        pushed: bool,
-    },
-}
-
-impl JobFeed {
-    /// For a job the subscriber is about to create: it has no state yet, so every update of
-    /// it is new.
-    pub(crate) fn following() -> Self {
-        JobFeed::Live {
-            floor: None,
-            last: None,
-            digest: 0,
-            pushed: false,
-        }
+    /// Statuses whose state carries what notifications leave out: the output of `completed`,
+    /// the error of `retry`, `failed`, `dead_letter` and `cancelled`. Their row is read
+    /// before they are delivered.
+    fn needs_row(&self) -> bool {
+        self.state.status.is_terminal() || self.state.status == JobStatus::Retry
     }
-
-    /// Offers a change from the stream; returns whether to push it to the client.
-    pub(crate) fn offer(&mut self, change: &JobChange) -> bool {
-        match self {
-            JobFeed::Reading(held) => {
-                held.push(change.clone());
-                false
-            }
-            JobFeed::Live {
-                floor,
-                last,
-                digest,
-                pushed,
-            } => {
-                if let (Some(snapshot), Some(xid)) = (floor.as_ref(), change.xid) {
-                    if snapshot.sees(xid) {
-                        return false;
-                    }
-                    if snapshot.is_before(xid) {
-                        *floor = None;
-                    }
-                }
-                if let Some((attempt, status)) = *last {
-                    if status.is_terminal() || change.attempt < attempt {
-                        return false;
-                    }
-                }
-                *last = Some((change.attempt, change.state.status));
-                *digest = digest_of(&change.state);
-                *pushed = true;
-                true
-            }
-        }
-    }
-
-    /// Applies a read of the current state made with `snapshot` (`read` is `None` when the
-    /// job does not exist). Returns what to push, in order.
-    ///
-    /// The read state itself is pushed when `resync` is set (the re-read after a lost LISTEN
-    /// connection), or when the stream already carried states of this subscription: the
-    /// client treats stream events as newer than the subscribe call's answer, so the stream
-    /// must end on the newest state. Then come the held changes the read did not see.
-    pub(crate) fn apply_read(
-        &mut self,
-        snapshot: &Arc<DbSnapshot>,
-        read: Option<&JobChange>,
-        resync: bool,
-    ) -> Vec<JobChange> {
-        let (held, last, digest, pushed) = match self {
-            JobFeed::Reading(held) => (std::mem::take(held), None, 0, false),
-            JobFeed::Live {
-                floor,
-                last,
-                digest,
-                pushed,
-            } => {
-                // A read older than one already applied brings nothing new.
-                if floor.as_ref().is_some_and(|f| f.xmax() > snapshot.xmax()) {
-                    return Vec::new();
-                }
-                (Vec::new(), *last, *digest, *pushed)
-            }
-        };
-        let terminal_seen = last.is_some_and(|(_, s)| s.is_terminal());
-        let mut out = Vec::new();
-        let mut next = (last, digest, pushed);
-        if let (Some(read), false) = (read, terminal_seen) {
-            let d = digest_of(&read.state);
-            let push = (resync || pushed) && d != digest;
-            if push {
-                out.push(read.clone());
-            }
-            next = (Some((read.attempt, read.state.status)), d, pushed || push);
-        }
-        *self = JobFeed::Live {
-            floor: Some(snapshot.clone()),
-            last: next.0,
-            digest: next.1,
-            pushed: next.2,
-        };
-        for change in held {
-            if self.offer(&change) {
-                out.push(change);
-            }
-        }
-        out
-    }
-}
-
-/// A 64-bit digest of a state, for "did it change" checks. JSON is the form clients see, so
-/// two states that serialize alike are alike to them.
-pub(crate) fn digest_of(state: &JobState) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(state)
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
+
+    use forge_runtime::store::DbSnapshot;
     use uuid::Uuid;
+
+    use super::*;
+    use crate::realtime::feed::Feed;
+
+    type JobFeed = Feed<JobChange>;
 
     fn change(status: JobStatus, attempt: i32, progress: f64, xid: Option<u64>) -> JobChange {
         JobChange {

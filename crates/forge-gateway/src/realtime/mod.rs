@@ -1,26 +1,27 @@
 //! Realtime delivery: one Server-Sent Events stream per client, carrying the updates of the
-//! jobs and queries it subscribed to. (Workflow subscriptions, `/_api/subscribe-workflow`, come
-//! with the workflow engine's state read.)
+//! jobs, workflows and queries it subscribed to.
 //!
 //! ```text
-//!  worker ─► forge.jobs ─ trigger ─► NOTIFY forge_job_updates ───┐
-//!  any write to a watched table ───► NOTIFY forge_table_changes ─┴─► notifier (one LISTEN
-//!                                                                     connection per node)
+//!  worker ─► forge.jobs ─ trigger ─► NOTIFY forge_job_updates ──────┐
+//!  engine ─► forge.workflows/_steps ─► NOTIFY forge_workflow_updates ┤
+//!  any write to a watched table ───► NOTIFY forge_table_changes ─────┴─► notifier (one
+//!                                                                   LISTEN connection per node)
 //!                                                                           │
-//!        hub: job topics, query groups ─► subscriptions ─► session outbox ─► SSE stream
+//!  hub: job and workflow topics, query groups ─► subscriptions ─► session outbox ─► SSE stream
 //! ```
 //!
 //! * `session`: a session (id, secret, user) and its outbox, the bounded buffer that
 //!   coalesces when its client reads too slowly.
 //! * `hub`: the index of sessions and subscriptions, and the fan-out of the node's
-//!   notifications to them; `jobs` holds the ordering rules of one job's updates.
+//!   notifications to them; `feed` holds the ordering rules of one job's or workflow's
+//!   updates, `jobs` and `workflows` what their notifications carry.
 //! * `queries`: query subscriptions: which tables a query read, found by PostgreSQL's
 //!   per-transaction scan counters, change triggers on them, debounced re-runs.
 //! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.
 //!
 //! # Sessions live on one node
 //! A session is held by the node that serves its stream, so the subscription calls of a
-//! session (and an RPC call that starts a job with `follow`) must reach that node. Behind a
+//! session (and an RPC call that starts a job or workflow with `follow`) must reach that node. Behind a
 //! load balancer with several gateway nodes, route by session (sticky sessions); a call that
 //! reaches another node is answered `404 not_found` for `sessionId`, and the client opens a new
 //! stream. Updates themselves reach every node through PostgreSQL, whichever node started the
@@ -41,25 +42,29 @@
 //! pulled cable) is noticed when the kernel gives up on unacknowledged data: give the listening
 //! socket a `TCP_USER_TIMEOUT` (or TCP keepalive) to bound that time.
 
+mod feed;
 mod hub;
 mod jobs;
 mod queries;
 mod routes;
 mod session;
 mod sse;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use forge_runtime::error::RuntimeError;
-use forge_runtime::{Forge, JobState};
+use forge_runtime::{Forge, JobState, WorkflowState};
 
 use uuid::Uuid;
 
 use crate::auth::{Auth, Identity};
 use crate::error::ApiError;
 use hub::Hub;
+use jobs::JobChange;
 pub use queries::{LiveQuery, QueryResolver};
+use workflows::WorkflowChange;
 
 /// Settings of realtime delivery.
 #[derive(Debug, Clone)]
@@ -191,10 +196,33 @@ impl Realtime {
         follow: &Follow,
         job_id: Uuid,
     ) -> Result<JobFollow, ApiError> {
+        self.follow::<JobChange>(identity, follow, job_id, "job")
+            .map(JobFollow)
+    }
+
+    /// Start-and-follow for a workflow about to be created with id `workflow_id`; as
+    /// [`follow_job`](Self::follow_job).
+    pub fn follow_workflow(
+        &self,
+        identity: Option<&Identity>,
+        follow: &Follow,
+        workflow_id: Uuid,
+    ) -> Result<WorkflowFollow, ApiError> {
+        self.follow::<WorkflowChange>(identity, follow, workflow_id, "workflow")
+            .map(WorkflowFollow)
+    }
+
+    fn follow<C: hub::Followed>(
+        &self,
+        identity: Option<&Identity>,
+        follow: &Follow,
+        id: Uuid,
+        what: &str,
+    ) -> Result<hub::FollowGuard, ApiError> {
         let Some(identity) = identity else {
-            return Err(ApiError::unauthenticated(
-                "following a job needs a signed-in user",
-            ));
+            return Err(ApiError::unauthenticated(format!(
+                "following a {what} needs a signed-in user"
+            )));
         };
         routes::check_subscription_id(&follow.subscription_id)?;
         let proof = hub::Proof {
@@ -203,8 +231,7 @@ impl Realtime {
             user: Some(&identity.user_id),
         };
         self.hub
-            .follow_job(&proof, &follow.subscription_id, job_id)
-            .map(JobFollow)
+            .follow::<C>(&proof, &follow.subscription_id, id)
             .map_err(|e| routes::api_error(e, "follow.sessionId"))
     }
 }
@@ -231,7 +258,21 @@ impl JobFollow {
     /// earlier job the caller may not see).
     pub async fn started(self, job_id: Uuid) -> Result<Option<JobState>, ApiError> {
         self.0
-            .started(job_id)
+            .started::<JobChange>(job_id)
+            .await
+            .map_err(|e| routes::api_error(e, "follow.sessionId"))
+    }
+}
+
+/// A subscription made for a workflow before it exists; see [`Realtime::follow_workflow`].
+#[derive(Debug)]
+pub struct WorkflowFollow(hub::FollowGuard);
+
+impl WorkflowFollow {
+    /// The workflow was created as `workflow_id`; as [`JobFollow::started`].
+    pub async fn started(self, workflow_id: Uuid) -> Result<Option<WorkflowState>, ApiError> {
+        self.0
+            .started::<WorkflowChange>(workflow_id)
             .await
             .map_err(|e| routes::api_error(e, "follow.sessionId"))
     }

@@ -10,8 +10,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::hub::{Proof, QuerySubscribeError};
+use super::jobs::JobChange;
 use super::queries::QueryKey;
 use super::session::Viewer;
+use super::workflows::WorkflowChange;
 use super::{sse, Realtime, RealtimeError};
 use crate::auth::Identity;
 use crate::error::{json_body, ApiError};
@@ -25,6 +27,7 @@ impl Realtime {
         Router::new()
             .route("/_api/events", get(events))
             .route("/_api/subscribe-job", post(subscribe_job))
+            .route("/_api/subscribe-workflow", post(subscribe_workflow))
             .route("/_api/subscribe", post(subscribe_query))
             .route("/_api/unsubscribe", post(unsubscribe))
             .with_state(self.clone())
@@ -82,6 +85,15 @@ struct SubscribeJob {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SubscribeWorkflow {
+    session_id: Uuid,
+    session_secret: String,
+    subscription_id: String,
+    workflow_id: Uuid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SubscribeQuery {
     session_id: Uuid,
     session_secret: String,
@@ -112,12 +124,34 @@ async fn subscribe_job(
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
     let state = rt
         .hub
-        .subscribe_job(&proof, &req.subscription_id, req.job_id)
+        .subscribe::<JobChange>(&proof, &req.subscription_id, req.job_id)
         .await
         .map_err(|e| api_error(e, "sessionId"))?;
     let data = match state {
         Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
         None => not_found_job(req.job_id),
+    };
+    Ok(data_response(&data.to_string()))
+}
+
+/// `POST /_api/subscribe-workflow`: as `/_api/subscribe-job`, for a workflow.
+async fn subscribe_workflow(
+    State(rt): State<Realtime>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let identity = rt.auth.from_headers(&headers)?;
+    let req: SubscribeWorkflow = json_body(&headers, &body)?;
+    check_subscription_id(&req.subscription_id)?;
+    let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
+    let state = rt
+        .hub
+        .subscribe::<WorkflowChange>(&proof, &req.subscription_id, req.workflow_id)
+        .await
+        .map_err(|e| api_error(e, "sessionId"))?;
+    let data = match state {
+        Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
+        None => not_found_workflow(req.workflow_id),
     };
     Ok(data_response(&data.to_string()))
 }
@@ -196,6 +230,19 @@ pub(crate) fn not_found_job(job_id: Uuid) -> serde_json::Value {
         "status": "not_found",
         "progress": null,
         "message": null,
+        "output": null,
+        "error": null,
+    })
+}
+
+/// The state of a workflow the caller cannot see, as for jobs.
+pub(crate) fn not_found_workflow(workflow_id: Uuid) -> serde_json::Value {
+    serde_json::json!({
+        "workflowId": workflow_id,
+        "status": "not_found",
+        "step": null,
+        "waitingFor": null,
+        "steps": [],
         "output": null,
         "error": null,
     })

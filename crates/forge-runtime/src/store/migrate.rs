@@ -1,6 +1,6 @@
 //! Versioned migrations embedded in the binary, applied in a dedicated `forge` schema.
 
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, Executor, PgPool};
 
 use crate::error::RuntimeError;
 
@@ -21,6 +21,16 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         4,
         "workflows",
         include_str!("../../migrations/0004_workflows.sql"),
+    ),
+    (
+        5,
+        "jobs_throughput",
+        include_str!("../../migrations/0005_jobs_throughput.sql"),
+    ),
+    (
+        6,
+        "workflow_state_updates",
+        include_str!("../../migrations/0006_workflow_state_updates.sql"),
     ),
 ];
 
@@ -45,15 +55,17 @@ pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+// Statements run as `conn.execute(raw_sql(..))`, not `raw_sql(..).execute(conn)`: the latter
+// is a generic `async fn` whose future the compiler cannot prove `Send` for every lifetime,
+// which made `Forge::connect` (and a node's `run`) impossible to `tokio::spawn`.
 async fn apply_missing(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError> {
-    sqlx::raw_sql(
+    conn.execute(sqlx::raw_sql(
         "CREATE SCHEMA IF NOT EXISTS forge;
          CREATE TABLE IF NOT EXISTS forge.schema_migrations (
              version integer PRIMARY KEY,
              name text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&mut *conn)
+    ))
     .await?;
     let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM forge.schema_migrations")
         .fetch_all(&mut *conn)
@@ -62,25 +74,33 @@ async fn apply_missing(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError
         if applied.contains(&version) {
             continue;
         }
-        let mut tx = conn.begin().await?;
-        let res = async {
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO forge.schema_migrations (version, name) VALUES ($1, $2)")
-                .bind(version)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        }
-        .await;
-        res.map_err(|source| RuntimeError::Migration {
-            version,
-            name,
-            source,
-        })?;
+        apply(conn, version, name, sql)
+            .await
+            .map_err(|source| RuntimeError::Migration {
+                version,
+                name,
+                source,
+            })?;
         tracing::info!(version, name, "applied migration");
     }
     Ok(())
+}
+
+/// One migration and its record, in one transaction.
+async fn apply(
+    conn: &mut sqlx::PgConnection,
+    version: i32,
+    name: &str,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    tx.execute(sqlx::raw_sql(sql)).await?;
+    sqlx::query("INSERT INTO forge.schema_migrations (version, name) VALUES ($1, $2)")
+        .bind(version)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 pub(super) async fn is_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
@@ -90,4 +110,22 @@ pub(super) async fn is_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
             .fetch_one(pool)
             .await?;
     Ok(applied.unwrap_or(0) >= latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+
+    /// Nodes migrate inside spawned tasks: this does not compile unless the future of
+    /// `Store::migrate` is `Send`.
+    #[tokio::test]
+    async fn migrating_can_be_spawned() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy("postgres://forge@127.0.0.1:1/unreachable")
+            .unwrap();
+        let store = Store::new(pool);
+        let migrated = tokio::spawn(async move { store.migrate().await });
+        assert!(migrated.await.unwrap().is_err());
+    }
 }
