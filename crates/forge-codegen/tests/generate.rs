@@ -1,0 +1,287 @@
+//! The generator over the fixture app (`fixture/mod.rs`): the output pinned by a golden file,
+//! `--check` on fresh and stale output, and the output type-checked by `tsc`.
+
+mod fixture;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use forge_codegen::{CodegenError, Options, Outcome};
+
+const GOLDEN: &str = "tests/golden/api.ts";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh folder under the target directory's scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("forge-codegen")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fixture_api_ts() -> String {
+    let options = Options::new("fixture", "src/lib/forge");
+    let files = forge_codegen::generate(&options).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].path, Path::new("src/lib/forge/api.ts"));
+    files.into_iter().next().unwrap().contents
+}
+
+#[test]
+fn output_matches_the_golden_file() {
+    let generated = fixture_api_ts();
+    let golden_path = manifest_dir().join(GOLDEN);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden_path, &generated).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
+    if let Some(diff) = forge_codegen::first_difference(&golden, &generated) {
+        panic!(
+            "the generated api.ts differs from {GOLDEN}: {diff}\n\
+             if the change is intended: UPDATE_GOLDEN=1 cargo test -p forge-codegen --test generate"
+        );
+    }
+}
+
+#[test]
+fn output_is_deterministic() {
+    assert_eq!(fixture_api_ts(), fixture_api_ts());
+}
+
+#[test]
+fn check_passes_on_fresh_output_and_names_the_stale_file() {
+    let dir = scratch("check");
+    let out = dir.join("web/src/lib/forge");
+    let out_arg = out.to_str().unwrap();
+    let api = out.join("api.ts");
+
+    // Nothing there yet: stale.
+    let err = forge_codegen::run(["fixture", "generate", "--out", out_arg, "--check"]).unwrap_err();
+    assert!(
+        matches!(&err, CodegenError::Stale { path, .. } if *path == api),
+        "{err}"
+    );
+    assert!(!api.exists(), "--check must not write");
+
+    let written = forge_codegen::run(["fixture", "generate", "--out", out_arg]).unwrap();
+    assert_eq!(written, Some(Outcome::Written(vec![api.clone()])));
+    let fresh = forge_codegen::run(["./fixture", "generate", "--check", "--out", out_arg]).unwrap();
+    assert_eq!(fresh, Some(Outcome::UpToDate));
+    // Writing again leaves the unchanged file alone.
+    let again = forge_codegen::run(["fixture", "generate", &format!("--out={out_arg}")]).unwrap();
+    assert_eq!(again, Some(Outcome::Written(vec![])));
+
+    // A hand edit (or a changed function) makes it stale; the message names the file, the
+    // first differing line, and the command that fixes it. `main` prints errors with `Debug`.
+    let contents = std::fs::read_to_string(&api).unwrap();
+    let edited = contents.replacen("downloadUrl: string;", "downloadUrl: number;", 1);
+    assert_ne!(edited, contents);
+    std::fs::write(&api, &edited).unwrap();
+    let err = forge_codegen::run(["fixture", "generate", "--out", out_arg, "--check"]).unwrap_err();
+    let shown = format!("{err:?}");
+    assert!(
+        shown.contains(&format!("{} is stale", api.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("differs"), "{shown}");
+    assert!(shown.contains("downloadUrl: number;"), "{shown}");
+    assert!(
+        shown.contains(&format!("run `fixture generate --out {out_arg}`")),
+        "{shown}"
+    );
+
+    // Regenerating repairs it.
+    forge_codegen::run(["fixture", "generate", "--out", out_arg]).unwrap();
+    assert_eq!(std::fs::read_to_string(&api).unwrap(), contents);
+}
+
+/// Declarations of `@forge/svelte` as ts-contract.md fixes them; the generated code must
+/// type-check against them.
+const FORGE_SVELTE_STUB: &str = r#"
+export type JobStatus = "pending" | "claimed" | "running" | "completed" | "retry" | "failed"
+  | "dead_letter" | "cancel_requested" | "cancelled" | "not_found";
+export interface JobState<O> {
+  jobId: string | null; status: JobStatus; progress: number | null; message: string | null;
+  output: O | null; error: string | null; loading: boolean;
+}
+export interface JobStore<O> {
+  subscribe(run: (state: JobState<O>) => void): () => void;
+  unsubscribe(): void;
+  cancel(): Promise<void>;
+}
+export type WorkflowStatus = "created" | "running" | "waiting" | "completed" | "compensating"
+  | "compensated" | "failed" | "not_found";
+export interface WorkflowState<O> {
+  workflowId: string | null; status: WorkflowStatus; step: string | null;
+  waitingFor: string | null; steps: { name: string; status: string; error: string | null }[];
+  output: O | null; error: string | null; loading: boolean;
+}
+export interface WorkflowStore<O> {
+  subscribe(run: (state: WorkflowState<O>) => void): () => void;
+  unsubscribe(): void;
+  cancel(): Promise<void>;
+}
+export interface QueryState<O> { data: O | null; error: unknown; loading: boolean }
+export interface QueryStore<O> {
+  subscribe(run: (state: QueryState<O>) => void): () => void;
+  unsubscribe(): void;
+}
+export declare function createJobStore<A, O>(fn: string, args: A): JobStore<O>;
+export declare function trackJob<O>(fn: string, jobId: string): JobStore<O>;
+export declare function createWorkflowStore<A, O>(fn: string, args: A): WorkflowStore<O>;
+export declare function trackWorkflow<O>(fn: string, workflowId: string): WorkflowStore<O>;
+export declare function createQueryStore<A, O>(fn: string, args: A): QueryStore<O>;
+export declare function callFunction<A, O>(fn: string, args: A): Promise<O>;
+"#;
+
+/// Uses of the generated code: what must compile, and (`@ts-expect-error`) what must not.
+const USAGE: &str = r#"
+import {
+  trackExportUsers, resumeExportUsers, trackNightlyCleanup, trackAccountVerification,
+  resumeImportCatalog, recentJobs, liveRecentJobs, shapes, countJobs, confirmEmail, saveProfile,
+  setPriority,
+} from "./api";
+import type {
+  Adjacent, Color, External, Internal, Priority, Profile, SettingsInput, Shapes, Tree, Untagged,
+} from "./api";
+
+const job = trackExportUsers({ format: "csv" });
+job.subscribe((s) => {
+  const url: string | undefined = s.output?.downloadUrl;
+  const rows: number | undefined = s.output?.rows;
+  void url; void rows;
+});
+// @ts-expect-error: `format` is a string
+trackExportUsers({ format: 1 });
+// @ts-expect-error: `format` is required
+trackExportUsers({});
+// @ts-expect-error: unknown argument
+trackExportUsers({ format: "csv", extra: 1 });
+resumeExportUsers("0190c6a4-0000-7000-8000-000000000000").unsubscribe();
+trackNightlyCleanup().cancel();
+trackAccountVerification({ userId: "u" }).subscribe((s) => {
+  const done: void | null = s.output;
+  void done;
+});
+resumeImportCatalog("w").subscribe((s) => {
+  const cursor: string | null | undefined = s.output?.nextCursor;
+  void cursor;
+});
+
+async function calls(): Promise<void> {
+  const rows = await recentJobs({ limit: 10 });
+  const first: string | null = rows[0]?.finishedAt ?? null;
+  void first;
+  liveRecentJobs({ limit: 5 }).subscribe((s) => void s.data?.length);
+  const n: number = await countJobs();
+  void n;
+  const nothing: void = await confirmEmail({ workflowId: "w" });
+  void nothing;
+  const s: Shapes = await shapes({ afterId: 1, tags: [] });
+  const color: Color = s.color;
+  const maybe: string | null = s.scalars.maybe;
+  const pair: [string, number] = s.scalars.pair;
+  const hash: Record<string, number> = s.scalars.hash;
+  const raw: unknown = s.scalars.raw;
+  const nested: (number | null)[][] = s.scalars.nested;
+  const page: string[] = s.jobs.items.map((j) => j.id);
+  void color; void maybe; void pair; void hash; void raw; void nested; void page;
+  await shapes({ colorFilter: null, afterId: 1, tags: ["a"] });
+  await shapes({ colorFilter: "dark_blue", afterId: 1, tags: ["a"] });
+  // @ts-expect-error: not a Color
+  await shapes({ colorFilter: "blue", afterId: 1, tags: [] });
+
+  // The argument side may leave `theme` out; the output always has it.
+  const input: SettingsInput = { pageSize: 10 };
+  const saved: Profile = await saveProfile({ profile: { name: "a", settings: input } });
+  const theme: Color = saved.settings.theme;
+  void theme;
+  const p: Priority | null = await setPriority({ jobId: "j", priority: "High" });
+  void p;
+}
+void calls;
+
+const priorities: Priority[] = ["Low", "High"];
+const externals: External[] = ["Unit", { Newtype: "x" }, { Tuple: [1, true] }, { Struct: { a: "a" } }];
+// @ts-expect-error: a tuple variant needs both fields
+const badExternal: External = { Tuple: [1] };
+const internals: Internal[] = [
+  { kind: "empty" },
+  { kind: "withMeta", key: "k" },
+  { kind: "fields", user_id: "u" },
+];
+// @ts-expect-error: the tag is checked
+const badInternal: Internal = { kind: "other" };
+const adjacents: Adjacent[] = [{ t: "A" }, { t: "B", c: "x" }, { t: "C", c: { x: 1 } }];
+// @ts-expect-error: content of the wrong variant
+const badAdjacent: Adjacent = { t: "B", c: { x: 1 } };
+const untagged: Untagged[] = [1.5, "text", { key: "k" }];
+const tree: Tree = { label: "root", parent: null, children: [{ label: "leaf", children: [], parent: null }] };
+void priorities; void externals; void badExternal; void internals; void badInternal;
+void adjacents; void badAdjacent; void untagged; void tree;
+"#;
+
+const TSCONFIG: &str = r#"{
+  "compilerOptions": {
+    "strict": true,
+    "noEmit": true,
+    "noUnusedLocals": true,
+    "noUnusedParameters": true,
+    "exactOptionalPropertyTypes": true,
+    "target": "ES2022",
+    "module": "ESNext",
+    "moduleResolution": "Bundler",
+    "skipLibCheck": false,
+    "types": []
+  },
+  "files": ["api.ts", "usage.ts"]
+}
+"#;
+
+#[test]
+fn output_type_checks() {
+    // `FORGE_TSC` names another TypeScript compiler (a `bin/tsc` script).
+    let tsc = match std::env::var_os("FORGE_TSC") {
+        Some(path) => PathBuf::from(path),
+        None => manifest_dir().join("../../node_modules/typescript/bin/tsc"),
+    };
+    if !tsc.exists() {
+        println!(
+            "NOTICE: output_type_checks skipped: {} is missing (run `npm install` at the repository root)",
+            tsc.display()
+        );
+        return;
+    }
+    let dir = scratch("tsc");
+    std::fs::write(dir.join("api.ts"), fixture_api_ts()).unwrap();
+    std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
+    std::fs::write(dir.join("tsconfig.json"), TSCONFIG).unwrap();
+    let stub = dir.join("node_modules/@forge/svelte");
+    std::fs::create_dir_all(&stub).unwrap();
+    std::fs::write(
+        stub.join("package.json"),
+        r#"{ "name": "@forge/svelte", "types": "index.d.ts" }"#,
+    )
+    .unwrap();
+    std::fs::write(stub.join("index.d.ts"), FORGE_SVELTE_STUB).unwrap();
+
+    let out = Command::new("node")
+        .arg(&tsc)
+        .args(["-p", "tsconfig.json"])
+        .current_dir(&dir)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "tsc found errors in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
