@@ -244,20 +244,50 @@ const TSCONFIG: &str = r#"{
 }
 "#;
 
-#[test]
-fn output_type_checks() {
+/// The TypeScript compiler, or `None` (with a notice) when it is not installed.
+fn tsc() -> Option<PathBuf> {
     // `FORGE_TSC` names another TypeScript compiler (a `bin/tsc` script).
     let tsc = match std::env::var_os("FORGE_TSC") {
         Some(path) => PathBuf::from(path),
-        None => manifest_dir().join("../../node_modules/typescript/bin/tsc"),
+        None => repo_root().join("node_modules/typescript/bin/tsc"),
     };
-    if !tsc.exists() {
+    if tsc.exists() {
+        Some(tsc)
+    } else {
         println!(
-            "NOTICE: output_type_checks skipped: {} is missing (run `npm install` at the repository root)",
+            "NOTICE: type check skipped: {} is missing (run `npm install` at the repository root)",
             tsc.display()
         );
-        return;
+        None
     }
+}
+
+fn repo_root() -> PathBuf {
+    manifest_dir().join("../..")
+}
+
+/// Runs `tsc -p tsconfig.json` in `dir`, failing the test on any error.
+fn run_tsc(tsc: &Path, dir: &Path) {
+    let out = Command::new("node")
+        .arg(tsc)
+        .args(["-p", "tsconfig.json"])
+        .current_dir(dir)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "tsc found errors in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Against declarations of `@forge/svelte` written from ts-contract.md, under the strictest
+/// options users may have.
+#[test]
+fn output_type_checks() {
+    let Some(tsc) = tsc() else { return };
     let dir = scratch("tsc");
     std::fs::write(dir.join("api.ts"), fixture_api_ts()).unwrap();
     std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
@@ -270,18 +300,40 @@ fn output_type_checks() {
     )
     .unwrap();
     std::fs::write(stub.join("index.d.ts"), FORGE_SVELTE_STUB).unwrap();
+    run_tsc(&tsc, &dir);
+}
 
-    let out = Command::new("node")
-        .arg(&tsc)
-        .args(["-p", "tsconfig.json"])
-        .current_dir(&dir)
-        .output()
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "tsc found errors in {}:\n{}{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// Against the real `packages/svelte` of this repository, when it is there.
+#[test]
+fn output_type_checks_against_the_svelte_package() {
+    let Some(tsc) = tsc() else { return };
+    let package = repo_root().join("packages/svelte/src/index.ts");
+    if !package.exists() {
+        println!("NOTICE: skipped: {} is missing", package.display());
+        return;
+    }
+    let package = package.canonicalize().unwrap();
+    let dir = scratch("tsc-package");
+    std::fs::write(dir.join("api.ts"), fixture_api_ts()).unwrap();
+    std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
+    let tsconfig = format!(
+        r#"{{
+  "compilerOptions": {{
+    "strict": true,
+    "noEmit": true,
+    "target": "ES2022",
+    "module": "ESNext",
+    "moduleResolution": "Bundler",
+    "allowImportingTsExtensions": true,
+    "skipLibCheck": true,
+    "types": [],
+    "paths": {{ "@forge/svelte": [{}] }}
+  }},
+  "files": ["api.ts", "usage.ts"]
+}}
+"#,
+        serde_json::Value::String(package.display().to_string())
     );
+    std::fs::write(dir.join("tsconfig.json"), tsconfig).unwrap();
+    run_tsc(&tsc, &dir);
 }
