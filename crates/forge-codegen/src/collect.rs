@@ -68,46 +68,23 @@ struct Raw {
 
 fn registered() -> Vec<Raw> {
     let mut all = Vec::new();
-    for d in registry::jobs() {
-        all.push(Raw {
-            kind: Kind::Job,
-            name: d.name,
-            args: d.args,
-            output_type: d.output_type,
-            args_schema: d.args_schema,
-            output_schema: d.output_schema,
-        });
+    // The four registries have the same fields, but not one type.
+    macro_rules! take {
+        ($iter:expr, $kind:expr) => {
+            all.extend($iter.map(|d| Raw {
+                kind: $kind,
+                name: d.name,
+                args: d.args,
+                output_type: d.output_type,
+                args_schema: d.args_schema,
+                output_schema: d.output_schema,
+            }))
+        };
     }
-    for d in registry::workflows() {
-        all.push(Raw {
-            kind: Kind::Workflow,
-            name: d.name,
-            args: d.args,
-            output_type: d.output_type,
-            args_schema: d.args_schema,
-            output_schema: d.output_schema,
-        });
-    }
-    for d in registry::queries() {
-        all.push(Raw {
-            kind: Kind::Query,
-            name: d.name,
-            args: d.args,
-            output_type: d.output_type,
-            args_schema: d.args_schema,
-            output_schema: d.output_schema,
-        });
-    }
-    for d in registry::mutations() {
-        all.push(Raw {
-            kind: Kind::Mutation,
-            name: d.name,
-            args: d.args,
-            output_type: d.output_type,
-            args_schema: d.args_schema,
-            output_schema: d.output_schema,
-        });
-    }
+    take!(registry::jobs(), Kind::Job);
+    take!(registry::workflows(), Kind::Workflow);
+    take!(registry::queries(), Kind::Query);
+    take!(registry::mutations(), Kind::Mutation);
     all.sort_by(|a, b| (a.kind, a.name).cmp(&(b.kind, b.name)));
     all
 }

@@ -152,7 +152,7 @@ fn check_type_name(name: &str) -> Result<(), CodegenError> {
     Ok(())
 }
 
-/// The exported names of a function, as (name, what it does).
+/// The names a function is exported under.
 fn exports(f: &Function) -> Vec<String> {
     let pascal = pascal_case(f.name);
     match f.kind {
@@ -210,12 +210,15 @@ pub(crate) fn api_ts(api: &Api, command: &str) -> Result<String, CodegenError> {
     let used: BTreeSet<&str> = api
         .functions
         .iter()
-        .flat_map(|f| match f.kind {
-            Kind::Job => ["createJobStore", "trackJob"],
-            Kind::Workflow => ["createWorkflowStore", "trackWorkflow"],
-            Kind::Query => ["callFunction", "createQueryStore"],
-            Kind::Mutation => ["callFunction", "callFunction"],
+        .flat_map(|f| -> &[&str] {
+            match f.kind {
+                Kind::Job => &["createJobStore", "trackJob"],
+                Kind::Workflow => &["createWorkflowStore", "trackWorkflow"],
+                Kind::Query => &["callFunction", "createQueryStore"],
+                Kind::Mutation => &["callFunction"],
+            }
         })
+        .copied()
         .collect();
     if !used.is_empty() {
         let list: Vec<&str> = used.into_iter().collect();

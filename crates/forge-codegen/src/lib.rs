@@ -70,9 +70,12 @@
 //! ## Names
 //!
 //! Types take their schemars name. Two different Rust types with the same name (from two
-//! modules, or two instances of one generic type) are refused with an error naming both users;
-//! rename one with `#[schemars(rename = "...")]`. Function names that would clash in
-//! TypeScript, or with the names imported from `@forge/svelte`, are refused too.
+//! modules, or two instances of one generic type) used by different functions are refused with
+//! an error naming both functions; rename one with `#[schemars(rename = "...")]` (a generic
+//! type: `#[schemars(rename = "Page{T}")]`). When a single function's types hold both, schemars
+//! itself numbers the second one (`Page2`): deterministic, but worth a rename too. Function
+//! names that would clash in TypeScript, or with the names imported from `@forge/svelte`, are
+//! refused.
 
 mod collect;
 mod emit;
