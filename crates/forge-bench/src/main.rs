@@ -89,7 +89,16 @@ fn parse_settings(mut args: impl Iterator<Item = String>) -> Settings {
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("jobs") => jobs(parse_settings(args)).await,
+        Some("jobs") => {
+            // `RUST_LOG=forge_runtime=debug` shows the worker's claims and write batches.
+            if std::env::var_os("RUST_LOG").is_some() {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            jobs(parse_settings(args)).await
+        }
         Some("workflows") => {
             let s = parse_settings(args);
             let settings = workflows::Settings {

@@ -127,7 +127,7 @@ fn counter() -> Arc<StatementCounter> {
 /// as the workflow's, although some are the worker's idle polling.
 fn is_background(sql: &str) -> bool {
     [
-        "UPDATE forge.jobs SET lease_expires_at",
+        "UPDATE forge.jobs j SET lease_expires_at",
         "UPDATE forge.jobs j SET status = CASE WHEN j.status = 'cancel_requested' THEN",
     ]
     .iter()

@@ -21,14 +21,21 @@
 //! 1. Every write a worker node makes (start, progress, finish) goes through the node's one
 //!    writer, which applies whatever accumulated while the previous batch was being written,
 //!    in one transaction (group commit). At low load each write goes out alone, within about a
-//!    millisecond; under load batches grow, and commits stay few.
-//! 2. A statement-level trigger on `forge.jobs` publishes every changed row of a statement on
+//!    millisecond; under load batches grow, and commits stay few. A worker does not wait for
+//!    a job's finish to be written before it starts the next job (else a batch could never
+//!    hold more finishes than the node's concurrency), and it claims in batches too.
+//! 2. A job's `running` write is held back a few milliseconds (`worker::START_DEFER`, or until
+//!    its first progress report): a job that ends sooner is recorded `claimed` → final in one
+//!    row write, and the trigger publishes `running` and the final status together, in order.
+//!    Short jobs cost two row writes (claim, finish) instead of three, and no transition goes
+//!    unpublished.
+//! 3. A statement-level trigger on `forge.jobs` publishes every changed row of a statement on
 //!    `forge_job_updates` as JSON arrays of updates (`job_id`, `status`, `attempt`,
 //!    `progress`, `message`; never the output), each below the 8,000-byte payload limit. A
 //!    batch of a thousand updates costs one commit and a few notifications. Being a trigger,
 //!    no path that changes job state (workers, cancel requests, the lease reaper, an
 //!    operator's SQL) can forget to publish, and nothing is published before it commits.
-//! 3. Each node LISTENs once and fans updates out in-process.
+//! 4. Each node LISTENs once and fans updates out in-process.
 //!
 //! # Delivery guarantees of jobs
 //! At least once: a job whose node dies is run again when its lease runs out, so handlers

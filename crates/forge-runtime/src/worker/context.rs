@@ -1,15 +1,15 @@
 //! What a running job sees of the runtime.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
 use super::writer::Writer;
 use crate::error::{Error, ProgressError};
-use crate::store::ProgressWrite;
+use crate::store::{ProgressWrite, StartWrite};
 
 /// Longest progress message kept; longer ones are cut (at a character boundary) so that one
 /// update always fits in a notification.
@@ -55,6 +55,70 @@ impl CancelSignal {
     }
 }
 
+/// The `running` write of one attempt. It is deferred (see `START_DEFER` in the worker) so
+/// that a short job can record its start and its end in one write; it goes out earlier when
+/// the handler reports progress, so that `running` is always published before any progress.
+#[derive(Debug)]
+pub(crate) struct StartGate {
+    write: StartWrite,
+    writer: Writer,
+    state: Mutex<GateState>,
+    opened: Notify,
+}
+
+#[derive(Debug)]
+enum GateState {
+    Deferred,
+    Sent(Option<oneshot::Receiver<bool>>),
+    /// The attempt ended before the start was sent: its finish records the start.
+    Closed,
+}
+
+impl StartGate {
+    pub(crate) fn new(write: StartWrite, writer: Writer) -> Self {
+        Self {
+            write,
+            writer,
+            state: Mutex::new(GateState::Deferred),
+            opened: Notify::new(),
+        }
+    }
+
+    /// Sends the start write now, unless it was sent or the attempt ended.
+    pub(crate) fn open(&self) {
+        let mut state = self.state.lock().unwrap();
+        if matches!(*state, GateState::Deferred) {
+            *state = GateState::Sent(Some(self.writer.start(self.write.clone())));
+            self.opened.notify_one();
+        }
+    }
+
+    /// Resolves once [`open`](Self::open) was called.
+    pub(crate) async fn opened(&self) {
+        self.opened.notified().await;
+    }
+
+    /// The acknowledgement of the start write, once sent (taken once).
+    pub(crate) fn take_ack(&self) -> Option<oneshot::Receiver<bool>> {
+        match &mut *self.state.lock().unwrap() {
+            GateState::Sent(ack) => ack.take(),
+            _ => None,
+        }
+    }
+
+    /// The attempt ended. True when its start was never sent, so the finish must record it.
+    pub(crate) fn close(&self) -> bool {
+        let mut state = self.state.lock().unwrap();
+        match *state {
+            GateState::Deferred => {
+                *state = GateState::Closed;
+                true
+            }
+            GateState::Sent(_) | GateState::Closed => false,
+        }
+    }
+}
+
 /// The first argument of every `#[forge::job]`.
 #[derive(Clone, Debug)]
 pub struct JobContext {
@@ -69,6 +133,7 @@ struct Inner {
     pool: PgPool,
     writer: Writer,
     cancel: Arc<CancelSignal>,
+    start: Arc<StartGate>,
 }
 
 impl JobContext {
@@ -79,6 +144,7 @@ impl JobContext {
         pool: PgPool,
         writer: Writer,
         cancel: Arc<CancelSignal>,
+        start: Arc<StartGate>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -88,6 +154,7 @@ impl JobContext {
                 pool,
                 writer,
                 cancel,
+                start,
             }),
         }
     }
@@ -129,6 +196,7 @@ impl JobContext {
         if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
             message.truncate(cut);
         }
+        self.inner.start.open();
         self.inner
             .writer
             .progress(ProgressWrite {

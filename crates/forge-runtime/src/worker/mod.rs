@@ -1,20 +1,29 @@
 //! Workers: claim jobs, run them, record how they ended.
 //!
-//! One [`Worker`] per node runs up to `concurrency` jobs at once. Its fetch loop claims only
-//! as many jobs as it has free slots (so nothing sits claimed but unstarted), wakes on
-//! `forge_jobs_available` notifications and polls as a fallback. Each job runs in its own task,
-//! so a panic is caught as a failure and never takes the worker down. A heartbeat renews the
-//! leases of running jobs; any node's reaper gives jobs whose lease ran out (their node died)
-//! to another attempt.
+//! One [`Worker`] per node runs up to `concurrency` jobs at once. Its fetch loop claims jobs
+//! in batches into a small local buffer that the `concurrency` slots take from: the free slots,
+//! plus, while jobs are going fast, what the node starts in the next ~50 ms (at most
+//! `claim_batch`). A node running long jobs therefore claims only its free slots and leaves the
+//! rest to other nodes, while one running short jobs does not wait for a round-trip between
+//! jobs. It claims again at once while claims come back full, wakes on `forge_jobs_available`
+//! notifications and polls as a fallback. Each handler runs in its own task, so a panic is
+//! caught as a failure and never takes the worker down. A heartbeat renews the leases of the
+//! jobs the node holds; any node's reaper gives jobs whose lease ran out (their node died) to
+//! another attempt. On shutdown, buffered jobs that never started are released (`pending`).
+//!
+//! The `running` write of a job is deferred by [`START_DEFER`]: a job that ends sooner has its
+//! start and its end recorded in one write (and both published, in order), which halves the
+//! writes of short jobs.
 
 mod context;
 mod writer;
 
 pub use context::{JobContext, MAX_MESSAGE_CHARS};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -23,7 +32,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use self::context::CancelSignal;
+use self::context::{CancelSignal, StartGate};
 use self::writer::Writer;
 use crate::error::{Error, ErrorKind};
 use crate::notifier::{Event, Notifier};
@@ -93,8 +102,50 @@ pub fn registered_handlers() -> HashMap<String, Handler> {
         .collect()
 }
 
-struct Running {
+/// How long a job's `running` write waits for the job to end, so that both go out as one
+/// write. Only the publication of `running` is delayed: the handler starts at once.
+pub const START_DEFER: Duration = Duration::from_millis(5);
+
+/// How much work a node keeps claimed ahead of its slots: what it starts in this long, at
+/// its recent pace.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// A claimed job waiting for a slot.
+struct Buffered {
+    job: ClaimedJob,
     cancel: Arc<CancelSignal>,
+}
+
+#[derive(Default)]
+struct Local {
+    /// Claimed, not started yet.
+    buffer: VecDeque<Buffered>,
+    /// Slot tasks alive (each runs one job at a time).
+    slots: usize,
+    /// Jobs started whose end is not written yet.
+    running: usize,
+    /// Every job this node holds (buffered or running), for cancel requests and leases.
+    held: HashMap<Uuid, Arc<CancelSignal>>,
+}
+
+impl Local {
+    fn is_idle(&self) -> bool {
+        self.slots == 0 && self.running == 0
+    }
+
+    /// The next buffered job still owned by this node (a job cancelled while buffered is
+    /// dropped here).
+    fn pop_live(&mut self) -> Option<Buffered> {
+        while let Some(b) = self.buffer.pop_front() {
+            if b.cancel.is_lost() {
+                self.held.remove(&b.job.id);
+                continue;
+            }
+            self.running += 1;
+            return Some(b);
+        }
+        None
+    }
 }
 
 struct Shared {
@@ -104,7 +155,11 @@ struct Shared {
     config: WorkerConfig,
     handlers: HashMap<String, Handler>,
     names: Vec<String>,
-    running: Mutex<HashMap<Uuid, Running>>,
+    local: Mutex<Local>,
+    /// Jobs started so far (the fetch loop's measure of pace).
+    started: AtomicU64,
+    /// A slot wakes the fetch loop when the buffer is down to this many jobs.
+    refill_at: AtomicUsize,
     /// New jobs may be available, or a slot came free.
     wake: Notify,
     /// Stop claiming.
@@ -138,7 +193,9 @@ impl Worker {
             config,
             handlers,
             names,
-            running: Mutex::new(HashMap::new()),
+            local: Mutex::new(Local::default()),
+            started: AtomicU64::new(0),
+            refill_at: AtomicUsize::new(0),
             wake: Notify::new(),
             stop: CancellationToken::new(),
             interrupt: CancellationToken::new(),
@@ -159,13 +216,18 @@ impl Worker {
 
     /// Jobs running on this node now.
     pub fn running_jobs(&self) -> usize {
-        self.shared.running.lock().unwrap().len()
+        self.shared.local.lock().unwrap().running
     }
 
-    /// Graceful shutdown: stop claiming, let running jobs finish within the shutdown grace,
-    /// then interrupt the rest (they go back to the queue as `retry`, to run again at once).
-    pub async fn shutdown(self) {
+    /// Graceful shutdown: stop claiming, give back the claimed jobs that did not start, let
+    /// running jobs finish within the shutdown grace, then interrupt the rest (they go back to
+    /// the queue as `retry`, to run again at once).
+    pub async fn shutdown(mut self) {
         self.shared.stop.cancel();
+        // The fetch loop ends after any claim in flight, so nothing is buffered after this.
+        let fetch = self.tasks.remove(0);
+        let _ = fetch.await;
+        release_buffered(&self.shared).await;
         let deadline = tokio::time::Instant::now() + self.shared.config.shutdown_grace;
         if !wait_idle(&self.shared, deadline).await {
             tracing::warn!(
@@ -185,29 +247,95 @@ impl Worker {
     }
 }
 
+async fn release_buffered(shared: &Shared) {
+    let jobs: Vec<(Uuid, i32)> = {
+        let mut local = shared.local.lock().unwrap();
+        let drained: Vec<Buffered> = local.buffer.drain(..).collect();
+        for b in &drained {
+            local.held.remove(&b.job.id);
+        }
+        drained.iter().map(|b| (b.job.id, b.job.attempt)).collect()
+    };
+    if jobs.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.store.release_jobs(shared.worker_id, &jobs).await {
+        // Their leases run out and the reaper hands them out again.
+        tracing::warn!(error = %e, jobs = jobs.len(), "releasing unstarted jobs failed");
+    }
+}
+
 async fn wait_idle(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     loop {
         let idle = shared.idle.notified();
-        if shared.running.lock().unwrap().is_empty() {
+        if shared.local.lock().unwrap().is_idle() {
             return true;
         }
         if tokio::time::timeout_at(deadline, idle).await.is_err() {
-            return shared.running.lock().unwrap().is_empty();
+            return shared.local.lock().unwrap().is_idle();
         }
+    }
+}
+
+/// The node's pace in jobs started per second, smoothed: it follows a rise at once (a burst
+/// of short jobs should not wait for round-trips) and a fall gradually.
+struct Pace {
+    at: Instant,
+    started: u64,
+    per_sec: f64,
+}
+
+impl Pace {
+    const SAMPLE: Duration = Duration::from_millis(25);
+
+    fn new() -> Self {
+        Self {
+            at: Instant::now(),
+            started: 0,
+            per_sec: 0.0,
+        }
+    }
+
+    fn update(&mut self, started: u64) -> f64 {
+        let elapsed = self.at.elapsed();
+        if elapsed >= Self::SAMPLE {
+            let now = (started - self.started) as f64 / elapsed.as_secs_f64();
+            self.per_sec = if now > self.per_sec {
+                now
+            } else {
+                0.7 * self.per_sec + 0.3 * now
+            };
+            self.at = Instant::now();
+            self.started = started;
+        }
+        self.per_sec
     }
 }
 
 async fn fetch_loop(shared: Arc<Shared>) {
     let mut error_delay = Duration::from_millis(100);
+    let mut pace = Pace::new();
+    let concurrency = shared.config.concurrency;
+    let batch = shared.config.claim_batch.max(1);
     while !shared.stop.is_cancelled() {
         let wake = shared.wake.notified();
-        let free = shared
-            .config
-            .concurrency
-            .saturating_sub(shared.running.lock().unwrap().len());
+        let per_sec = pace.update(shared.started.load(Ordering::Relaxed));
+        let prefetch = ((per_sec * PREFETCH_WINDOW.as_secs_f64()) as usize).min(batch);
+        shared.refill_at.store(prefetch / 2, Ordering::Relaxed);
+        let (buffered, slots, held) = {
+            let local = shared.local.lock().unwrap();
+            (local.buffer.len(), local.slots, local.held.len())
+        };
+        let free = concurrency.saturating_sub(slots);
+        // Jobs that ran but whose end is not written yet count too: a node must not claim
+        // faster than it records.
+        let room = (concurrency + 3 * prefetch).saturating_sub(held);
+        let want = (free + prefetch)
+            .saturating_sub(buffered)
+            .min(room)
+            .min(batch);
         let mut sleep_for = shared.config.poll_interval;
-        if free > 0 {
-            let want = free.min(shared.config.claim_batch);
+        if want > 0 && buffered <= prefetch / 2 {
             match shared
                 .store
                 .claim_jobs(
@@ -222,9 +350,8 @@ async fn fetch_loop(shared: Arc<Shared>) {
                 Ok(jobs) => {
                     error_delay = Duration::from_millis(100);
                     let got = jobs.len();
-                    for job in jobs {
-                        spawn_job(&shared, job);
-                    }
+                    tracing::debug!(want, got, buffered, slots, "claimed jobs");
+                    take(&shared, jobs);
                     if got == want {
                         continue;
                     }
@@ -248,28 +375,74 @@ async fn fetch_loop(shared: Arc<Shared>) {
     }
 }
 
-fn spawn_job(shared: &Arc<Shared>, job: ClaimedJob) {
-    let cancel = Arc::new(CancelSignal::default());
-    shared.running.lock().unwrap().insert(
-        job.id,
-        Running {
-            cancel: cancel.clone(),
-        },
-    );
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let id = job.id;
-        execute(&shared, job, cancel).await;
-        let now_idle = {
-            let mut running = shared.running.lock().unwrap();
-            running.remove(&id);
-            running.is_empty()
+/// Buffers claimed jobs and starts slots for as many as there is room for.
+fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
+    let mut local = shared.local.lock().unwrap();
+    for job in jobs {
+        let cancel = Arc::new(CancelSignal::default());
+        local.held.insert(job.id, cancel.clone());
+        local.buffer.push_back(Buffered { job, cancel });
+    }
+    if shared.stop.is_cancelled() {
+        // Shutdown releases them.
+        return;
+    }
+    while local.slots < shared.config.concurrency {
+        let Some(next) = local.pop_live() else { break };
+        local.slots += 1;
+        tokio::spawn(slot(shared.clone(), next));
+    }
+}
+
+/// One of the node's `concurrency` slots: runs jobs from the buffer until it is empty.
+async fn slot(shared: Arc<Shared>, mut next: Buffered) {
+    loop {
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        execute(&shared, next.job, next.cancel).await;
+        let (following, wake, idle) = {
+            let mut local = shared.local.lock().unwrap();
+            let following = if shared.stop.is_cancelled() {
+                None
+            } else {
+                local.pop_live()
+            };
+            if following.is_none() {
+                local.slots -= 1;
+            }
+            (
+                following,
+                local.buffer.len() <= shared.refill_at.load(Ordering::Relaxed),
+                local.is_idle(),
+            )
         };
-        shared.wake.notify_one();
-        if now_idle {
-            shared.idle.notify_waiters();
+        if wake {
+            shared.wake.notify_one();
         }
-    });
+        match following {
+            Some(b) => next = b,
+            None => {
+                if idle {
+                    shared.idle.notify_waiters();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The end of a job is written (or there was nothing to write): the node no longer holds it.
+fn finished(shared: &Shared, id: Uuid) {
+    let idle = {
+        let mut local = shared.local.lock().unwrap();
+        local.held.remove(&id);
+        local.running -= 1;
+        local.is_idle()
+    };
+    // There is room to claim again.
+    shared.wake.notify_one();
+    if idle {
+        shared.idle.notify_waiters();
+    }
 }
 
 enum End {
@@ -280,11 +453,18 @@ enum End {
     Interrupted,
 }
 
-async fn execute(shared: &Shared, mut job: ClaimedJob, cancel: Arc<CancelSignal>) {
+async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSignal>) {
     let Some(handler) = shared.handlers.get(&job.function_name).copied() else {
         // Claims are filtered by the names this node can run, so this cannot happen.
         unreachable!("claimed a job without a handler: {}", job.function_name);
     };
+    let gate = Arc::new(StartGate::new(
+        StartWrite {
+            id: job.id,
+            attempt: job.attempt,
+        },
+        shared.writer.clone(),
+    ));
     let ctx = JobContext::new(
         job.id,
         job.attempt,
@@ -292,21 +472,23 @@ async fn execute(shared: &Shared, mut job: ClaimedJob, cancel: Arc<CancelSignal>
         shared.store.pool().clone(),
         shared.writer.clone(),
         cancel.clone(),
+        gate.clone(),
     );
     // The handler starts without waiting for `running` to be written: the write goes through
     // the same ordered queue as the handler's progress reports, so it lands first anyway,
     // and the job starts a round-trip sooner.
-    let writer = shared.writer.clone();
-    let start = writer.start(StartWrite {
-        id: job.id,
-        attempt: job.attempt,
-    });
     let mut handle = tokio::spawn((handler.run)(ctx, std::mem::take(&mut job.args)));
 
     let started = async {
-        if !start.await {
-            // Cancelled (or re-claimed) between claim and start.
-            cancel.lose();
+        tokio::select! {
+            _ = tokio::time::sleep(START_DEFER) => gate.open(),
+            _ = gate.opened() => {}
+        }
+        if let Some(ack) = gate.take_ack() {
+            if !ack.await.unwrap_or(false) {
+                // Cancelled (or re-claimed) between claim and start.
+                cancel.lose();
+            }
         }
         std::future::pending::<()>().await
     };
@@ -333,6 +515,7 @@ async fn execute(shared: &Shared, mut job: ClaimedJob, cancel: Arc<CancelSignal>
         handle.abort();
     }
     if cancel.is_lost() {
+        finished(shared, job.id);
         return;
     }
     let status = match end {
@@ -361,16 +544,22 @@ async fn execute(shared: &Shared, mut job: ClaimedJob, cancel: Arc<CancelSignal>
             error: "interrupted: the worker shut down".into(),
             delay: Duration::ZERO,
         },
-        End::Lost => return,
+        End::Lost => {
+            finished(shared, job.id);
+            return;
+        }
     };
-    shared
-        .writer
-        .finish(Finish {
-            id: job.id,
+    let id = job.id;
+    let after = shared.clone();
+    shared.writer.finish(
+        Finish {
+            id,
             attempt: job.attempt,
             status,
-        })
-        .await;
+            started: gate.close(),
+        },
+        move |_| finished(&after, id),
+    );
 }
 
 fn classify(
@@ -419,17 +608,17 @@ async fn event_loop(shared: Arc<Shared>, mut events: broadcast::Receiver<Event>)
         match events.recv().await {
             Ok(Event::JobsAvailable) => shared.wake.notify_one(),
             Ok(Event::JobUpdates(updates)) => {
-                let running = shared.running.lock().unwrap();
-                if running.is_empty() {
+                let local = shared.local.lock().unwrap();
+                if local.held.is_empty() {
                     continue;
                 }
                 for u in updates.iter() {
-                    if let Some(r) = running.get(&u.job_id) {
+                    if let Some(cancel) = local.held.get(&u.job_id) {
                         match u.status {
-                            JobStatus::CancelRequested => r.cancel.request(),
+                            JobStatus::CancelRequested => cancel.request(),
                             // Cancelled outright: it was still `claimed`, and has not started
                             // as far as the database is concerned.
-                            JobStatus::Cancelled => r.cancel.lose(),
+                            JobStatus::Cancelled => cancel.lose(),
                             _ => {}
                         }
                     }
@@ -451,7 +640,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ids: Vec<Uuid> = shared.running.lock().unwrap().keys().copied().collect();
+        let ids: Vec<Uuid> = shared.local.lock().unwrap().held.keys().copied().collect();
         if ids.is_empty() {
             continue;
         }
@@ -462,15 +651,17 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         {
             Ok(held) => {
                 let held: HashMap<Uuid, JobStatus> = held.into_iter().collect();
-                let running = shared.running.lock().unwrap();
+                let local = shared.local.lock().unwrap();
                 for id in ids {
-                    let Some(r) = running.get(&id) else { continue };
+                    let Some(cancel) = local.held.get(&id) else {
+                        continue;
+                    };
                     match held.get(&id) {
                         None => {
-                            tracing::warn!(job_id = %id, "lost the lease of a running job");
-                            r.cancel.lose();
+                            tracing::warn!(job_id = %id, "lost the lease of a job");
+                            cancel.lose();
                         }
-                        Some(JobStatus::CancelRequested) => r.cancel.request(),
+                        Some(JobStatus::CancelRequested) => cancel.request(),
                         Some(_) => {}
                     }
                 }

@@ -16,49 +16,52 @@ const MAX_BATCH: usize = 2_000;
 pub(crate) enum Write {
     Start(StartWrite, oneshot::Sender<bool>),
     Progress(ProgressWrite, oneshot::Sender<()>),
-    Finish(Finish, oneshot::Sender<bool>),
+    Finish(Finish, Box<dyn FnOnce(bool) + Send>),
 }
 
+/// Unbounded because every write's sender waits for its acknowledgement (except a start,
+/// which its job's finish waits behind): what is queued is bounded by the jobs running.
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::UnboundedSender<Write>,
 }
 
 impl Writer {
     pub(crate) fn spawn(store: Store) -> Self {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(store, rx));
         Self { tx }
     }
 
-    /// Records that an attempt's handler started. Resolves to false when the attempt was
-    /// fenced off (the job was cancelled or re-claimed in the meantime).
-    pub(crate) async fn start(&self, w: StartWrite) -> bool {
+    /// Queues the record that an attempt's handler started. The receiver gets false when the
+    /// attempt was fenced off (the job was cancelled or re-claimed in the meantime).
+    pub(crate) fn start(&self, w: StartWrite) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Write::Start(w, tx)).await.is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        // A closed channel drops `tx`, and the receiver reads that as fenced off.
+        let _ = self.tx.send(Write::Start(w, tx));
+        rx
     }
 
     pub(crate) async fn progress(&self, w: ProgressWrite) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Write::Progress(w, tx)).await.is_ok() {
+        if self.tx.send(Write::Progress(w, tx)).is_ok() {
             let _ = rx.await;
         }
     }
 
-    /// Records how an attempt ended. Resolves to false when it was fenced off.
-    pub(crate) async fn finish(&self, w: Finish) -> bool {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Write::Finish(w, tx)).await.is_err() {
-            return false;
+    /// Queues how an attempt ended; `done` is called once it is written, with false when it
+    /// was fenced off. A slot does not wait for it before taking its next job: finishes of
+    /// many jobs then share one commit, where waiting would bound a batch by the concurrency.
+    pub(crate) fn finish(&self, w: Finish, done: impl FnOnce(bool) + Send + 'static) {
+        if let Err(mpsc::error::SendError(Write::Finish(_, done))) =
+            self.tx.send(Write::Finish(w, Box::new(done)))
+        {
+            done(false);
         }
-        rx.await.unwrap_or(false)
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Write>) {
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Write>) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
         let mut batch = UpdateBatch::default();
@@ -84,9 +87,19 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Write>) {
         // A write is never dropped: a finish that is lost would leave the job to the lease
         // reaper and run it again. Keep trying until the database is back.
         let mut delay = Duration::from_millis(50);
+        let t0 = std::time::Instant::now();
         let applied = loop {
             match store.apply_updates(&batch).await {
-                Ok(applied) => break applied,
+                Ok(applied) => {
+                    tracing::debug!(
+                        starts = batch.starts.len(),
+                        progress = batch.progress.len(),
+                        finishes = batch.finishes.len(),
+                        ms = t0.elapsed().as_secs_f64() * 1000.0,
+                        "job updates written"
+                    );
+                    break applied;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "writing job updates failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -100,8 +113,8 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Write>) {
         for ack in progress_acks {
             let _ = ack.send(());
         }
-        for (id, ack) in finish_acks {
-            let _ = ack.send(applied.finishes.contains(&id));
+        for (id, done) in finish_acks {
+            done(applied.finishes.contains(&id));
         }
     }
 }
