@@ -1,0 +1,35 @@
+export type {
+  JobStatus,
+  WorkflowStatus,
+  StepStatus,
+  WorkflowStep,
+  JobSnapshot,
+  WorkflowSnapshot,
+  JobState,
+  WorkflowState,
+  QueryState,
+  Subscribable,
+} from "./types.js";
+export {
+  TERMINAL_JOB_STATUSES,
+  TERMINAL_WORKFLOW_STATUSES,
+  isTerminalJobStatus,
+  isTerminalWorkflowStatus,
+} from "./types.js";
+export { ForgeError } from "./errors.js";
+export { parseJson } from "./json.js";
+export { backoffDelay, resolveBackoff, type BackoffOptions } from "./backoff.js";
+export type { ConnectionStatus, ConnectionState, Session, EventSourceLike } from "./connection.js";
+export type { TokenProvider, FetchLike } from "./http.js";
+export { JobTracker, WorkflowTracker, QueryTracker } from "./trackers.js";
+export {
+  ForgeClient,
+  createForgeClient,
+  configureForge,
+  getForgeClient,
+  rpc,
+  type ForgeClientOptions,
+  type BatchCall,
+  type BatchResult,
+  type BatchResults,
+} from "./client.js";
