@@ -1,0 +1,573 @@
+//! The life of a job against the real PostgreSQL: every status it goes through (stored and
+//! published on `forge_job_updates`), progress, jobs scheduled for later, priority order,
+//! arguments checked at enqueue, idempotency keys, and concurrent migrations.
+
+mod support;
+
+use std::time::Duration;
+
+use forge::error::{EnqueueError, ProgressError};
+use forge::prelude::*;
+use forge::store::MIGRATIONS;
+use forge_test_support::TestDb;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use support::*;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Statuses.
+
+#[forge::job]
+async fn gated_echo(ctx: &JobContext, text: String) -> Result<String> {
+    effect(ctx.db(), ctx.job_id(), "started").await?;
+    wait_gate(ctx.db(), ctx.job_id(), "go").await?;
+    ctx.progress(50, "half way").await?;
+    Ok(text.to_uppercase())
+}
+
+#[tokio::test]
+async fn a_job_goes_pending_claimed_running_completed_stored_and_published() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let mut updates = Updates::subscribe(&forge).await;
+
+    // No worker yet: the job waits, stored as `pending`.
+    let id = forge
+        .enqueue(gated_echo::request("hello".into()))
+        .await
+        .unwrap();
+    let r = row(&forge, id).await;
+    assert_eq!(r.status, JobStatus::Pending);
+    assert_eq!(r.attempts, 0);
+    assert_eq!((r.started_at, r.finished_at), (None, None));
+
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    wait_effect(forge.pool(), id, "started").await;
+    // The handler is held at its gate: the job is stored as `running`, one attempt made.
+    let r = wait_status(&forge, id, JobStatus::Running).await;
+    assert_eq!(r.attempts, 1);
+    assert!(r.started_at.is_some());
+    assert_eq!((r.progress, r.output.clone()), (None, None));
+
+    open_gate(forge.pool(), id, "go").await;
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(r.output, Some(json!("HELLO")));
+    assert_eq!(r.state().output, Some(json!("HELLO")));
+    assert_eq!(r.progress, Some(50.0));
+    assert_eq!(r.message.as_deref(), Some("half way"));
+    assert_eq!((r.error, r.attempts), (None, 1));
+    assert!(r.finished_at.unwrap() >= r.started_at.unwrap());
+
+    // Every transition was published, in order, and the progress report in between.
+    let published = updates.until_status(id, JobStatus::Completed).await;
+    assert_eq!(
+        statuses(&published),
+        [JobStatus::Claimed, JobStatus::Running, JobStatus::Completed],
+        "{published:?}"
+    );
+    let progress: Vec<_> = published
+        .iter()
+        .filter(|u| u.progress.is_some())
+        .map(|u| (u.status, u.progress, u.message.as_deref()))
+        .collect();
+    assert_eq!(
+        progress[0],
+        (JobStatus::Running, Some(50.0), Some("half way"))
+    );
+    assert!(published.iter().all(|u| u.attempt == 1));
+    worker.shutdown().await;
+}
+
+#[forge::job]
+async fn quick(_ctx: &JobContext, n: u32) -> Result<u32> {
+    Ok(n * 2)
+}
+
+/// A job that ends within the deferral of its `running` write records start and end in one
+/// write; `running` must still be published, before the final status.
+#[tokio::test]
+async fn a_short_job_still_publishes_running_before_its_end() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let mut updates = Updates::subscribe(&forge).await;
+    let ids = forge
+        .enqueue_many((0..20).map(quick::request))
+        .await
+        .unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let published = updates.until_status(*id, JobStatus::Completed).await;
+        assert_eq!(
+            statuses(&published),
+            [JobStatus::Claimed, JobStatus::Running, JobStatus::Completed],
+            "{published:?}"
+        );
+        let r = row(&forge, *id).await;
+        assert_eq!(r.output, Some(json!(n as u32 * 2)));
+        assert!(r.started_at.is_some() && r.finished_at.is_some());
+    }
+    worker.shutdown().await;
+}
+
+/// The claim itself, as the store performs it: `claimed`, one attempt, owned by the claiming
+/// worker with a lease.
+#[tokio::test]
+async fn claiming_marks_the_job_claimed_with_a_lease() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let id = forge.enqueue(quick::request(1)).await.unwrap();
+    let worker_id = Uuid::new_v4();
+    let claimed = forge
+        .store()
+        .claim_jobs(
+            worker_id,
+            &["default".to_string()],
+            &["quick".to_string()],
+            10,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id, claimed[0].attempt), (id, 1));
+    let r = row(&forge, id).await;
+    assert_eq!((r.status, r.attempts), (JobStatus::Claimed, 1));
+    let (owner, leased): (Option<Uuid>, bool) =
+        sqlx::query_as("SELECT worker_id, lease_expires_at > now() FROM forge.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(forge.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner, Some(worker_id));
+    assert!(leased);
+    // Claimed is taken: a second claim finds nothing.
+    let again = forge
+        .store()
+        .claim_jobs(
+            Uuid::new_v4(),
+            &["default".to_string()],
+            &["quick".to_string()],
+            10,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress.
+
+#[forge::job(max_attempts = 3)]
+async fn bad_progress(ctx: &JobContext) -> Result<Vec<String>> {
+    let mut refused = Vec::new();
+    for p in [-1.0, 100.5, f64::NAN, f64::INFINITY] {
+        match ctx.progress(p, "nope").await {
+            Ok(()) => return Err(Error::fatal(format!("progress {p} was accepted"))),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    ctx.progress(0, "start").await?;
+    ctx.progress(100, "end").await?;
+    Ok(refused)
+}
+
+#[forge::job(max_attempts = 3)]
+async fn progress_over(ctx: &JobContext, percent: f64) -> Result<()> {
+    ctx.progress(10, "fine").await?;
+    ctx.progress(percent, "too far").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn progress_out_of_range_is_refused_and_changes_nothing() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let id = forge.enqueue(bad_progress::request()).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    let refused: Vec<String> = serde_json::from_value(r.output.unwrap()).unwrap();
+    assert_eq!(refused.len(), 4);
+    assert_eq!(
+        refused[0],
+        ProgressError::OutOfRange(-1.0).to_string(),
+        "the error says what is wrong"
+    );
+    assert!(refused[1].contains("100.5"), "{}", refused[1]);
+    // The bounds themselves are accepted; the last accepted value is the one stored.
+    assert_eq!(r.progress, Some(100.0));
+    assert_eq!(r.message.as_deref(), Some("end"));
+
+    // Passed on with `?`, the refusal is a bug in the job, not worth retrying: `failed` at
+    // once, with the reason kept, and the last valid progress left as it was.
+    let id = forge.enqueue(progress_over::request(101.0)).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Failed).await;
+    assert_eq!(r.attempts, 1);
+    assert_eq!(
+        r.error.as_deref(),
+        Some("progress must be a number from 0 to 100, got 101")
+    );
+    assert_eq!(r.progress, Some(10.0));
+    worker.shutdown().await;
+}
+
+#[forge::job]
+async fn chatty(ctx: &JobContext) -> Result<()> {
+    ctx.progress(5, "é".repeat(2_000)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_progress_message_is_cut_to_fit_a_notification() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let mut updates = Updates::subscribe(&forge).await;
+    let id = forge.enqueue(chatty::request()).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(
+        r.message.as_deref().map(|m| m.chars().count()),
+        Some(forge::worker::MAX_MESSAGE_CHARS)
+    );
+    let published = updates.until_status(id, JobStatus::Completed).await;
+    assert!(published
+        .iter()
+        .any(|u| u.message.as_deref() == r.message.as_deref()));
+    worker.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// When jobs run: scheduled for later, and by priority.
+
+#[forge::job]
+async fn stamp(ctx: &JobContext, label: String) -> Result<()> {
+    effect(ctx.db(), ctx.job_id(), &label).await
+}
+
+#[tokio::test]
+async fn a_job_scheduled_for_later_does_not_run_before_its_time() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let later = forge
+        .enqueue(stamp::request("later".into()).delay(Duration::from_millis(1_500)))
+        .await
+        .unwrap();
+    let run_at = row(&forge, later).await.run_at;
+    // A job enqueued after it, due now, runs first; the scheduled one is still waiting.
+    let now = forge.enqueue(stamp::request("now".into())).await.unwrap();
+    wait_status(&forge, now, JobStatus::Completed).await;
+    let r = row(&forge, later).await;
+    assert_eq!((r.status, r.attempts), (JobStatus::Pending, 0));
+
+    let r = wait_status(&forge, later, JobStatus::Completed).await;
+    let ran_at = effect_at(forge.pool(), later, "later").await;
+    assert!(ran_at >= run_at, "ran at {ran_at}, scheduled for {run_at}");
+    assert!(r.started_at.unwrap() >= run_at);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_run_by_priority_then_by_run_at() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let base = chrono::Utc::now() - chrono::Duration::seconds(60);
+    // (label, priority, seconds after `base`): lower priority numbers run first; equal
+    // priorities run oldest `run_at` first.
+    let jobs = [
+        ("e", 10, 0),
+        ("c", 3, 5),
+        ("a", -1, 9),
+        ("d", 3, 7),
+        ("b", 0, 1),
+        ("f", 20, 2),
+    ];
+    let mut ids = Vec::new();
+    for (label, priority, secs) in jobs {
+        let req = stamp::request(label.into())
+            .priority(priority)
+            .run_at(base + chrono::Duration::seconds(secs));
+        ids.push(forge.enqueue(req).await.unwrap());
+    }
+    let worker = forge
+        .start_worker(WorkerConfig {
+            concurrency: 1,
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    for id in &ids {
+        wait_status(&forge, *id, JobStatus::Completed).await;
+    }
+    let order: Vec<String> = sqlx::query_scalar("SELECT what FROM effects ORDER BY seq")
+        .fetch_all(forge.pool())
+        .await
+        .unwrap();
+    assert_eq!(order, ["a", "b", "c", "d", "e", "f"]);
+    worker.shutdown().await;
+}
+
+#[forge::job(priority = -5, queue = "special")]
+async fn special(ctx: &JobContext) -> Result<()> {
+    effect(ctx.db(), ctx.job_id(), "special").await
+}
+
+#[tokio::test]
+async fn the_attribute_options_set_priority_and_queue_and_a_node_serves_its_queues_only() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let id = forge.enqueue(special::request()).await.unwrap();
+    let r = row(&forge, id).await;
+    assert_eq!((r.priority, r.queue.as_str()), (-5, "special"));
+    assert_eq!(r.max_attempts, 3);
+
+    // A node on the default queue leaves it alone (a default-queue job shows it is working).
+    let default_node = forge.start_worker(worker_config()).await.unwrap();
+    let other = forge.enqueue(stamp::request("x".into())).await.unwrap();
+    wait_status(&forge, other, JobStatus::Completed).await;
+    assert_eq!(row(&forge, id).await.status, JobStatus::Pending);
+
+    let special_node = forge
+        .start_worker(WorkerConfig {
+            queues: vec!["special".into()],
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    wait_status(&forge, id, JobStatus::Completed).await;
+    default_node.shutdown().await;
+    special_node.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enqueueing: arguments checked, idempotency keys.
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+struct Address {
+    city: String,
+    zip: u32,
+}
+
+#[forge::job]
+async fn typed_args(
+    _ctx: &JobContext,
+    user_id: Uuid,
+    count: u32,
+    address: Address,
+    tags: Vec<String>,
+) -> Result<String> {
+    Ok(format!(
+        "{user_id}:{count}:{}:{}:{}",
+        address.city,
+        address.zip,
+        tags.join("+")
+    ))
+}
+
+#[tokio::test]
+async fn json_arguments_that_do_not_fit_are_refused_naming_the_field_and_nothing_is_written() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let user = Uuid::new_v4();
+    let good = json!({
+        "userId": user, "count": 3, "address": {"city": "Oslo", "zip": 150}, "tags": ["a", "b"]
+    });
+    let with = |path: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        match path.split_once('.') {
+            Some((outer, inner)) => v[outer][inner] = value,
+            None => v[path] = value,
+        }
+        v
+    };
+    let without = |field: &str| {
+        let mut v = good.clone();
+        v.as_object_mut().unwrap().remove(field);
+        v
+    };
+    let cases = [
+        (with("count", json!("three")), "count", "expected u32"),
+        (with("count", json!(-1)), "count", "expected u32"),
+        (with("userId", json!("not-a-uuid")), "userId", "UUID"),
+        (
+            with("address.zip", json!("x")),
+            "address.zip",
+            "expected u32",
+        ),
+        (
+            with("tags", json!(["a", 2])),
+            "tags[1]",
+            "expected a string",
+        ),
+        (without("count"), "count", "missing field"),
+        (with("extra", json!(1)), "extra", "unknown field"),
+        // Rust's names are not the wire's: `user_id` is `userId`.
+        (
+            {
+                let mut v = without("userId");
+                v["user_id"] = json!(user);
+                v
+            },
+            "user_id",
+            "unknown field",
+        ),
+        (json!([1, 2]), ".", "must be a JSON object"),
+    ];
+    for (args, field, message) in cases {
+        let err = forge
+            .enqueue_json("typed_args", args.clone())
+            .await
+            .expect_err(&format!("{args} was accepted"));
+        let EnqueueError::InvalidArgs(e) = &err else {
+            panic!("{args}: expected invalid arguments, got {err:?}");
+        };
+        assert_eq!(e.field, field, "{args}: {e}");
+        assert!(e.message.contains(message), "{args}: {e}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let err = forge
+        .enqueue_json("no_such_job", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EnqueueError::UnknownJob(ref n) if n == "no_such_job"));
+    let err = forge
+        .enqueue(
+            typed_args::request(
+                user,
+                1,
+                Address {
+                    city: "x".into(),
+                    zip: 1,
+                },
+                vec![],
+            )
+            .max_attempts(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EnqueueError::InvalidOption {
+                field: "max_attempts",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        job_count(forge.pool()).await,
+        0,
+        "a refused enqueue wrote a row"
+    );
+
+    // The same arguments, well-formed, are accepted and run.
+    let id = forge.enqueue_json("typed_args", good).await.unwrap();
+    assert_eq!(job_count(forge.pool()).await, 1);
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(r.output, Some(json!(format!("{user}:3:Oslo:150:a+b"))));
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_bad_job_in_a_bulk_enqueue_writes_none_of_them() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let reqs = vec![
+        JobRequest::<serde_json::Value>::new("quick", json!({"n": 1})),
+        JobRequest::new("quick", json!({"n": "two"})),
+        JobRequest::new("quick", json!({"n": 3})),
+    ];
+    let err = forge.enqueue_many(reqs).await.unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::InvalidArgs(ref e) if e.field == "n"),
+        "{err:?}"
+    );
+    assert_eq!(job_count(forge.pool()).await, 0);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_existing_job() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let first = forge
+        .enqueue(quick::request(1).idempotency_key("order-42"))
+        .await
+        .unwrap();
+    // Even with other arguments: the key names the job.
+    let second = forge
+        .enqueue(quick::request(2).idempotency_key("order-42"))
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    let ids = forge
+        .enqueue_many([
+            quick::request(3).idempotency_key("order-42"),
+            quick::request(4).idempotency_key("order-43"),
+            quick::request(5),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids[0], first);
+    assert_ne!(ids[1], first);
+    assert_eq!(job_count(forge.pool()).await, 3);
+
+    // Still the same job once it has run.
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    let r = wait_status(&forge, first, JobStatus::Completed).await;
+    assert_eq!(r.output, Some(json!(2)));
+    let again = forge
+        .enqueue(quick::request(9).idempotency_key("order-42"))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(job_count(forge.pool()).await, 3);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let mut tx = forge.pool().begin().await.unwrap();
+    forge::queue::enqueue(&mut *tx, quick::request(1))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(job_count(forge.pool()).await, 0);
+    let mut tx = forge.pool().begin().await.unwrap();
+    let id = forge::queue::enqueue(&mut *tx, quick::request(2))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(row(&forge, id).await.status, JobStatus::Pending);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations.
+
+#[tokio::test]
+async fn nodes_migrating_at_the_same_moment_end_with_one_schema() {
+    let db = TestDb::new().await;
+    let nodes = futures::future::join_all((0..4).map(|_| Forge::connect_with(&db.url, 2))).await;
+    for n in &nodes {
+        assert!(n.is_ok(), "{n:?}");
+    }
+    let forge = nodes.into_iter().next().unwrap().unwrap();
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM forge.schema_migrations ORDER BY version")
+            .fetch_all(forge.pool())
+            .await
+            .unwrap();
+    let expected: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(versions, expected);
+    // Running them again is a no-op.
+    Forge::connect(&db.url).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM forge.schema_migrations")
+        .fetch_one(forge.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, MIGRATIONS.len() as i64);
+    assert!(forge.store().is_ready().await);
+    // The database enforces the statuses.
+    let id = forge.enqueue(quick::request(1)).await.unwrap();
+    let bad = sqlx::query("UPDATE forge.jobs SET status = 'done' WHERE id = $1")
+        .bind(id)
+        .execute(forge.pool())
+        .await;
+    assert!(bad.is_err());
+}
