@@ -191,6 +191,11 @@ async function calls(): Promise<void> {
   const raw: unknown = s.scalars.raw;
   const nested: (number | null)[][] = s.scalars.nested;
   const page: string[] = s.jobs.items.map((j) => j.id);
+  const flat: [string, number | undefined, string | undefined, Color, string] = [
+    s.flattened.key, s.flattened.byId["u"], s.flattened.byNumber["1"], s.flattened.boxed,
+    s.flattened.type,
+  ];
+  void flat;
   void color; void maybe; void pair; void hash; void raw; void nested; void page;
   await shapes({ colorFilter: null, afterId: 1, tags: ["a"] });
   await shapes({ colorFilter: "dark_blue", afterId: 1, tags: ["a"] });

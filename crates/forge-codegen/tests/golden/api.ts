@@ -45,6 +45,15 @@ export type External =
   | { Tuple: [number, boolean] }
   | { Struct: { a: string } };
 
+/** Flattened fields and maps with non-string keys (JSON object keys are strings all the same). */
+export interface Flattened {
+  key: string;
+  byId: Record<string, number>;
+  byNumber: Record<string, string>;
+  boxed: Color;
+  type: string;
+}
+
 export type Internal =
   | { kind: "empty" }
   | Meta & { kind: "withMeta" }
@@ -177,6 +186,7 @@ export interface SettingsInput {
 }
 
 export interface Shapes {
+  flattened: Flattened;
   color: Color;
   priority: Priority;
   external: External[];
