@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::collect::{Api, Function, Kind};
 use crate::error::CodegenError;
-use crate::ts::{self, doc_block, schema_doc, Renderer};
+use crate::ts::{self, doc_block, is_identifier, schema_doc, Renderer};
 
 /// What the generated code imports from `@forge/svelte`.
 const IMPORTS: &[&str] = &[
@@ -125,14 +125,6 @@ fn camel_case(name: &str) -> String {
         Some(first) => first.to_lowercase().chain(chars).collect(),
         None => pascal,
     }
-}
-
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 fn check_type_name(name: &str) -> Result<(), CodegenError> {

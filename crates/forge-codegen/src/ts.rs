@@ -163,7 +163,8 @@ pub(crate) fn schema_doc(schema: &Value, with_notes: bool) -> Vec<String> {
     lines
 }
 
-fn is_identifier(name: &str) -> bool {
+/// Whether `name` can stand bare as a TypeScript identifier or property key.
+pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
