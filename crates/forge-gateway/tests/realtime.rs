@@ -11,10 +11,9 @@ use forge_gateway::realtime::{Follow, Realtime, RealtimeConfig};
 use forge_test_support::sse::{SseItem, SseParser};
 use forge_test_support::{wait_for, TestDb};
 use futures::StreamExt;
-use realtime_support::{auth, token, token_for, Client};
+use realtime_support::{auth, token, token_for, Client, TestRole};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -529,14 +528,7 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
         .execute(admin)
         .await
         .unwrap();
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND query ILIKE '%LISTEN%'",
-    )
-    .bind(&role)
-    .fetch_all(admin)
-    .await
-    .unwrap();
-    assert_eq!(killed, [true]);
+    realtime_support::cut_off(admin, &role).await;
     // The job finishes while the gateway node cannot hear about it.
     sqlx::query("INSERT INTO rt_gates VALUES ('gap')")
         .execute(admin)
@@ -551,6 +543,7 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
         .execute(admin)
         .await
         .unwrap();
+    let _traffic = realtime_support::Traffic::start(admin);
     let (states, _) = until_terminal(&mut c, "s").await;
     let last = states.last().unwrap();
     assert_eq!(last["status"], "completed");
@@ -559,44 +552,6 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
     drop(c);
     drop(n);
     drop(worker_node);
-}
-
-/// A superuser login role for one test, dropped afterwards (roles belong to the cluster, not
-/// to the test's database).
-struct TestRole(String);
-
-impl TestRole {
-    async fn new(admin: &sqlx::PgPool) -> TestRole {
-        let name = format!("rt_gw_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE ROLE {name} LOGIN SUPERUSER"))
-            .execute(admin)
-            .await
-            .unwrap();
-        TestRole(name)
-    }
-}
-
-impl Drop for TestRole {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        // As `TestDb` does: its own thread and runtime, since this may run during a panic.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&forge_test_support::server_url())
-                    .await
-                    .ok()?;
-                sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use forge_gateway::auth::Auth;
 use forge_gateway::realtime::{Realtime, RealtimeConfig};
 use forge_test_support::sse::SseStream;
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 pub(crate) const SECRET: &[u8] = b"realtime-test-secret";
 
@@ -113,4 +114,82 @@ pub(crate) async fn post(
         .unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Ends every connection of `role`, its LISTEN connection among them, after it was made
+/// `NOLOGIN`: the node's pool keeps no logged-in connection to reconnect its listener with.
+pub(crate) async fn cut_off(admin: &sqlx::PgPool, role: &str) {
+    let (listening, killed): (i64, bool) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE query ILIKE '%LISTEN%'), bool_and(pg_terminate_backend(pid))
+         FROM pg_stat_activity WHERE usename = $1",
+    )
+    .bind(role)
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    assert_eq!((listening, killed), (1, true));
+}
+
+/// Sends a notification the node listens to every 100 ms until dropped. The notifier
+/// announces a LISTEN connection it re-established inside its receive call only with the next
+/// notification it gets; on a live system some other traffic soon brings one, and this stands
+/// for it in a quiet test database.
+pub(crate) struct Traffic(tokio::task::JoinHandle<()>);
+
+impl Traffic {
+    pub(crate) fn start(admin: &sqlx::PgPool) -> Traffic {
+        let admin = admin.clone();
+        Traffic(tokio::spawn(async move {
+            loop {
+                let _ = sqlx::query("SELECT pg_notify('forge_jobs_available', '')")
+                    .execute(&admin)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A superuser login role for one test, dropped afterwards (roles belong to the cluster, not
+/// to the test's database).
+pub(crate) struct TestRole(pub(crate) String);
+
+impl TestRole {
+    pub(crate) async fn new(admin: &sqlx::PgPool) -> TestRole {
+        let name = format!("rt_gw_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN SUPERUSER"))
+            .execute(admin)
+            .await
+            .unwrap();
+        TestRole(name)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // As `TestDb` does: its own thread and runtime, since this may run during a panic.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&forge_test_support::server_url())
+                    .await
+                    .ok()?;
+                sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
 }
