@@ -1,0 +1,58 @@
+// The signed-in demo user, kept in localStorage so that a reload stays signed in (and can
+// re-attach to its running jobs). The Forge client asks `token()` before every call and every
+// (re)connection of its event stream.
+import { configureForge } from "@forge/svelte";
+import type { Session } from "$lib/forge/api";
+
+const KEY = "forge-demo:session";
+
+export function loadSession(): Session | null {
+  try {
+    const raw = localStorage.getItem(KEY);
+    if (!raw) return null;
+    const session = JSON.parse(raw) as Session;
+    // A token that expires within a minute would only fail the next reconnection.
+    return session.expiresAt * 1000 > Date.now() + 60_000 ? session : null;
+  } catch {
+    return null;
+  }
+}
+
+export function saveSession(session: Session): void {
+  localStorage.setItem(KEY, JSON.stringify(session));
+}
+
+export function clearSession(): void {
+  localStorage.removeItem(KEY);
+}
+
+// The session is fixed for the life of the page: signing in or out reloads it, so that the
+// client's event stream never carries a previous user's token.
+let current: Session | null = null;
+
+/** Loads the saved session (if any) and points the client at this origin with its token. */
+export function startPage(): Session | null {
+  current = loadSession();
+  connect(current);
+  return current;
+}
+
+/** The signed-in session; the signed-in parts of the page are shown only with one. */
+export function signedIn(): Session {
+  if (!current) throw new Error("not signed in");
+  return current;
+}
+
+function connect(session: Session | null): void {
+  // A local demo restarts in a second: retry the event stream often, and never give up.
+  configureForge({
+    token: () => session?.token ?? null,
+    backoff: { initialMs: 250, maxMs: 3_000, maxAttempts: Infinity },
+  });
+}
+
+/** A download link for a file only its owner may fetch: a plain link cannot send headers. */
+export function withToken(url: string, session: Session): string {
+  const sep = url.includes("?") ? "&" : "?";
+  return `${url}${sep}token=${encodeURIComponent(session.token)}`;
+}
