@@ -587,7 +587,7 @@ async fn a_state_too_large_for_its_notification_is_read_from_the_table() {
         let updates: Vec<Value> = serde_json::from_str(n.payload()).unwrap();
         let mine = updates.iter().find(|u| u["workflow_id"] == json!(id));
         if let Some(u) = mine {
-            if u.get("state").is_none() {
+            if u["state"].is_null() {
                 without_state += 1;
             }
             if u["status"] == "completed" {

@@ -122,7 +122,7 @@ mod tests {
                        "steps": [{"name": "a", "status": "running", "error": null}],
                        "output": null, "error": null}},
             {"workflow_id": id, "status": "waiting", "step": "a", "waiting_for": "event:go",
-             "xid": 8},
+             "xid": 8, "state": null},
             {"workflow_id": id, "status": "completed", "step": "a", "waiting_for": null, "xid": 9,
              "state": {"workflowId": id, "status": "completed", "step": "a", "waitingFor": null,
                        "steps": [{"name": "a", "status": "completed", "error": null}],
