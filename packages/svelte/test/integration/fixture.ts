@@ -1,0 +1,146 @@
+// Runs the Rust fixture app (examples/client-fixture) for the integration tests: spawns the
+// built binary (FORGE_FIXTURE_BIN, default $CARGO_TARGET_DIR/debug/client-fixture), waits for
+// the URL it prints, signs tokens with its secret. Builds nothing itself.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const SECRET = "client-fixture-secret-for-tests-only-0123456789";
+
+export function fixtureBin(): string {
+  const fromEnv = process.env.FORGE_FIXTURE_BIN;
+  if (fromEnv) return fromEnv;
+  const target = process.env.CARGO_TARGET_DIR ?? fileURLToPath(new URL("../../../../target", import.meta.url));
+  return join(target, "debug", "client-fixture");
+}
+
+export interface Fixture {
+  url: string;
+  port: number;
+  db: string;
+  /** Stops the process (SIGKILL: as a crashed node) and waits until it is gone. */
+  kill(): Promise<void>;
+  /** Starts it again on the same port and database. */
+  restart(): Promise<void>;
+  /** Stops it and drops its database. */
+  dispose(): Promise<void>;
+  /** Ends every open event stream from the server side; answers how many there were. */
+  cutStreams(): Promise<number>;
+}
+
+function launch(db: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+  const bin = fixtureBin();
+  if (!existsSync(bin)) {
+    throw new Error(`no fixture binary at ${bin}: run \`cargo build -p client-fixture\` (or set FORGE_FIXTURE_BIN)`);
+  }
+  const child = spawn(bin, [], {
+    env: { ...process.env, FIXTURE_DB: db, PORT: String(port), HOST: "127.0.0.1", FORGE_JWT_SECRET: SECRET },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => {
+    stderr += d.toString();
+    if (process.env.FIXTURE_LOG) process.stderr.write(d);
+  });
+  return new Promise((resolvePromise, reject) => {
+    let out = "";
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`the fixture printed no URL within 60 s; stderr:\n${stderr}`));
+    }, 60_000);
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      const m = /listening on (http:\/\/\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolvePromise({ child, url: m[1]! });
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the fixture exited (${code}) before listening; stderr:\n${stderr}`));
+    });
+  });
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => child.once("exit", () => r()));
+}
+
+export async function startFixture(): Promise<Fixture> {
+  const db = `forge_client_it_${randomBytes(6).toString("hex")}`;
+  let { child, url } = await launch(db, 0);
+  const port = Number(new URL(url).port);
+  const fixture: Fixture = {
+    url,
+    port,
+    db,
+    async kill() {
+      child.kill("SIGKILL");
+      await exited(child);
+    },
+    async restart() {
+      ({ child } = await launch(db, port));
+    },
+    async dispose() {
+      await fixture.kill();
+      spawnSync(fixtureBin(), ["drop-db"], { env: { ...process.env, FIXTURE_DB: db }, stdio: "inherit" });
+    },
+    async cutStreams() {
+      const res = await fetch(`${url}/_test/cut-streams`, { method: "POST" });
+      return ((await res.json()) as { data: number }).data;
+    },
+  };
+  return fixture;
+}
+
+const b64url = (s: string | Buffer) => Buffer.from(s).toString("base64url");
+
+/** An HS256 token for `sub`, valid for `ttlSeconds` (negative: already expired). */
+export function token(sub: string, ttlSeconds = 3600, secret = SECRET): string {
+  const header = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const payload = b64url(JSON.stringify({ sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds }));
+  const sig = createHmac("sha256", secret).update(`${header}.${payload}`).digest("base64url");
+  return `${header}.${payload}.${sig}`;
+}
+
+/**
+ * Resolves with the first state of `store` that satisfies `ok`, within `ms`; the error names
+ * the last state seen.
+ */
+export function until<S>(
+  store: { subscribe(run: (s: S) => void): () => void },
+  ok: (s: S) => boolean,
+  ms = 20_000,
+): Promise<S> {
+  return new Promise((resolvePromise, reject) => {
+    let last: S | undefined;
+    let done = false;
+    let stop: (() => void) | undefined;
+    const timer = setTimeout(() => {
+      done = true;
+      stop?.();
+      reject(new Error(`no matching state within ${ms} ms; last: ${JSON.stringify(last)}`));
+    }, ms);
+    stop = store.subscribe((s) => {
+      last = s;
+      if (!done && ok(s)) {
+        done = true;
+        clearTimeout(timer);
+        queueMicrotask(() => stop?.());
+        resolvePromise(s);
+      }
+    });
+    if (done) stop();
+  });
+}
+
+/** Every state a store goes through while the test holds it. */
+export function record<S>(store: { subscribe(run: (s: S) => void): () => void }) {
+  const states: S[] = [];
+  const stop = store.subscribe((s) => states.push(s));
+  return { states, stop };
+}
