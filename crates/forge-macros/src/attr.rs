@@ -1,37 +1,56 @@
 //! Options in `#[forge::job(max_attempts = 5, timeout = "30s", public)]`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, ToTokens};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, Lit, Meta, Token};
 
 /// Parses `key = value` and bare-flag options; `f` gets each and says whether it knew it.
+/// An option given twice is an error: which one should win would be a guess.
 pub(crate) fn parse_options(
     attr: TokenStream,
     mut f: impl FnMut(&Meta) -> syn::Result<bool>,
 ) -> syn::Result<()> {
     let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr)?;
+    let mut seen = Vec::new();
     for meta in &metas {
+        let name = name(meta);
+        if seen.contains(&name) {
+            return Err(syn::Error::new_spanned(
+                meta,
+                format!("option `{name}` is given more than once"),
+            ));
+        }
         if !f(meta)? {
-            let name = meta
-                .path()
-                .get_ident()
-                .map(|i| i.to_string())
-                .unwrap_or_default();
             return Err(syn::Error::new_spanned(
                 meta,
                 format!("unknown option `{name}`"),
             ));
         }
+        seen.push(name);
     }
     Ok(())
+}
+
+/// The option's name as written (`max_attempts` in `max_attempts = 3`).
+pub(crate) fn name(meta: &Meta) -> String {
+    meta.path()
+        .get_ident()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| meta.path().to_token_stream().to_string().replace(' ', ""))
 }
 
 fn value(meta: &Meta) -> syn::Result<&Expr> {
     match meta {
         Meta::NameValue(nv) => Ok(&nv.value),
-        _ => Err(syn::Error::new_spanned(meta, "expected `name = value`")),
+        _ => {
+            let name = name(meta);
+            Err(syn::Error::new_spanned(
+                meta,
+                format!("option `{name}` needs a value: `{name} = ...`"),
+            ))
+        }
     }
 }
 
@@ -48,7 +67,10 @@ pub(crate) fn int(meta: &Meta) -> syn::Result<i64> {
             let v: i64 = i.base10_parse()?;
             Ok(if neg { -v } else { v })
         }
-        _ => Err(syn::Error::new_spanned(expr, "expected an integer")),
+        _ => Err(syn::Error::new_spanned(
+            expr,
+            format!("`{}` must be a whole number, without quotes", name(meta)),
+        )),
     }
 }
 
@@ -57,7 +79,10 @@ pub(crate) fn string(meta: &Meta) -> syn::Result<String> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         }) => Ok(s.value()),
-        e => Err(syn::Error::new_spanned(e, "expected a string")),
+        e => Err(syn::Error::new_spanned(
+            e,
+            format!("`{}` must be a string in quotes", name(meta)),
+        )),
     }
 }
 
@@ -83,7 +108,20 @@ pub(crate) fn string_list(meta: &Meta) -> syn::Result<Vec<String>> {
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"2h"` → milliseconds.
 pub(crate) fn duration_ms(meta: &Meta) -> syn::Result<u64> {
-    let s = string(meta)?;
+    let s = match value(meta)? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => s.value(),
+        e => {
+            return Err(syn::Error::new_spanned(
+                e,
+                format!(
+                    "`{}` must be a duration in quotes, like \"30s\" (units: ms, s, m, h)",
+                    name(meta)
+                ),
+            ))
+        }
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad_duration(meta, &s))?;

@@ -1,7 +1,7 @@
 //! `#[forge::job]`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, ToTokens};
 use syn::ItemFn;
 
 use crate::attr::{self, AccessOpt};
@@ -17,6 +17,9 @@ struct Options {
     access: AccessOpt,
 }
 
+/// Every option `#[forge::job(...)]` takes, for the message about one it does not.
+const OPTIONS: &str = "max_attempts, timeout, priority, queue, backoff, max_backoff, public, role";
+
 fn options(attr: TokenStream) -> syn::Result<Options> {
     let mut o = Options {
         max_attempts: 3,
@@ -27,6 +30,9 @@ fn options(attr: TokenStream) -> syn::Result<Options> {
         max_backoff_ms: 600_000,
         access: AccessOpt::default(),
     };
+    // Where each backoff option was written, to point at it if the two do not fit together.
+    let mut backoff_at: Option<TokenStream> = None;
+    let mut max_backoff_at: Option<TokenStream> = None;
     attr::parse_options(attr, |meta| {
         let p = meta.path();
         if p.is_ident("max_attempts") {
@@ -51,13 +57,33 @@ fn options(attr: TokenStream) -> syn::Result<Options> {
             }
         } else if p.is_ident("backoff") {
             o.backoff_ms = attr::duration_ms(meta)?;
+            backoff_at = Some(meta.to_token_stream());
         } else if p.is_ident("max_backoff") {
             o.max_backoff_ms = attr::duration_ms(meta)?;
-        } else {
-            return o.access.parse(meta);
+            max_backoff_at = Some(meta.to_token_stream());
+        } else if !o.access.parse(meta)? {
+            return Err(syn::Error::new_spanned(
+                meta,
+                format!(
+                    "unknown option `{}`; #[forge::job] takes {OPTIONS}",
+                    attr::name(meta)
+                ),
+            ));
         }
         Ok(true)
     })?;
+    if o.backoff_ms > o.max_backoff_ms {
+        // Every delay would be cut to `max_backoff`: the backoff would not grow at all.
+        let (at, msg) = match (max_backoff_at, backoff_at) {
+            (Some(at), _) => (at, "`max_backoff` must not be shorter than `backoff`"),
+            (None, Some(at)) => (
+                at,
+                "`backoff` is longer than the default `max_backoff` (10m): set `max_backoff` too",
+            ),
+            (None, None) => unreachable!("the defaults fit together"),
+        };
+        return Err(syn::Error::new_spanned(at, msg));
+    }
     Ok(o)
 }
 

@@ -87,7 +87,7 @@ async fn cancelling_a_claimed_job_cancels_it_at_once_and_fences_off_its_start() 
     );
 }
 
-#[forge::job(max_attempts = 3, backoff = "1h")]
+#[forge::job(max_attempts = 3, backoff = "1h", max_backoff = "1h")]
 async fn fails_once(ctx: &JobContext) -> Result<()> {
     effect(ctx.db(), ctx.job_id(), "ran").await?;
     Err(Error::msg("not yet"))
