@@ -6,6 +6,7 @@
 //! cargo build -p client-fixture
 //! FIXTURE_DB=forge_client_it PORT=0 target/debug/client-fixture      # prints its URL
 //! FIXTURE_DB=forge_client_it target/debug/client-fixture drop-db     # removes the database
+//! target/debug/client-fixture generate --out packages/svelte/test/integration/generated [--check]
 //! ```
 //!
 //! Settings (environment): `DATABASE_URL` (default the local server's `postgres` database);
@@ -37,6 +38,15 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The typed client the integration tests import (`trackCountSteps`, ...).
+    match forge_codegen::run_from_args() {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("client-fixture generate: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

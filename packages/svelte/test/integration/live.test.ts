@@ -1,35 +1,33 @@
-// The client and the stores against the real server: jobs, workflows, live queries, errors,
-// and the stream cut or the server restarted mid-way.
+// The client and the stores against the real server, through the client generated from the
+// fixture's functions: jobs, workflows, live queries, errors, and the stream cut or the server
+// restarted mid-way.
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
-  callFunction,
   configureForge,
   createForgeClient,
   createJobStore,
-  createQueryStore,
-  createWorkflowStore,
   getForgeClient,
-  trackJob,
   type ConnectionState,
   type ForgeClientOptions,
   type JobState,
-  type WorkflowState,
-} from "../../src/index.js";
-import { record, startFixture, token, until, type Fixture } from "./fixture.js";
-
-interface StepsDone {
-  steps: number;
-  label: string;
-}
-interface Approved {
-  title: string;
-  approvedBy: string;
-}
-interface Note {
-  id: number;
-  topic: string;
-  text: string;
-}
+} from "@forge/svelte";
+import { fixtureBin, record, startFixture, token, until, type Fixture } from "./fixture.js";
+import {
+  addNote,
+  approve,
+  bigNumber,
+  liveListNotes,
+  listNotes,
+  openGate,
+  resumeCountSteps,
+  trackApproval,
+  trackCountSteps,
+  trackFailingJob,
+  trackGatedJob,
+  type StepsDone,
+} from "./generated/api.js";
 
 let fx: Fixture;
 beforeAll(async () => {
@@ -49,14 +47,21 @@ const signedIn = (user = "user-1", extra: ForgeClientOptions = {}) =>
 const connection = { subscribe: (run: (s: ConnectionState) => void) => getForgeClient().connection.subscribe(run) };
 const unique = (p: string) => `${p}-${Math.random().toString(36).slice(2, 10)}`;
 
+describe("the generated client", () => {
+  it("is what `client-fixture generate` writes now (--check)", () => {
+    const out = spawnSync(fixtureBin(), ["generate", "--out", "packages/svelte/test/integration/generated", "--check"], {
+      cwd: fileURLToPath(new URL("../../../../", import.meta.url)),
+      encoding: "utf8",
+    });
+    expect(out.stderr + out.stdout).toContain("up to date");
+    expect(out.status).toBe(0);
+  });
+});
+
 describe("jobs", () => {
   it("start-and-follow sees every progress update and completes with the output", async () => {
     signedIn();
-    const job = createJobStore<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", {
-      steps: 5,
-      delayMs: 60,
-      label: "five",
-    });
+    const job = trackCountSteps({ steps: 5, delayMs: 60, label: "five" });
     const rec = record<JobState<StepsDone>>(job);
     const done = await until(job, (s) => s.status === "completed");
     expect(done).toMatchObject({ output: { steps: 5, label: "five" }, progress: 100, loading: false, error: null });
@@ -71,14 +76,14 @@ describe("jobs", () => {
     rec.stop();
 
     // After a page reload: follow the same job by id, which is over.
-    const again = trackJob<StepsDone>("count_steps", done.jobId);
+    const again = resumeCountSteps(done.jobId);
     const resumed = await until(again, (s) => !s.loading);
     expect(resumed).toMatchObject({ status: "completed", output: { steps: 5, label: "five" } });
   });
 
   it("a failing job ends failed with its message", async () => {
     signedIn();
-    const job = createJobStore<{ reason: string }, void>("failing_job", { reason: "the disk is full" });
+    const job = trackFailingJob({ reason: "the disk is full" });
     const failed = await until(job, (s) => s.status === "failed" || s.status === "dead_letter");
     expect(failed.status).toBe("failed");
     expect(failed.error).toContain("the disk is full");
@@ -87,7 +92,7 @@ describe("jobs", () => {
 
   it("cancel() stops a running job", async () => {
     signedIn();
-    const job = createJobStore<{ gate: string }, string>("gated_job", { gate: unique("never") });
+    const job = trackGatedJob({ gate: unique("never") });
     await until(job, (s) => s.status === "running" && s.message !== null);
     await job.cancel();
     const end = await until(job, (s) => s.status === "cancelled");
@@ -108,19 +113,19 @@ describe("jobs", () => {
 
   it("without a token, starting ends in an error state (401), as does a live query", async () => {
     configureForge({ baseUrl: fx.url });
-    const job = createJobStore("count_steps", { steps: 1, delayMs: 1, label: "x" });
+    const job = trackCountSteps({ steps: 1, delayMs: 1, label: "x" });
     const s = await until(job, (s) => !s.loading);
     expect(s).toMatchObject({ status: "failed" });
     expect(s.requestError).toMatchObject({ code: "unauthenticated", status: 401 });
-    const q = createQueryStore<{ topic: string }, Note[]>("list_notes", { topic: "t" });
+    const q = liveListNotes({ topic: "t" });
     const qs = await until(q, (s) => !s.loading);
     expect(qs.error).toMatchObject({ code: "unauthenticated", status: 401 });
-    await expect(callFunction("list_notes", { topic: "t" })).rejects.toMatchObject({ code: "unauthenticated" });
+    await expect(listNotes({ topic: "t" })).rejects.toMatchObject({ code: "unauthenticated" });
   });
 
   it("an expired token that cannot be refreshed makes the connection say unauthorized", async () => {
     configureForge({ baseUrl: fx.url, token: () => token("user-1", -3600) });
-    const job = createJobStore("count_steps", { steps: 1, delayMs: 1, label: "x" });
+    const job = trackCountSteps({ steps: 1, delayMs: 1, label: "x" });
     const s = await until(job, (s) => !s.loading);
     expect(s.status).toBe("failed");
     expect(getForgeClient().connection.state.status).toBe("unauthorized");
@@ -128,20 +133,20 @@ describe("jobs", () => {
 
   it("a 64-bit integer beyond 2^53 - 1 is refused loudly, not rounded", async () => {
     signedIn();
-    await expect(callFunction("big_number", {})).rejects.toMatchObject({ code: "precision_loss" });
+    await expect(bigNumber()).rejects.toMatchObject({ code: "precision_loss" });
   });
 });
 
 describe("workflows", () => {
   it("steps, waiting for an event, then completed with the output", async () => {
     signedIn("alice");
-    const wf = createWorkflowStore<{ title: string }, Approved>("approval", { title: "budget" });
-    const rec = record<WorkflowState<Approved>>(wf);
+    const wf = trackApproval({ title: "budget" });
+    const rec = record(wf);
     const waiting = await until(wf, (s) => s.status === "waiting");
     expect(waiting.steps.map((s) => s.name)).toEqual(["prepare", "approved", "finish"]);
     expect(waiting.steps[0]!.status).toBe("completed");
     expect(waiting.waitingFor).toContain("approved");
-    await callFunction("approve", { workflowId: wf.workflowId });
+    await approve({ workflowId: wf.workflowId! });
     const done = await until(wf, (s) => s.status === "completed");
     expect(done.output).toEqual({ title: "budget", approvedBy: "alice" });
     expect(done.steps.map((s) => s.status)).toEqual(["completed", "completed", "completed"]);
@@ -154,13 +159,13 @@ describe("live queries", () => {
   it("update after a mutation", async () => {
     signedIn();
     const topic = unique("topic");
-    const q = createQueryStore<{ topic: string }, Note[]>("list_notes", { topic });
+    const q = liveListNotes({ topic });
     const rec = record(q);
     expect((await until(q, (s) => !s.loading)).data).toEqual([]);
-    const note = await callFunction<{ topic: string; text: string }, Note>("add_note", { topic, text: "hello" });
+    const note = await addNote({ topic, text: "hello" });
     const after = await until(q, (s) => (s.data?.length ?? 0) === 1);
     expect(after.data).toEqual([note]);
-    await expect(callFunction("add_note", { topic, text: "" })).rejects.toMatchObject({ code: "invalid_args", field: "text" });
+    await expect(addNote({ topic, text: "" })).rejects.toMatchObject({ code: "invalid_args", field: "text" });
     rec.stop();
   });
 });
@@ -169,8 +174,8 @@ describe("connection loss", () => {
   it("the stream cut server-side mid-job: the store reconnects, goes on, and completes", async () => {
     signedIn("user-1", { backoff: { initialMs: 50, maxMs: 500 } });
     const gate = unique("gate");
-    const job = createJobStore<{ gate: string }, string>("gated_job", { gate });
-    const rec = record<JobState<string>>(job);
+    const job = trackGatedJob({ gate });
+    const rec = record(job);
     await until(job, (s) => s.status === "running" && s.message !== null);
     const opens: string[] = [];
     const stopWatch = connection.subscribe((s) => opens.push(s.status));
@@ -180,7 +185,7 @@ describe("connection loss", () => {
     // Updates keep coming on the new stream.
     const before = rec.states.length;
     await until(job, () => rec.states.length > before + 1);
-    await callFunction("open_gate", { name: gate });
+    await openGate({ name: gate });
     const done = await until(job, (s) => s.status === "completed");
     expect(done.output).toBe(`passed ${gate}`);
     stopWatch();
@@ -191,12 +196,12 @@ describe("connection loss", () => {
     // A backoff so long that the client reconnects only when told to.
     signedIn("user-1", { backoff: { initialMs: 600_000, maxMs: 600_000, jitter: 0 } });
     const gate = unique("gate");
-    const job = createJobStore<{ gate: string }, string>("gated_job", { gate });
+    const job = trackGatedJob({ gate });
     const rec = record(job);
     await until(job, (s) => s.status === "running");
     await fx.cutStreams();
     await until(connection, (s) => s.status === "reconnecting");
-    await callFunction("open_gate", { name: gate });
+    await openGate({ name: gate });
     // Another client watches the job end.
     const other = createForgeClient({ baseUrl: fx.url, token: () => token("user-1") });
     try {
@@ -213,7 +218,7 @@ describe("connection loss", () => {
 
   it("the server restarted: the store reconnects to the new process and still completes", async () => {
     signedIn("bob", { backoff: { initialMs: 100, maxMs: 1000 } });
-    const wf = createWorkflowStore<{ title: string }, Approved>("approval", { title: "restart" });
+    const wf = trackApproval({ title: "restart" });
     // Held throughout, so the store never stops (a new subscriber would subscribe afresh).
     const rec = record(wf);
     await until(wf, (s) => s.status === "waiting");
@@ -221,7 +226,7 @@ describe("connection loss", () => {
     await until(connection, (s) => s.status === "reconnecting");
     await fx.restart();
     await until(connection, (s) => s.status === "open", 30_000);
-    await callFunction("approve", { workflowId: wf.workflowId });
+    await approve({ workflowId: wf.workflowId! });
     const done = await until(wf, (s) => s.status === "completed", 30_000);
     expect(done.output).toEqual({ title: "restart", approvedBy: "bob" });
     rec.stop();
