@@ -106,7 +106,7 @@ export class FakeServer {
 
 /** Lets pending promises and stream reads run (fake timers leave setImmediate real: see
  * `useFakeTime`). */
-export async function settle(times = 10): Promise<void> {
+export async function settle(times = 20): Promise<void> {
   for (let i = 0; i < times; i++) await new Promise((r) => setImmediate(r));
 }
 
