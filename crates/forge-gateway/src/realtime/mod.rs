@@ -34,7 +34,7 @@
 //! `/_api/events` out of access logs, and serve over HTTPS. The stream ends when its token
 //! expires, so a leaked URL is good for no longer than the token; the client reconnects with a
 //! fresh token. Without a token the session is anonymous: it can follow public queries, and no
-//! job (an anonymous caller owns nothing).
+//! job or workflow (an anonymous caller owns nothing).
 //!
 //! # Dead clients
 //! A client that closed its connection is noticed at the next write (at the latest the
