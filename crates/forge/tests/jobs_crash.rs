@@ -461,6 +461,7 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_unstarted_ones() {
         .await
         .unwrap();
     wait_effect(forge.pool(), blocked, "started").await;
+    wait_status(&forge, blocked, JobStatus::Running).await;
     let claimed_behind = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM forge.jobs WHERE status = 'claimed' AND id = ANY($1)",
@@ -540,4 +541,66 @@ async fn a_job_still_running_after_the_shutdown_grace_is_interrupted_and_runs_ag
     let r = wait_status(&forge, id, JobStatus::Completed).await;
     assert_eq!((r.attempts, r.output), (2, Some(json!(2))));
     worker.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lease reaper's other outcomes.
+
+/// Never returns, and ignores cancel requests.
+#[forge::job(max_attempts = 1)]
+async fn hangs_forever(ctx: &JobContext) -> Result<()> {
+    effect(ctx.db(), ctx.job_id(), "started").await?;
+    std::future::pending().await
+}
+
+/// A node that stopped renewing its leases (stalled), with a reaper that runs often.
+fn stalled_node() -> WorkerConfig {
+    WorkerConfig {
+        lease: Duration::from_millis(500),
+        heartbeat_interval: Duration::from_secs(3_600),
+        cancel_grace: Duration::from_secs(3_600),
+        shutdown_grace: Duration::from_millis(200),
+        ..worker_config()
+    }
+}
+
+#[tokio::test]
+async fn a_lost_lease_with_no_attempts_left_ends_dead_letter() {
+    let (_db, forge, worker) = setup(stalled_node()).await;
+    let id = forge.enqueue(hangs_forever::request()).await.unwrap();
+    wait_effect(forge.pool(), id, "started").await;
+    let r = wait_status(&forge, id, JobStatus::DeadLetter).await;
+    assert_eq!(r.attempts, 1);
+    assert!(r.error.unwrap().contains("lease expired"));
+    assert!(r.finished_at.is_some());
+    tokio::time::timeout(WAIT, worker.shutdown()).await.unwrap();
+    // The interrupted handler's end is fenced off.
+    assert_eq!(row(&forge, id).await.status, JobStatus::DeadLetter);
+}
+
+#[tokio::test]
+async fn a_lost_lease_of_a_job_whose_cancel_was_requested_ends_cancelled() {
+    // A longer lease than the other stalled node's: the request must come before it runs out.
+    let (_db, forge, worker) = setup(WorkerConfig {
+        lease: Duration::from_secs(2),
+        ..stalled_node()
+    })
+    .await;
+    let id = forge
+        .enqueue(hangs_forever::request().max_attempts(3))
+        .await
+        .unwrap();
+    wait_effect(forge.pool(), id, "started").await;
+    wait_status(&forge, id, JobStatus::Running).await;
+    assert_eq!(
+        forge.cancel_job(id, None).await.unwrap(),
+        JobStatus::CancelRequested
+    );
+    // The handler ignores the request and its node is stalled: the reaper ends the job,
+    // `cancelled` rather than run again.
+    let r = wait_status(&forge, id, JobStatus::Cancelled).await;
+    assert_eq!(r.attempts, 1);
+    tokio::time::timeout(WAIT, worker.shutdown()).await.unwrap();
+    let r = row(&forge, id).await;
+    assert_eq!((r.status, r.attempts), (JobStatus::Cancelled, 1));
 }

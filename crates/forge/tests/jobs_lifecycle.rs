@@ -571,3 +571,91 @@ async fn nodes_migrating_at_the_same_moment_end_with_one_schema() {
         .await;
     assert!(bad.is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// What is published, and what the registry knows.
+
+#[forge::job]
+async fn big_output(ctx: &JobContext, n: u32) -> Result<String> {
+    ctx.progress(n % 100, format!("{n:>4}{}", "m".repeat(490)))
+        .await?;
+    Ok(format!("SECRET-OUTPUT-{n}-{}", "x".repeat(10_000)))
+}
+
+#[tokio::test]
+async fn updates_are_batched_below_the_payload_limit_and_never_carry_the_output() {
+    let (_db, forge, worker) = setup(WorkerConfig {
+        concurrency: 16,
+        ..worker_config()
+    })
+    .await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(forge.pool())
+        .await
+        .unwrap();
+    listener.listen(forge::notifier::JOB_UPDATES).await.unwrap();
+    let ids = forge
+        .enqueue_many((0..200).map(big_output::request))
+        .await
+        .unwrap();
+    let mut completed = std::collections::HashSet::new();
+    let mut largest = 0;
+    let mut most_updates = 0;
+    while completed.len() < ids.len() {
+        let n = tokio::time::timeout(WAIT, listener.recv())
+            .await
+            .expect("updates keep coming")
+            .unwrap();
+        let payload = n.payload();
+        largest = largest.max(payload.len());
+        assert!(
+            !payload.contains("SECRET-OUTPUT"),
+            "the output was published"
+        );
+        let updates: Vec<serde_json::Value> = serde_json::from_str(payload).unwrap();
+        most_updates = most_updates.max(updates.len());
+        for u in updates {
+            assert!(u.get("output").is_none());
+            if u["status"] == "completed" {
+                completed.insert(u["job_id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(largest < 8_000, "a payload of {largest} bytes");
+    assert!(most_updates > 1, "every notification carried one update");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_registry_describes_each_job_from_its_signature_and_options() {
+    let def = forge::registry::job("typed_args").expect("registered by the attribute");
+    let args: Vec<_> = def
+        .args
+        .iter()
+        .map(|a| (a.name, a.rust_name, a.rust_type))
+        .collect();
+    assert_eq!(
+        args,
+        [
+            ("userId", "user_id", "Uuid"),
+            ("count", "count", "u32"),
+            ("address", "address", "Address"),
+            ("tags", "tags", "Vec<String>"),
+        ]
+    );
+    assert_eq!(def.output_type, "String");
+    let o = forge::registry::job("special").unwrap().options;
+    assert_eq!((o.priority, o.queue, o.max_attempts), (-5, "special", 3));
+    let names: Vec<_> = forge::registry::jobs().map(|d| d.name).collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    for name in ["gated_echo", "quick", "stamp", "typed_args", "special"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    // The argument schema is what the gateway and the TypeScript generator read.
+    let mut gen = schemars::SchemaGenerator::default();
+    let schema = serde_json::to_value((def.args_schema)(&mut gen)).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    assert_eq!(
+        props.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["address", "count", "tags", "userId"]
+    );
+}
