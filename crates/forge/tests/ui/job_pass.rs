@@ -32,9 +32,13 @@ pub async fn export_users(
 ) -> forge::Result<ExportResult> {
     for (i, _) in filter.tags.iter().enumerate() {
         ctx.check_cancelled().await?;
-        ctx.progress(i as f64, format!("tag {i} of {owner_id}")).await?;
+        ctx.progress(i as f64, format!("tag {i} of {owner_id}"))
+            .await?;
     }
-    Ok(ExportResult { rows: 0, url: format })
+    Ok(ExportResult {
+        rows: 0,
+        url: format,
+    })
 }
 
 #[forge::job(public)]
@@ -46,7 +50,10 @@ fn main() {
     // Typed requests: the compiler checks the arguments.
     let _req: JobRequest<ExportResult> = export_users::request(
         "csv".into(),
-        Filter { since: None, tags: vec![] },
+        Filter {
+            since: None,
+            tags: vec![],
+        },
         uuid::Uuid::nil(),
     )
     .priority(1)
