@@ -1,6 +1,6 @@
 // What the browser tests share: a fresh database, the demo process, Chromium, and bounded waits.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,6 +57,9 @@ export function freshDatabase() {
 
 /** The demo binary on `port` (0: a free one), resolved once it printed its URL. */
 export async function startDemo({ databaseUrl, port = 0, dataDir }) {
+  if (!existsSync(DEMO_BIN)) {
+    throw new Error(`no demo binary at ${DEMO_BIN}: run \`cargo build -p demo\` (or set DEMO_BIN)`);
+  }
   const child = spawn(DEMO_BIN, [], {
     env: {
       ...process.env,
@@ -72,7 +75,10 @@ export async function startDemo({ databaseUrl, port = 0, dataDir }) {
   let output = "";
   child.stdout.on("data", (d) => (output += d));
   child.stderr.on("data", (d) => (output += d));
-  const exited = new Promise((r) => child.once("exit", (code, signal) => r({ code, signal })));
+  const exited = new Promise((r) => {
+    child.once("exit", (code, signal) => r({ code, signal }));
+    child.once("error", (e) => r({ code: e.message, signal: null }));
+  });
   const url = await Promise.race([
     waitFor("the demo to print its URL", () => output.match(/running at (http:\/\/\S+)/)?.[1], {
       timeout: 60_000,
@@ -124,11 +130,13 @@ export async function launchBrowser() {
 export async function newPage(browser, baseURL) {
   const context = await browser.newContext({ baseURL, acceptDownloads: true, viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
-  const console = [];
-  page.on("console", (m) => console.push(`[${new Date().toISOString()}] ${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console.push(`[${new Date().toISOString()}] pageerror: ${e.stack ?? e}`));
+  const consoleLog = [];
+  const note = (line) => consoleLog.push(`[${new Date().toISOString()}] ${line}`);
+  page.on("console", (m) => note(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => note(`pageerror: ${e.stack ?? e}`));
+  page.on("requestfailed", (r) => note(`request failed: ${r.method()} ${r.url()} (${r.failure()?.errorText})`));
   page.setDefaultTimeout(15_000);
-  return { context, page, console };
+  return { context, page, consoleLog };
 }
 
 export async function screenshot(page, name) {
@@ -144,7 +152,7 @@ export async function keepEvidence(name, pages, fn) {
     mkdirSync(SCREENSHOTS, { recursive: true });
     for (const [i, p] of pages().entries()) {
       const suffix = pages().length > 1 ? `-${i}` : "";
-      writeFileSync(join(SCREENSHOTS, `${name}-FAILED${suffix}.console.log`), p.console.join("\n") + "\n");
+      writeFileSync(join(SCREENSHOTS, `${name}-FAILED${suffix}.console.log`), p.consoleLog.join("\n") + "\n");
       await p.page.screenshot({ path: join(SCREENSHOTS, `${name}-FAILED${suffix}.png`), fullPage: true }).catch(() => {});
     }
     throw e;

@@ -83,13 +83,16 @@ async function untilBarAbove(page, pct, timeout = 30_000) {
 
 const session = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("forge-demo:session")));
 
+/** Starts an export on the page; resolves to its id once the page has kept it. */
 async function startExport(page, format = "csv") {
+  const kept = () => page.evaluate(() => localStorage.getItem("forge-demo:alice:export"));
+  const before = await kept();
   await page.click(`[data-testid=export-format-${format}]`);
   await page.click("[data-testid=export-start]");
-  await waitFor("the export's id to be kept", () =>
-    page.evaluate(() => localStorage.getItem("forge-demo:alice:export")),
-  );
-  return page.evaluate(() => localStorage.getItem("forge-demo:alice:export"));
+  return waitFor("the new export's id to be kept", async () => {
+    const id = await kept();
+    return id !== before && id;
+  });
 }
 
 // ---- tests --------------------------------------------------------------------------------
