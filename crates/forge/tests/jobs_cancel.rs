@@ -433,3 +433,75 @@ async fn cancel_requests_reach_the_right_jobs_only() {
     }
     worker.shutdown().await;
 }
+
+/// Takes its node's last free connection before the worker can write `running`, so that the
+/// job stays `claimed` in the database while the handler runs; then works until stopped.
+#[forge::job(max_attempts = 1)]
+async fn grabs_the_pool(ctx: &JobContext) -> Result<()> {
+    let _guard = DropGuard(ctx.job_id());
+    let mut conn = ctx.db().acquire().await?;
+    sqlx::query("INSERT INTO effects (job_id, what) VALUES ($1, 'holding')")
+        .bind(ctx.job_id())
+        .execute(&mut *conn)
+        .await?;
+    loop {
+        ctx.check_cancelled().await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_claimed_by_a_worker_is_dropped_by_it_and_never_started() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    // Two connections: the LISTEN one, and the one the handler takes.
+    let node = Forge::connect_with(&db.url, 2).await.unwrap();
+    let worker = node
+        .start_worker(WorkerConfig {
+            concurrency: 1,
+            cancel_grace: Duration::from_secs(3_600),
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    // The handler nearly always wins the connection; if the `running` write got it first,
+    // the attempt is a plain running cancel, and the next job tries again.
+    let mut claimed_path = false;
+    for _ in 0..5 {
+        let id = forge.enqueue(grabs_the_pool::request()).await.unwrap();
+        wait_effect(forge.pool(), id, "holding").await;
+        let before = row(&forge, id).await.status;
+        let requested = forge.cancel_job(id, None).await.unwrap();
+        wait_status(&forge, id, JobStatus::Cancelled).await;
+        wait_for("the handler to be stopped", WAIT, || async {
+            DROPPED.lock().unwrap().contains(&id).then_some(())
+        })
+        .await;
+        wait_for("the slot to be free", WAIT, || async {
+            (worker.running_jobs() == 0).then_some(())
+        })
+        .await;
+        let r = row(&forge, id).await;
+        assert_eq!(r.status, JobStatus::Cancelled);
+        if before == JobStatus::Claimed {
+            assert_eq!(requested, JobStatus::Cancelled);
+            // The worker's `running` write, let through once the handler was stopped, was
+            // fenced off.
+            assert_eq!(
+                (r.started_at, r.error.as_deref()),
+                (None, Some("cancelled"))
+            );
+            claimed_path = true;
+            break;
+        }
+        assert_eq!(
+            (before, requested),
+            (JobStatus::Running, JobStatus::CancelRequested)
+        );
+    }
+    assert!(claimed_path, "the job was never cancelled while claimed");
+    // The worker is free for the next job.
+    let next = forge.enqueue(recorded::request()).await.unwrap();
+    wait_status(&forge, next, JobStatus::Completed).await;
+    worker.shutdown().await;
+}
