@@ -659,3 +659,39 @@ async fn the_registry_describes_each_job_from_its_signature_and_options() {
         ["address", "count", "tags", "userId"]
     );
 }
+
+#[tokio::test]
+#[ignore = "bug: see runtime-bugs.md #1"]
+async fn one_idempotency_key_twice_in_one_bulk_enqueue_makes_one_job() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let ids = forge
+        .enqueue_many([
+            quick::request(1).idempotency_key("same"),
+            quick::request(2).idempotency_key("same"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(job_count(forge.pool()).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: see runtime-bugs.md #2"]
+async fn concurrent_enqueues_with_one_idempotency_key_all_get_the_one_job() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let results = futures::future::join_all(
+            (0..16).map(|n| forge.enqueue(quick::request(n).idempotency_key(key.clone()))),
+        )
+        .await;
+        let ids: Vec<Uuid> = results
+            .into_iter()
+            .map(|r| r.expect("every enqueue succeeds"))
+            .collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    }
+    assert_eq!(job_count(forge.pool()).await, 5);
+}
