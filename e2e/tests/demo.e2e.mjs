@@ -31,6 +31,9 @@ before(async () => {
   demo = await startDemo({ databaseUrl: db.url, dataDir });
   browser = await launchBrowser();
   alice = await newPage(browser, demo.url);
+  await alice.page.goto("/");
+  await alice.page.locator("[data-testid=signin-alice]").waitFor();
+  await screenshot(alice.page, "00-sign-in");
   await signIn(alice.page, "alice");
 });
 
