@@ -604,3 +604,115 @@ async fn a_lost_lease_of_a_job_whose_cancel_was_requested_ends_cancelled() {
     let r = row(&forge, id).await;
     assert_eq!((r.status, r.attempts), (JobStatus::Cancelled, 1));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A node that finds out it lost a lease stops the attempt.
+
+/// (job, attempt) of handlers dropped before they returned.
+static DROPPED: std::sync::Mutex<Vec<(Uuid, u32)>> = std::sync::Mutex::new(Vec::new());
+
+struct AttemptGuard(Uuid, u32);
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        DROPPED.lock().unwrap().push((self.0, self.1));
+    }
+}
+
+#[forge::job(max_attempts = 3)]
+async fn outlived(ctx: &JobContext) -> Result<u32> {
+    let n = ctx.attempt();
+    let _guard = AttemptGuard(ctx.job_id(), n);
+    effect(ctx.db(), ctx.job_id(), &format!("start {n}")).await?;
+    if n == 1 {
+        std::future::pending::<()>().await;
+    }
+    wait_gate(ctx.db(), ctx.job_id(), "finish").await?;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_heartbeat_finds_the_lease_gone_stops_the_attempt() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let id = forge.enqueue(outlived::request()).await.unwrap();
+    // Node A renews less often than its lease lasts (a long pause, say).
+    let node_a = forge
+        .start_worker(WorkerConfig {
+            concurrency: 1,
+            lease: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(1_500),
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    wait_effect(forge.pool(), id, "start 1").await;
+    let node_b = forge.start_worker(worker_config()).await.unwrap();
+    wait_effect(forge.pool(), id, "start 2").await;
+
+    wait_for("node A to stop attempt 1", WAIT, || async {
+        DROPPED.lock().unwrap().contains(&(id, 1)).then_some(())
+    })
+    .await;
+    wait_for("node A to be idle", WAIT, || async {
+        (node_a.running_jobs() == 0).then_some(())
+    })
+    .await;
+    let r = row(&forge, id).await;
+    assert_eq!((r.status, r.attempts), (JobStatus::Running, 2));
+    assert!(!DROPPED.lock().unwrap().contains(&(id, 2)));
+
+    open_gate(forge.pool(), id, "finish").await;
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(r.output, Some(json!(2)));
+    node_a.shutdown().await;
+    node_b.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency of a node.
+
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[forge::job]
+async fn occupies_a_slot(_ctx: &JobContext) -> Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = RUNNING.fetch_add(1, SeqCst) + 1;
+    MOST.fetch_max(now, SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    RUNNING.fetch_sub(1, SeqCst);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_at_most_its_concurrency_at_once() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let err = forge
+        .start_worker(WorkerConfig {
+            concurrency: 0,
+            ..worker_config()
+        })
+        .await
+        .err()
+        .expect("a node without slots is refused");
+    assert!(err.to_string().contains("concurrency"), "{err}");
+
+    let ids = forge
+        .enqueue_many((0..40).map(|_| occupies_a_slot::request()))
+        .await
+        .unwrap();
+    let worker = forge
+        .start_worker(WorkerConfig {
+            concurrency: 3,
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    for id in &ids {
+        wait_status(&forge, *id, JobStatus::Completed).await;
+    }
+    assert_eq!(MOST.load(std::sync::atomic::Ordering::SeqCst), 3);
+    worker.shutdown().await;
+}
