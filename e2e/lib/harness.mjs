@@ -13,7 +13,8 @@ export const SCREENSHOTS = resolve(here, "../screenshots");
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const DEMO_BIN =
   process.env.DEMO_BIN ??
-  join(process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(REPO, "target"), "debug/demo");
+  // A relative CARGO_TARGET_DIR is cargo's: relative to the workspace root.
+  join(resolve(REPO, process.env.CARGO_TARGET_DIR ?? "target"), "debug/demo");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** Polls `check` until it returns a truthy value, for at most `timeout` ms. */
