@@ -13,7 +13,7 @@ export const SCREENSHOTS = resolve(here, "../screenshots");
 const ADMIN_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const DEMO_BIN =
   process.env.DEMO_BIN ??
-  // A relative CARGO_TARGET_DIR is cargo's: relative to the workspace root.
+  // Relative to the repository root, where ./dev runs cargo.
   join(resolve(REPO, process.env.CARGO_TARGET_DIR ?? "target"), "debug/demo");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
