@@ -695,3 +695,68 @@ async fn concurrent_enqueues_with_one_idempotency_key_all_get_the_one_job() {
     }
     assert_eq!(job_count(forge.pool()).await, 5);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Polling is only the fallback: an idle node wakes on notifications and on the next due job.
+
+#[forge::job(max_attempts = 2, backoff = "100ms")]
+async fn fails_first(ctx: &JobContext) -> Result<u32> {
+    if ctx.attempt() == 1 {
+        return Err(Error::msg("first attempt fails"));
+    }
+    Ok(ctx.attempt())
+}
+
+#[tokio::test]
+async fn an_idle_node_does_not_wait_for_its_poll_to_run_new_retried_or_scheduled_jobs() {
+    // A poll longer than every wait of this test: a job that waited for it would time out.
+    let (_db, forge, worker) = setup(WorkerConfig {
+        poll_interval: Duration::from_secs(600),
+        ..worker_config()
+    })
+    .await;
+    // Let the node settle into its idle wait first.
+    let first = forge.enqueue(quick::request(1)).await.unwrap();
+    wait_status(&forge, first, JobStatus::Completed).await;
+
+    let new = forge.enqueue(quick::request(2)).await.unwrap();
+    wait_status(&forge, new, JobStatus::Completed).await;
+    let retried = forge.enqueue(fails_first::request()).await.unwrap();
+    let r = wait_status(&forge, retried, JobStatus::Completed).await;
+    assert_eq!(r.attempts, 2);
+    let scheduled = forge
+        .enqueue(quick::request(3).delay(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    wait_status(&forge, scheduled, JobStatus::Completed).await;
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn polling_finds_a_job_whose_notification_never_came() {
+    let (_db, forge, worker) = setup(WorkerConfig {
+        poll_interval: Duration::from_millis(200),
+        ..worker_config()
+    })
+    .await;
+    let first = forge.enqueue(quick::request(1)).await.unwrap();
+    wait_status(&forge, first, JobStatus::Completed).await;
+    // Inserted with triggers off: no `forge_jobs_available` notification is sent.
+    let id = Uuid::now_v7();
+    let mut tx = forge.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO forge.jobs (id, function_name, args) VALUES ($1, 'quick', '{\"n\": 21}')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(r.output, Some(json!(42)));
+    worker.shutdown().await;
+}
