@@ -84,6 +84,16 @@ async function untilBarAbove(page, pct, timeout = 30_000) {
   await waitFor(`the export bar past ${pct}%`, async () => (await barWidth(page)) > pct, { timeout });
 }
 
+/** Calls a function over HTTP as the holder of `token`: `{ status, data }`. */
+async function rpc(fn, args, token) {
+  const res = await fetch(`${demo.url}/_api/rpc/${fn}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify(args),
+  });
+  return { status: res.status, data: (await res.json()).data };
+}
+
 const session = (page) => page.evaluate(() => JSON.parse(localStorage.getItem("forge-demo:session")));
 
 /** Starts an export on the page; resolves to its id once the page has kept it. */
@@ -305,9 +315,11 @@ describe("the demo page", { timeout: 10 * 60_000 }, () => {
     let bob;
     await keepEvidence("ownership", () => [alice, bob].filter(Boolean), async () => {
       const exportId = await alice.page.evaluate(() => localStorage.getItem("forge-demo:alice:export"));
-      const href = await alice.page.locator("[data-testid=export-download]").getAttribute("href");
-      const downloadPath = new URL(href, demo.url).pathname;
-      assert.ok(exportId && downloadPath.includes(exportId));
+      const aliceToken = (await session(alice.page)).token;
+      const link = await rpc("export_download_link", { jobId: exportId }, aliceToken);
+      assert.equal(link.status, 200);
+      const path = new URL(link.data, demo.url).pathname;
+      assert.ok(path.includes(exportId), path);
 
       bob = await newPage(browser, demo.url);
       await signIn(bob.page, "bob");
@@ -320,11 +332,17 @@ describe("the demo page", { timeout: 10 * 60_000 }, () => {
       await untilStatus(bob.page, "export-status", "not_found", 10_000);
       await screenshot(bob.page, "15-second-user-not-found");
 
-      const get = async (token) =>
-        (await fetch(`${demo.url}${downloadPath}?token=${encodeURIComponent(token)}`)).status;
-      assert.equal(await get((await session(bob.page)).token), 404);
-      assert.equal(await get((await session(alice.page)).token), 200);
-      assert.equal((await fetch(`${demo.url}${downloadPath}`)).status, 401);
+      const bobToken = (await session(bob.page)).token;
+      assert.equal((await rpc("export_download_link", { jobId: exportId }, bobToken)).status, 404);
+      const get = async (url, token) =>
+        (await fetch(`${demo.url}${url}`, { headers: token ? { authorization: `Bearer ${token}` } : {} })).status;
+      assert.equal(await get(path, bobToken), 404);
+      assert.equal(await get(path, aliceToken), 200);
+      assert.equal(await get(path), 401);
+      // A link opens its one file; its token is no session.
+      assert.equal(await get(link.data), 200);
+      const linkToken = new URL(link.data, demo.url).searchParams.get("token");
+      assert.equal((await rpc("recent_jobs", { limit: 5 }, linkToken)).status, 401);
     });
     await bob?.context.close();
   });

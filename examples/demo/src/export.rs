@@ -2,6 +2,7 @@
 //! progress and honouring cancellation; and the route that hands the file to its owner.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
@@ -166,11 +167,88 @@ fn export_path(dir: &Path, job_id: Uuid, format: ExportFormat) -> PathBuf {
     dir.join(format!("{job_id}.{}", format.extension()))
 }
 
+/// The audience of download links. The gateway refuses tokens that name one, so a link's
+/// token cannot be used as a session.
+const LINK_AUDIENCE: &str = "forge-demo-download";
+/// How long a download link works.
+const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// What a download link's token says: who may fetch which file, until when.
+#[derive(Serialize, Deserialize)]
+struct LinkClaims {
+    sub: String,
+    aud: String,
+    exp: u64,
+    file: String,
+}
+
+/// A link to the caller's finished export `job_id`, for a plain `<a href>` or a navigation
+/// (which cannot send an `Authorization` header): its `?token=` opens that one file, for five
+/// minutes. Anyone but the owner of a completed export gets 404, as for an unknown id.
+#[forge::mutation]
+pub(crate) async fn export_download_link(ctx: &MutationContext, job_id: Uuid) -> Result<String> {
+    let user = ctx.user().expect("not public, so signed in");
+    let output: Option<Option<serde_json::Value>> = {
+        let mut db = ctx.db().await?;
+        sqlx::query_scalar(
+            "SELECT output FROM forge.jobs \
+             WHERE id = $1 AND owner = $2 AND function_name = 'export_users' \
+               AND status = 'completed'",
+        )
+        .bind(job_id)
+        .bind(&user.id)
+        .fetch_optional(&mut *db)
+        .await?
+    };
+    let result: ExportResult = output
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| Error::not_found("no finished export of yours has this id"))?;
+    let file = result
+        .download_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(Error::msg)?
+        .saturating_add(LINK_LIFETIME)
+        .as_secs();
+    let claims = LinkClaims {
+        sub: user.id.clone(),
+        aud: LINK_AUDIENCE.into(),
+        exp,
+        file,
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(settings::get().jwt_secret.as_bytes())
+        .map_err(Error::msg)?;
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+        .map_err(Error::msg)?;
+    Ok(format!("{}?token={token}", result.download_url))
+}
+
+/// The user a download link's token lets fetch `file`.
+fn link_user(token: &str, file: &str) -> Result<String, ApiError> {
+    let key = jsonwebtoken::DecodingKey::from_secret(settings::get().jwt_secret.as_bytes())
+        .map_err(ApiError::internal)?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&[LINK_AUDIENCE]);
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    let claims = jsonwebtoken::decode::<LinkClaims>(token, &key, &validation)
+        .map_err(|_| ApiError::unauthenticated("invalid or expired download link"))?
+        .claims;
+    if claims.file != file {
+        return Err(ApiError::not_found("no such export"));
+    }
+    Ok(claims.sub)
+}
+
 /// What the download route needs.
 #[derive(Clone)]
 pub(crate) struct Downloads {
-    pub forge: Forge,
-    pub auth: Auth,
+    pub(crate) forge: Forge,
+    pub(crate) auth: Auth,
 }
 
 #[derive(Deserialize)]
@@ -179,26 +257,25 @@ pub(crate) struct TokenParam {
 }
 
 /// `GET /downloads/{jobId}.{csv|json}`: the file of a completed export, for the user who
-/// started it.
-///
-/// The token comes in the `Authorization: Bearer` header, or, for a plain link (which cannot
-/// set headers), as `?token=`, as `/_api/events` allows. Anyone but the owner of a completed
-/// export gets the same 404 as for an unknown id, so ids cannot be probed.
+/// started it: with their session token in `Authorization: Bearer`, or with a link from
+/// [`export_download_link`] (`?token=`). Anyone else gets the same 404 as for an unknown id,
+/// so ids cannot be probed.
 pub(crate) async fn download(
     State(d): State<Downloads>,
     UrlPath(file): UrlPath<String>,
     Query(q): Query<TokenParam>,
     headers: HeaderMap,
 ) -> Response {
-    let identity = match q.token {
-        Some(token) => d.auth.verify(&token).map(Some),
-        None => d.auth.from_headers(&headers),
+    let user = match q.token {
+        Some(token) => link_user(&token, &file),
+        None => match d.auth.from_headers(&headers) {
+            Ok(Some(identity)) => Ok(identity.user_id),
+            Ok(None) => Err(ApiError::unauthenticated("sign in to download exports")),
+            Err(e) => Err(e),
+        },
     };
-    let user = match identity {
-        Ok(Some(identity)) => identity.user_id,
-        Ok(None) => {
-            return ApiError::unauthenticated("sign in to download exports").into_response()
-        }
+    let user = match user {
+        Ok(user) => user,
         Err(e) => return e.into_response(),
     };
     let Some((job_id, format)) = parse_file_name(&file) else {

@@ -50,9 +50,3 @@ function connect(session: Session | null): void {
     backoff: { initialMs: 250, maxMs: 3_000, maxAttempts: Infinity },
   });
 }
-
-/** A download link for a file only its owner may fetch: a plain link cannot send headers. */
-export function withToken(url: string, session: Session): string {
-  const sep = url.includes("?") ? "&" : "?";
-  return `${url}${sep}token=${encodeURIComponent(session.token)}`;
-}

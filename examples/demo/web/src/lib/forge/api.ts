@@ -149,6 +149,11 @@ export const liveRecentJobs = (args: { limit: number }) =>
 export const confirmEmail = (args: { workflowId: string }) =>
   callFunction<{ workflowId: string }, void>("confirm_email", args);
 
+// mutation export_download_link(job_id: Uuid) -> String
+/** Runs the `export_download_link` mutation. */
+export const exportDownloadLink = (args: { jobId: string }) =>
+  callFunction<{ jobId: string }, string>("export_download_link", args);
+
 // mutation sign_in(username: String) -> Session
 /** Runs the `sign_in` mutation. */
 export const signIn = (args: { username: string }) =>
