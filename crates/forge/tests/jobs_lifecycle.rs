@@ -760,3 +760,34 @@ async fn polling_finds_a_job_whose_notification_never_came() {
     assert_eq!(r.output, Some(json!(42)));
     worker.shutdown().await;
 }
+
+/// Reports progress from several tasks at once, as a job working on chunks in parallel does.
+#[forge::job]
+async fn parallel_progress(ctx: &JobContext, rounds: u32) -> Result<()> {
+    for round in 0..rounds {
+        let base = f64::from(round) * 4.0;
+        futures::join!(
+            ctx.progress(base + 1.0, format!("{round}: a")),
+            ctx.progress(base + 2.0, format!("{round}: b")),
+            ctx.progress(base + 3.0, format!("{round}: c")),
+        )
+        .0?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "bug: see runtime-bugs.md #3"]
+async fn the_last_of_several_progress_reports_made_at_once_is_the_one_kept() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let mut updates = Updates::subscribe(&forge).await;
+    let id = forge.enqueue(parallel_progress::request(10)).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!(r.progress, Some(39.0));
+    assert_eq!(r.message.as_deref(), Some("9: c"));
+    // Published in the order they were made: progress never goes back.
+    let published = updates.until_status(id, JobStatus::Completed).await;
+    let values: Vec<f64> = published.iter().filter_map(|u| u.progress).collect();
+    assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+    worker.shutdown().await;
+}
