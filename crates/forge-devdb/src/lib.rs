@@ -176,6 +176,21 @@ struct Cluster {
 impl Cluster {
     async fn start(bin: &Path, data: &Path) -> Result<Cluster, DevDbError> {
         let run_as = is_root().then(|| "postgres".to_string());
+        if let Some(user) = &run_as {
+            let exists = Command::new("id")
+                .arg(user)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !exists {
+                return Err(DevDbError::Cluster {
+                    step: "start a private cluster as root",
+                    detail: format!(
+                        "PostgreSQL refuses to run as root, and there is no `{user}` user to run \
+                         it as: run as another user, or create one (`useradd --system {user}`)"
+                    ),
+                });
+            }
+        }
         let data = absolute(data);
         let port = free_port()?;
         let cluster = Cluster {
