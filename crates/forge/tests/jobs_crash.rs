@@ -716,3 +716,35 @@ async fn a_node_runs_at_most_its_concurrency_at_once() {
     assert_eq!(MOST.load(std::sync::atomic::Ordering::SeqCst), 3);
     worker.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Leases of a live node.
+
+#[forge::job(max_attempts = 3)]
+async fn outlasts_its_lease(ctx: &JobContext) -> Result<u32> {
+    effect(ctx.db(), ctx.job_id(), &format!("start {}", ctx.attempt())).await?;
+    // Two and a half leases.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    Ok(ctx.attempt())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_longer_than_its_lease_keeps_it_while_its_node_lives() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let config = WorkerConfig {
+        lease: Duration::from_secs(1),
+        heartbeat_interval: Duration::from_millis(100),
+        reap_interval: Duration::from_millis(50),
+        ..worker_config()
+    };
+    // Two nodes whose reapers look often; either may run the job.
+    let a = forge.start_worker(config.clone()).await.unwrap();
+    let b = forge.start_worker(config).await.unwrap();
+    let id = forge.enqueue(outlasts_its_lease::request()).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Completed).await;
+    assert_eq!((r.attempts, r.output), (1, Some(json!(1))));
+    assert_eq!(effects(forge.pool(), id).await, ["start 1"]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
