@@ -115,12 +115,11 @@ async fn a_job_that_keeps_failing_ends_dead_letter_with_its_last_error() {
     assert!(r.finished_at.is_some());
     assert_eq!(r.output, None);
     let published = updates.until_status(id, JobStatus::DeadLetter).await;
+    use JobStatus::*;
     assert_eq!(
-        published
-            .iter()
-            .filter(|u| u.status == JobStatus::Retry)
-            .count(),
-        2
+        statuses(&published),
+        [Claimed, Running, Retry, Claimed, Running, Retry, Claimed, Running, DeadLetter],
+        "{published:?}"
     );
 
     // The enqueue can allow fewer attempts than the attribute.
@@ -147,6 +146,7 @@ async fn refuses(ctx: &JobContext, how: String) -> Result<()> {
 #[tokio::test]
 async fn a_fatal_error_or_a_single_attempt_ends_failed_at_once() {
     let (_db, forge, worker) = setup(worker_config()).await;
+    let mut updates = Updates::subscribe(&forge).await;
     for (how, max_attempts, error) in [
         ("fatal", None, "the input can never work"),
         ("fatal_ext", None, "bad file"),
@@ -163,6 +163,11 @@ async fn a_fatal_error_or_a_single_attempt_ends_failed_at_once() {
         assert_eq!(r.error.as_deref(), Some(error), "{how}");
         assert!(r.finished_at.is_some());
         assert_eq!(effects(forge.pool(), id).await, ["ran"], "{how} ran again");
+        let published = updates.until_status(id, JobStatus::Failed).await;
+        assert_eq!(
+            statuses(&published),
+            [JobStatus::Claimed, JobStatus::Running, JobStatus::Failed]
+        );
     }
     worker.shutdown().await;
 }
