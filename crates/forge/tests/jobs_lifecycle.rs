@@ -791,3 +791,22 @@ async fn the_last_of_several_progress_reports_made_at_once_is_the_one_kept() {
     assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
     worker.shutdown().await;
 }
+
+#[tokio::test]
+#[ignore = "bug: see runtime-bugs.md #4"]
+async fn a_delay_too_long_to_represent_is_refused_not_a_panic() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let req = std::panic::catch_unwind(|| quick::request(1).delay(Duration::MAX))
+        .expect("building the request does not panic");
+    let result = forge.enqueue(req).await;
+    // Refused naming the option, or scheduled at the latest representable time: either way
+    // the job does not run now.
+    match result {
+        Err(EnqueueError::InvalidOption { field, .. }) => assert_eq!(field, "run_at"),
+        Err(e) => panic!("unexpected error: {e:?}"),
+        Ok(id) => assert!(
+            row(&forge, id).await.run_at > chrono::Utc::now() + chrono::Duration::days(365 * 1000)
+        ),
+    }
+}
