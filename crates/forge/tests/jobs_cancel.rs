@@ -505,3 +505,31 @@ async fn a_job_cancelled_while_claimed_by_a_worker_is_dropped_by_it_and_never_st
     wait_status(&forge, next, JobStatus::Completed).await;
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cancel_request_whose_notification_was_lost_is_caught_by_the_heartbeat() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let id = forge.enqueue(cooperative::request()).await.unwrap();
+    wait_effect(forge.pool(), id, "started").await;
+    wait_status(&forge, id, JobStatus::Running).await;
+    // The request written with triggers off: nothing is published, as if the node's LISTEN
+    // connection had dropped the notification.
+    let mut tx = forge.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE forge.jobs SET status = 'cancel_requested' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Cancelled).await;
+    assert_eq!(r.error.as_deref(), Some("cancelled"));
+    assert_eq!(
+        effects(forge.pool(), id).await,
+        ["started", "saw the request"]
+    );
+    worker.shutdown().await;
+}
