@@ -178,7 +178,11 @@ impl Updates {
     }
 
     /// The updates of job `id` received until one satisfies `last` (included).
-    pub(crate) async fn until(&mut self, id: Uuid, last: impl Fn(&JobUpdate) -> bool) -> Vec<JobUpdate> {
+    pub(crate) async fn until(
+        &mut self,
+        id: Uuid,
+        last: impl Fn(&JobUpdate) -> bool,
+    ) -> Vec<JobUpdate> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(end) = self.seen.iter().position(|u| u.job_id == id && last(u)) {
