@@ -19,7 +19,8 @@
 
 mod workflows;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ static PROBE_STARTS: OnceLock<mpsc::UnboundedSender<(u32, Instant)>> = OnceLock:
 #[forge::job(max_attempts = 1)]
 async fn bench_probe(_ctx: &JobContext, seq: u32) -> Result<()> {
     let started = Instant::now();
+    tracing::trace!(seq, "probe started");
     if let Some(tx) = PROBE_STARTS.get() {
         let _ = tx.send((seq, started));
     }
@@ -90,14 +92,17 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("jobs") => {
-            // `RUST_LOG=forge_runtime=debug` shows the worker's claims and write batches.
-            if std::env::var_os("RUST_LOG").is_some() {
+            // `RUST_LOG=forge_runtime=debug,forge_bench=trace` shows the worker's claims and
+            // write batches, and the steps of each latency probe (statements are then not
+            // counted: both need the one global tracing subscriber).
+            let logging = std::env::var_os("RUST_LOG").is_some();
+            if logging {
                 tracing_subscriber::fmt()
                     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
                     .with_writer(std::io::stderr)
                     .init();
             }
-            jobs(parse_settings(args)).await
+            jobs(parse_settings(args), logging).await
         }
         Some("workflows") => {
             let s = parse_settings(args);
@@ -112,7 +117,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-async fn jobs(s: Settings) -> std::result::Result<(), Box<dyn std::error::Error>> {
+async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let config = WorkerConfig {
         concurrency: s.concurrency,
         claim_batch: s.claim_batch,
@@ -140,18 +145,26 @@ async fn jobs(s: Settings) -> std::result::Result<(), Box<dyn std::error::Error>
         forge.pool().close().await;
     }
 
-    let db = TestDb::new().await;
-    let forge = Forge::connect(&db.url).await?;
-    let worker = forge.start_worker(config).await?;
-
     // End to end: every job enqueued at once, until the last completion is published.
+    let db = TestDb::new().await;
     {
+        // Counting statements costs a tracing event per statement: a few per thousand jobs.
+        let counter = (!logging).then(workflows::counter);
+        let forge = Forge::connect(&db.url).await?;
+        let worker = forge.start_worker(config.clone()).await?;
         let mut events = forge.notifier().await?.subscribe();
         let reqs: Vec<_> = (0..s.count).map(|_| bench_noop::request()).collect();
+        if let Some(c) = &counter {
+            c.counts.lock().unwrap().clear();
+            c.on.store(true, Ordering::SeqCst);
+        }
         let t0 = Instant::now();
         let ids = forge.enqueue_many(reqs).await?;
         let enqueued = t0.elapsed();
         let took = wait_all_completed(&forge, &mut events, ids.into_iter().collect()).await?;
+        if let Some(c) = &counter {
+            c.on.store(false, Ordering::SeqCst);
+        }
         println!(
             "end to end:         {:>9.0} jobs/s  ({} no-op jobs in {:.1} ms, enqueue {:.1} ms)",
             s.count as f64 / (took - t0).as_secs_f64(),
@@ -159,7 +172,16 @@ async fn jobs(s: Settings) -> std::result::Result<(), Box<dyn std::error::Error>
             ms(took - t0),
             ms(enqueued)
         );
+        worker.shutdown().await;
+        forge.pool().close().await;
+        if let Some(c) = counter {
+            print_statements(&c.counts.lock().unwrap(), s.count);
+        }
+        print_row_writes(&db, s.count).await?;
     }
+
+    let forge = Forge::connect(&db.url).await?;
+    let worker = forge.start_worker(config).await?;
 
     // Latency on an idle node.
     {
@@ -173,7 +195,9 @@ async fn jobs(s: Settings) -> std::result::Result<(), Box<dyn std::error::Error>
         for seq in 0..(WARMUP + s.samples) as u32 {
             tick.tick().await;
             let t0 = Instant::now();
+            tracing::trace!(seq, "enqueue");
             forge.enqueue(bench_probe::request(seq)).await?;
+            tracing::trace!(seq, "enqueued");
             let (got, started) = tokio::time::timeout(Duration::from_secs(5), starts.recv())
                 .await?
                 .expect("the probe channel stays open");
@@ -249,6 +273,74 @@ async fn poll_all_completed(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// SQL statements per job during the end-to-end run, as sqlx reported them.
+fn print_statements(counts: &BTreeMap<String, (u64, f64)>, jobs: usize) {
+    let mut rows: Vec<(&str, u64)> = counts.iter().map(|(k, v)| (k.as_str(), v.0)).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    // sqlx does not report the `BEGIN` that opens a transaction: one per COMMIT or ROLLBACK.
+    let begins: u64 = rows
+        .iter()
+        .filter(|(sql, _)| *sql == "COMMIT" || *sql == "ROLLBACK")
+        .map(|r| r.1)
+        .sum();
+    let total = rows.iter().map(|r| r.1).sum::<u64>() + begins;
+    println!(
+        "  statements/job:   {:.4} ({} statements for {} jobs), the most frequent:",
+        total as f64 / jobs as f64,
+        total,
+        jobs
+    );
+    for (sql, n) in rows.iter().take(8) {
+        println!("    {:>7}  {}", n, sql);
+    }
+    if begins > 0 {
+        println!("    {begins:>7}  BEGIN (not reported by sqlx)");
+    }
+}
+
+/// Row writes per job during the end-to-end run, from PostgreSQL's statistics of the bench
+/// database (nothing else writes there). The pool is closed first: a backend sends its
+/// statistics when it exits.
+async fn print_row_writes(
+    db: &TestDb,
+    jobs: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let mut left: i64 = 1;
+    for _ in 0..100 {
+        left = sqlx::query_scalar(
+            // The notifier's LISTEN connection outlives the pool; it writes nothing.
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'forge'
+               AND query NOT ILIKE '%LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ins, upd, hot, commits): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT t.n_tup_ins, t.n_tup_upd, t.n_tup_hot_upd, d.xact_commit
+         FROM pg_stat_user_tables t, pg_stat_database d
+         WHERE t.schemaname = 'forge' AND t.relname = 'jobs' AND d.datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let n = jobs as f64;
+    println!(
+        "  row writes/job:   {:.2} inserts, {:.2} updates ({:.0}% HOT); {:.4} commits/job in the database{}",
+        ins as f64 / n,
+        upd as f64 / n,
+        if upd > 0 { 100.0 * hot as f64 / upd as f64 } else { 0.0 },
+        commits as f64 / n,
+        if left > 0 { " (some backends had not exited: counts may be low)" } else { "" }
+    );
+    pool.close().await;
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {

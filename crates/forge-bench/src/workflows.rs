@@ -43,10 +43,10 @@ type BenchResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Counts the statements sqlx reports, by statement, while `on`.
 #[derive(Default)]
-struct StatementCounter {
-    on: AtomicBool,
+pub(crate) struct StatementCounter {
+    pub(crate) on: AtomicBool,
     /// Statement (its first words) → how many, and their total time in seconds.
-    counts: Mutex<BTreeMap<String, (u64, f64)>>,
+    pub(crate) counts: Mutex<BTreeMap<String, (u64, f64)>>,
 }
 
 static COUNTER: OnceLock<Arc<StatementCounter>> = OnceLock::new();
@@ -110,7 +110,7 @@ impl<S: Subscriber> Layer<S> for CountLayer {
     }
 }
 
-fn counter() -> Arc<StatementCounter> {
+pub(crate) fn counter() -> Arc<StatementCounter> {
     COUNTER
         .get_or_init(|| {
             let counter = Arc::new(StatementCounter::default());

@@ -316,8 +316,15 @@ impl Store {
         // and sorted the whole backlog on every claim (60 ms with 50,000 jobs waiting). Rows a
         // queue's scan locks but the final LIMIT drops stay locked only until this statement
         // commits.
+        //
+        // The claim commits without waiting for its WAL flush (`synchronous_commit` off for
+        // this transaction only): it is on the path from enqueue to start, and it holds the
+        // database-wide NOTIFY lock while it commits. A claim lost in a database crash is
+        // harmless: the job is `pending` again with its attempt count as before, so every
+        // write of the attempt that ran it is fenced off, and it runs again (at least once).
         let rows = sqlx::query(
-            "WITH picked AS (
+            "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
+             picked AS (
                  SELECT p.id
                  FROM unnest($1::text[]) AS q(name)
                  CROSS JOIN LATERAL (
@@ -335,7 +342,7 @@ impl Store {
              SET status = 'claimed', attempts = j.attempts + 1, worker_id = $3,
                  lease_expires_at = now() + $4 * interval '1 millisecond',
                  progress = NULL, message = NULL, error = NULL
-             FROM picked WHERE j.id = picked.id
+             FROM picked, async_commit WHERE j.id = picked.id
              RETURNING j.id, j.function_name, j.args, j.attempts, j.max_attempts, j.owner",
         )
         .bind(queues)
@@ -426,15 +433,32 @@ impl Store {
         ids: &[Uuid],
         lease: Duration,
     ) -> Result<Vec<(Uuid, JobStatus)>, sqlx::Error> {
+        // Rows that another transaction is writing right now (the node's own writer,
+        // recording a start or an end; a cancel request) are skipped, not waited for: the
+        // writer's batch and this statement lock rows in different orders, and each such
+        // deadlock stalled the renewal for a second, long enough for short leases to run out.
+        // A skipped row that is still this worker's is reported held (read from the snapshot)
+        // and is renewed at the next heartbeat.
+        //
+        // A join on `unnest($1)`, not `id = ANY($1)`: with thousands of ids the latter became
+        // a scan of the whole table that compared every row with the whole array.
         let rows = sqlx::query(
-            // A join, not `id = ANY($1)`: with thousands of ids the latter became a scan of
-            // the whole table that compared every row with the whole array (over a minute
-            // with 20,000 ids), holding the locks of the rows it had renewed.
-            "UPDATE forge.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[]) AS u(id)
-             WHERE j.id = u.id AND j.worker_id = $2
-               AND j.status IN ('claimed', 'running', 'cancel_requested')
-             RETURNING j.id, j.status",
+            "WITH mine AS (
+                 SELECT j.id FROM forge.jobs j JOIN unnest($1::uuid[]) AS u(id) ON j.id = u.id
+                 WHERE j.worker_id = $2 AND j.status IN ('claimed', 'running', 'cancel_requested')
+             ), locked AS (
+                 SELECT j.id FROM forge.jobs j JOIN mine ON j.id = mine.id
+                 WHERE j.worker_id = $2 AND j.status IN ('claimed', 'running', 'cancel_requested')
+                 FOR UPDATE OF j SKIP LOCKED
+             ), renewed AS (
+                 UPDATE forge.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                 FROM locked WHERE j.id = locked.id
+                 RETURNING j.id, j.status
+             )
+             SELECT id, status FROM renewed
+             UNION ALL
+             SELECT j.id, j.status FROM forge.jobs j JOIN mine ON j.id = mine.id
+             WHERE j.id NOT IN (SELECT id FROM locked)",
         )
         .bind(ids)
         .bind(worker_id)

@@ -21,7 +21,7 @@ mod writer;
 pub use context::{JobContext, MAX_MESSAGE_CHARS};
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,6 +162,10 @@ struct Shared {
     refill_at: AtomicUsize,
     /// New jobs may be available, or a slot came free.
     wake: Notify,
+    /// Jobs may be runnable that the last claim did not see (a notification of new jobs, a
+    /// retry written, jobs recovered). Room freed in the buffer alone does not make a node
+    /// that found the queue empty claim again.
+    more: AtomicBool,
     /// Stop claiming.
     stop: CancellationToken,
     /// Interrupt the jobs still running (shutdown grace is over).
@@ -197,6 +201,7 @@ impl Worker {
             started: AtomicU64::new(0),
             refill_at: AtomicUsize::new(0),
             wake: Notify::new(),
+            more: AtomicBool::new(true),
             stop: CancellationToken::new(),
             interrupt: CancellationToken::new(),
             idle: Notify::new(),
@@ -317,6 +322,9 @@ async fn fetch_loop(shared: Arc<Shared>) {
     let mut pace = Pace::new();
     let concurrency = shared.config.concurrency;
     let batch = shared.config.claim_batch.max(1);
+    // The last claim found fewer jobs than it asked for.
+    let mut exhausted = false;
+    let mut polled = false;
     while !shared.stop.is_cancelled() {
         let wake = shared.wake.notified();
         let per_sec = pace.update(shared.started.load(Ordering::Relaxed));
@@ -335,7 +343,11 @@ async fn fetch_loop(shared: Arc<Shared>) {
             .min(room)
             .min(batch);
         let mut sleep_for = shared.config.poll_interval;
-        if want > 0 && buffered <= prefetch / 2 {
+        let may_find = !exhausted || polled || shared.more.load(Ordering::SeqCst);
+        polled = false;
+        if want > 0 && buffered <= prefetch / 2 && may_find {
+            // Cleared before the claim: a notification that comes during it sets it again.
+            shared.more.store(false, Ordering::SeqCst);
             match shared
                 .store
                 .claim_jobs(
@@ -352,7 +364,8 @@ async fn fetch_loop(shared: Arc<Shared>) {
                     let got = jobs.len();
                     tracing::debug!(want, got, buffered, slots, "claimed jobs");
                     take(&shared, jobs);
-                    if got == want {
+                    exhausted = got < want;
+                    if !exhausted {
                         continue;
                     }
                     if let Ok(Some(next)) = shared.store.next_run_at(&shared.config.queues).await {
@@ -369,10 +382,16 @@ async fn fetch_loop(shared: Arc<Shared>) {
         }
         tokio::select! {
             _ = wake => {}
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = tokio::time::sleep(sleep_for) => polled = true,
             _ = shared.stop.cancelled() => {}
         }
     }
+}
+
+/// Jobs may have become runnable: claim again even if the last claim found the queue empty.
+fn more_jobs(shared: &Shared) {
+    shared.more.store(true, Ordering::SeqCst);
+    shared.wake.notify_one();
 }
 
 /// Buffers claimed jobs and starts slots for as many as there is room for.
@@ -431,15 +450,20 @@ async fn slot(shared: Arc<Shared>, mut next: Buffered) {
 }
 
 /// The end of a job is written (or there was nothing to write): the node no longer holds it.
-fn finished(shared: &Shared, id: Uuid) {
+/// `requeued`: it went back to the queue (`retry`), so the next claim may find it.
+fn finished(shared: &Shared, id: Uuid, requeued: bool) {
     let idle = {
         let mut local = shared.local.lock().unwrap();
         local.held.remove(&id);
         local.running -= 1;
         local.is_idle()
     };
-    // There is room to claim again.
-    shared.wake.notify_one();
+    if requeued {
+        more_jobs(shared);
+    } else {
+        // There is room to claim again.
+        shared.wake.notify_one();
+    }
     if idle {
         shared.idle.notify_waiters();
     }
@@ -515,7 +539,7 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         handle.abort();
     }
     if cancel.is_lost() {
-        finished(shared, job.id);
+        finished(shared, job.id, false);
         return;
     }
     let status = match end {
@@ -545,11 +569,12 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             delay: Duration::ZERO,
         },
         End::Lost => {
-            finished(shared, job.id);
+            finished(shared, job.id, false);
             return;
         }
     };
     let id = job.id;
+    let requeued = matches!(status, FinishStatus::Retry { .. });
     let after = shared.clone();
     shared.writer.finish(
         Finish {
@@ -558,7 +583,7 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             status,
             started: gate.close(),
         },
-        move |_| finished(&after, id),
+        move |applied| finished(&after, id, applied && requeued),
     );
 }
 
@@ -606,7 +631,7 @@ fn humanize(d: Duration) -> String {
 async fn event_loop(shared: Arc<Shared>, mut events: broadcast::Receiver<Event>) {
     loop {
         match events.recv().await {
-            Ok(Event::JobsAvailable) => shared.wake.notify_one(),
+            Ok(Event::JobsAvailable) => more_jobs(&shared),
             Ok(Event::JobUpdates(updates)) => {
                 let local = shared.local.lock().unwrap();
                 if local.held.is_empty() {
@@ -628,7 +653,7 @@ async fn event_loop(shared: Arc<Shared>, mut events: broadcast::Receiver<Event>)
             Ok(Event::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Notifications may have been missed: look for jobs now; the next heartbeat
                 // catches missed cancel requests.
-                shared.wake.notify_one();
+                more_jobs(&shared);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -680,7 +705,7 @@ async fn reap_loop(shared: Arc<Shared>) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(jobs = n, "recovered jobs of a worker that stopped");
-                shared.wake.notify_one();
+                more_jobs(&shared);
             }
             Err(e) => tracing::error!(error = %e, "reaping expired leases failed"),
         }
