@@ -68,9 +68,13 @@ impl<O> JobRequest<O> {
         self
     }
 
-    /// Runs no earlier than `delay` from now.
+    /// Runs no earlier than `delay` from now. A delay past the representable future (say
+    /// `Duration::MAX` for "never") means the latest time that can be stored.
     pub fn delay(self, delay: Duration) -> Self {
-        let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.run_at(at)
     }
 

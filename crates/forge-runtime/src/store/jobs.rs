@@ -1,7 +1,7 @@
 //! Job operations. Every write a worker makes is fenced by the attempt number it was given at
 //! claim time, so a worker that lost its lease can no longer change the job.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -175,21 +175,34 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Inserts jobs in one statement and returns their ids in order. A job whose idempotency key
-/// is taken is not inserted; the id of the job that holds the key is returned in its place.
+/// is taken (by an earlier job, by a concurrent enqueue, or by an earlier job of the same
+/// call) is not inserted; the id of the job that holds the key is returned in its place.
 pub async fn insert_jobs<'e, E>(exec: E, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Error>
 where
     E: PgExecutor<'e>,
 {
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut names = Vec::with_capacity(jobs.len());
-    let mut args = Vec::with_capacity(jobs.len());
-    let mut queues = Vec::with_capacity(jobs.len());
-    let mut priorities = Vec::with_capacity(jobs.len());
-    let mut max_attempts = Vec::with_capacity(jobs.len());
-    let mut run_ats = Vec::with_capacity(jobs.len());
-    let mut owners = Vec::with_capacity(jobs.len());
-    let mut keys = Vec::with_capacity(jobs.len());
-    for j in jobs {
+    // Only the first job of the call with a given key is sent; the others get its id.
+    let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+    let sent: Vec<&NewJob> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, j)| match j.idempotency_key.as_deref() {
+            Some(k) => *first_with_key.entry(k).or_insert(*i) == *i,
+            None => true,
+        })
+        .map(|(_, j)| j)
+        .collect();
+    let n = sent.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut names = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut queues = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    for j in &sent {
         ids.push(j.id);
         names.push(j.function_name.as_str());
         args.push(&j.args);
@@ -200,7 +213,7 @@ where
         owners.push(j.owner.as_deref());
         keys.push(j.idempotency_key.as_deref());
     }
-    if keys.iter().all(Option::is_none) {
+    if first_with_key.is_empty() {
         // Without idempotency keys every row is inserted, and the ids are the ones made here:
         // no conflict handling and nothing to read back, which halves the cost of a bulk
         // enqueue.
@@ -225,29 +238,23 @@ where
         .await?;
         return Ok(ids);
     }
-    // With an idempotency key the second insert does nothing, and the CTE below finds the
-    // row that holds the key, so callers always get an id back.
+    // DO UPDATE rather than DO NOTHING: it returns the row that holds the key even when that
+    // row was committed by a concurrent enqueue after this statement's snapshot (which a
+    // read-back in the same statement cannot see). It changes no column, so the publishing
+    // trigger sends nothing for it.
     let rows = sqlx::query(
-        "WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
-                                  $6::int[], $7::timestamptz[], $8::text[], $9::text[])
-                 WITH ORDINALITY AS t(id, function_name, args, queue, priority, max_attempts,
-                                      run_at, owner, idempotency_key, ord)
-         ), inserted AS (
-             INSERT INTO forge.jobs (id, function_name, args, queue, priority, max_attempts,
-                                     run_at, owner, idempotency_key)
-             SELECT id, function_name, args, queue, priority, max_attempts,
-                    COALESCE(run_at, now()), owner, idempotency_key
-             FROM input ORDER BY ord
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id
-         )
-         SELECT COALESCE(i.id, existing.id) AS id
-         FROM input
-         LEFT JOIN inserted i ON i.id = input.id
-         LEFT JOIN forge.jobs existing
-             ON i.id IS NULL AND existing.idempotency_key = input.idempotency_key
-         ORDER BY input.ord",
+        "INSERT INTO forge.jobs (id, function_name, args, queue, priority, max_attempts,
+                                 run_at, owner, idempotency_key)
+         SELECT id, function_name, args, queue, priority, max_attempts,
+                COALESCE(run_at, now()), owner, idempotency_key
+         FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::int[],
+                     $6::int[], $7::timestamptz[], $8::text[], $9::text[])
+             WITH ORDINALITY AS t(id, function_name, args, queue, priority, max_attempts,
+                                  run_at, owner, idempotency_key, ord)
+         ORDER BY ord
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL
+             DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key
+         RETURNING id, idempotency_key",
     )
     .bind(&ids)
     .bind(&names)
@@ -260,7 +267,24 @@ where
     .bind(&keys)
     .fetch_all(exec)
     .await?;
-    rows.iter().map(|r| r.try_get::<Uuid, _>("id")).collect()
+    let mut by_key: HashMap<String, Uuid> = HashMap::new();
+    for r in &rows {
+        if let Some(k) = r.try_get::<Option<String>, _>("idempotency_key")? {
+            by_key.insert(k, r.try_get("id")?);
+        }
+    }
+    jobs.iter()
+        .map(|j| match j.idempotency_key.as_deref() {
+            None => Ok(j.id),
+            Some(k) => by_key
+                .get(k)
+                .copied()
+                .ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "id".into(),
+                    source: format!("no job returned for idempotency key `{k}`").into(),
+                }),
+        })
+        .collect()
 }
 
 /// A job's stored row, if it exists.
@@ -566,14 +590,20 @@ async fn apply_updates_on(
         applied.starts = started.into_iter().collect();
     }
     if !batch.progress.is_empty() {
-        let ids: Vec<Uuid> = batch.progress.iter().map(|p| p.id).collect();
-        let attempts: Vec<i32> = batch.progress.iter().map(|p| p.attempt).collect();
-        let values: Vec<f64> = batch.progress.iter().map(|p| p.progress).collect();
-        let messages: Vec<Option<&str>> = batch
+        // Of several reports of one attempt in a batch only the last counts (an UPDATE joined
+        // to several rows for one job applies an arbitrary one of them).
+        let mut seen = HashSet::new();
+        let mut latest: Vec<&ProgressWrite> = batch
             .progress
             .iter()
-            .map(|p| p.message.as_deref())
+            .rev()
+            .filter(|p| seen.insert((p.id, p.attempt)))
             .collect();
+        latest.reverse();
+        let ids: Vec<Uuid> = latest.iter().map(|p| p.id).collect();
+        let attempts: Vec<i32> = latest.iter().map(|p| p.attempt).collect();
+        let values: Vec<f64> = latest.iter().map(|p| p.progress).collect();
+        let messages: Vec<Option<&str>> = latest.iter().map(|p| p.message.as_deref()).collect();
         sqlx::query(
             "UPDATE forge.jobs j SET progress = u.progress, message = u.message
              FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])
