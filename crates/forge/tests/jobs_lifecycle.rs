@@ -661,7 +661,6 @@ async fn the_registry_describes_each_job_from_its_signature_and_options() {
 }
 
 #[tokio::test]
-#[ignore = "bug: see runtime-bugs.md #1"]
 async fn one_idempotency_key_twice_in_one_bulk_enqueue_makes_one_job() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
@@ -677,7 +676,6 @@ async fn one_idempotency_key_twice_in_one_bulk_enqueue_makes_one_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: see runtime-bugs.md #2"]
 async fn concurrent_enqueues_with_one_idempotency_key_all_get_the_one_job() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
@@ -777,7 +775,6 @@ async fn parallel_progress(ctx: &JobContext, rounds: u32) -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "bug: see runtime-bugs.md #3"]
 async fn the_last_of_several_progress_reports_made_at_once_is_the_one_kept() {
     let (_db, forge, worker) = setup(worker_config()).await;
     let mut updates = Updates::subscribe(&forge).await;
@@ -793,7 +790,6 @@ async fn the_last_of_several_progress_reports_made_at_once_is_the_one_kept() {
 }
 
 #[tokio::test]
-#[ignore = "bug: see runtime-bugs.md #4"]
 async fn a_delay_too_long_to_represent_is_refused_not_a_panic() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
