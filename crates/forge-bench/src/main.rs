@@ -14,8 +14,13 @@
 //! * bulk enqueue: jobs/s of one `enqueue_many` call, no worker running;
 //! * end to end: no-op jobs/s from the first enqueue (bulk) to the last `completed` status seen
 //!   on `forge_job_updates`, with one worker node in the same process;
+//!   Under it: the SQL statements per job this process sent (from sqlx's tracing events), and
+//!   the row writes and commits per job PostgreSQL counted in the bench database;
 //! * enqueue→start latency on an idle node, one job every 20 ms: from just before the enqueue
 //!   call to the first line of the handler.
+//!
+//! `RUST_LOG=forge_runtime=debug,forge_bench=trace` logs each claim and write batch of the
+//! worker and the steps of each latency probe, to stderr (statements are then not counted).
 
 mod workflows;
 
