@@ -723,8 +723,8 @@ async fn a_node_runs_at_most_its_concurrency_at_once() {
 #[forge::job(max_attempts = 3)]
 async fn outlasts_its_lease(ctx: &JobContext) -> Result<u32> {
     effect(ctx.db(), ctx.job_id(), &format!("start {}", ctx.attempt())).await?;
-    // Two and a half leases.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // More than two leases.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     Ok(ctx.attempt())
 }
 
@@ -733,7 +733,7 @@ async fn a_job_running_longer_than_its_lease_keeps_it_while_its_node_lives() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
     let config = WorkerConfig {
-        lease: Duration::from_secs(1),
+        lease: Duration::from_millis(1_500),
         heartbeat_interval: Duration::from_millis(100),
         reap_interval: Duration::from_millis(50),
         ..worker_config()

@@ -20,12 +20,14 @@ use uuid::Uuid;
 /// Longest any single wait may take: generous, because the machine is small and busy.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-/// Short leases, polls and graces, so that every test runs in about a second.
+/// Short polls and graces, so that every test runs in about a second. The lease is long enough
+/// that a busy machine does not let it run out under a live node (a test that wants it to run
+/// out sets its own).
 pub(crate) fn worker_config() -> WorkerConfig {
     WorkerConfig {
         concurrency: 4,
         poll_interval: Duration::from_millis(50),
-        lease: Duration::from_secs(2),
+        lease: Duration::from_secs(5),
         heartbeat_interval: Duration::from_millis(300),
         reap_interval: Duration::from_millis(200),
         cancel_grace: Duration::from_secs(10),
