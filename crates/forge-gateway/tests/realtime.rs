@@ -543,7 +543,6 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
         .execute(admin)
         .await
         .unwrap();
-    let _traffic = realtime_support::Traffic::start(admin);
     let (states, _) = until_terminal(&mut c, "s").await;
     let last = states.last().unwrap();
     assert_eq!(last["status"], "completed");

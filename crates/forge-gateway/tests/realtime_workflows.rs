@@ -530,7 +530,6 @@ async fn a_lost_listen_connection_is_recovered_by_reading_the_workflow_again() {
         .execute(admin)
         .await
         .unwrap();
-    let _traffic = realtime_support::Traffic::start(admin);
     let (states, _) = states_until(&mut c, "l", is_terminal).await;
     let last = states.last().unwrap();
     assert_eq!(last["workflowId"], json!(id));

@@ -101,46 +101,42 @@ impl Notifier {
 }
 
 async fn run(mut listener: PgListener, tx: broadcast::Sender<Event>) {
-    let mut lost = false;
     loop {
-        // `try_recv` reports a lost connection as `Ok(None)` and reconnects (re-issuing the
-        // LISTENs) on the next call.
         match listener.try_recv().await {
             Ok(Some(n)) => {
-                if lost {
-                    lost = false;
-                    let _ = tx.send(Event::Reconnected);
-                }
                 if let Some(event) = parse(n.channel(), n.payload()) {
                     // An error only means nobody is subscribed right now.
                     let _ = tx.send(event);
                 }
             }
+            // `try_recv` reports a closed connection as `Ok(None)`, a failed read as an error.
             Ok(None) => {
                 tracing::warn!("LISTEN connection lost; reconnecting");
-                lost = true;
-                // The reconnect happens inside the next `try_recv`; announce it once the
-                // connection is back, so receivers re-read from a live database.
-                match reconnect_probe(&mut listener).await {
-                    Ok(()) => {
-                        lost = false;
-                        let _ = tx.send(Event::Reconnected);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "LISTEN reconnect failed"),
-                }
+                reconnect(&mut listener, &tx).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection error; retrying");
-                lost = true;
+                tracing::warn!(error = %e, "LISTEN connection error; reconnecting");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                reconnect(&mut listener, &tx).await;
             }
         }
     }
 }
 
-/// Re-establishes the LISTEN connection: any command on a `PgListener` whose connection is
-/// gone reconnects and re-issues every LISTEN first. UNLISTEN of a channel nobody listens on
-/// is that command without side effects.
+/// Re-establishes the LISTEN connection here rather than inside the next `try_recv`, which
+/// would block waiting for a notification once it is back: `Reconnected` must go out as soon as
+/// the database answers again, on a quiet system too, so that receivers re-read at once.
+async fn reconnect(listener: &mut PgListener, tx: &broadcast::Sender<Event>) {
+    while let Err(e) = reconnect_probe(listener).await {
+        tracing::warn!(error = %e, "LISTEN reconnect failed; still trying");
+    }
+    tracing::info!("LISTEN connection re-established");
+    let _ = tx.send(Event::Reconnected);
+}
+
+/// Any command on a `PgListener` whose connection is gone reconnects and re-issues every
+/// LISTEN first; UNLISTEN of a channel nobody listens on is that command without side effects.
+/// Gives up (for the caller to log and call again) after about six seconds of attempts.
 async fn reconnect_probe(listener: &mut PgListener) -> Result<(), sqlx::Error> {
     let mut delay = Duration::from_millis(50);
     loop {

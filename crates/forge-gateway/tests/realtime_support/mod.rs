@@ -130,32 +130,6 @@ pub(crate) async fn cut_off(admin: &sqlx::PgPool, role: &str) {
     assert_eq!((listening, killed), (1, true));
 }
 
-/// Sends a notification the node listens to every 100 ms until dropped. The notifier
-/// announces a LISTEN connection it re-established inside its receive call only with the next
-/// notification it gets; on a live system some other traffic soon brings one, and this stands
-/// for it in a quiet test database.
-pub(crate) struct Traffic(tokio::task::JoinHandle<()>);
-
-impl Traffic {
-    pub(crate) fn start(admin: &sqlx::PgPool) -> Traffic {
-        let admin = admin.clone();
-        Traffic(tokio::spawn(async move {
-            loop {
-                let _ = sqlx::query("SELECT pg_notify('forge_jobs_available', '')")
-                    .execute(&admin)
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }))
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A superuser login role for one test, dropped afterwards (roles belong to the cluster, not
 /// to the test's database).
 pub(crate) struct TestRole(pub(crate) String);
