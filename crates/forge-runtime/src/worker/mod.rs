@@ -233,6 +233,12 @@ impl Worker {
         let fetch = self.tasks.remove(0);
         let _ = fetch.await;
         release_buffered(&self.shared).await;
+        // Operators (and the signal tests) read this line as "nothing new starts here now".
+        tracing::info!(
+            running = self.running_jobs(),
+            grace = ?self.shared.config.shutdown_grace,
+            "worker stopped claiming; waiting for running jobs"
+        );
         let deadline = tokio::time::Instant::now() + self.shared.config.shutdown_grace;
         if !wait_idle(&self.shared, deadline).await {
             tracing::warn!(
