@@ -43,6 +43,8 @@ impl Kind {
 pub(crate) struct Function {
     pub(crate) kind: Kind,
     pub(crate) name: &'static str,
+    /// Its doc comment, put above its TypeScript functions.
+    pub(crate) doc: &'static str,
     pub(crate) args: &'static [ArgDef],
     pub(crate) output_type: &'static str,
     pub(crate) args_schema: Value,
@@ -60,6 +62,7 @@ type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 struct Raw {
     kind: Kind,
     name: &'static str,
+    doc: &'static str,
     args: &'static [ArgDef],
     output_type: &'static str,
     args_schema: SchemaFn,
@@ -74,6 +77,7 @@ fn registered() -> Vec<Raw> {
             all.extend($iter.map(|d| Raw {
                 kind: $kind,
                 name: d.name,
+                doc: d.doc,
                 args: d.args,
                 output_type: d.output_type,
                 args_schema: d.args_schema,
@@ -207,6 +211,7 @@ pub(crate) fn collect() -> Result<Api, CodegenError> {
         functions.push(Function {
             kind: f.kind,
             name: f.name,
+            doc: f.doc,
             args: f.args,
             output_type: f.output_type,
             args_schema,

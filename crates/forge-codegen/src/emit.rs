@@ -306,8 +306,13 @@ fn function(f: &Function) -> String {
     for note in ts::notes(&f.output_schema) {
         notes.push(format!("Output: {note}"));
     }
+    // The function's own doc comment first, then what the generated function does.
     let with_notes = |first: String| {
-        let mut lines = vec![first];
+        let mut lines = if f.doc.is_empty() {
+            vec![first]
+        } else {
+            vec![f.doc.to_string(), String::new(), first]
+        };
         if !notes.is_empty() {
             lines.push(String::new());
             lines.extend(notes.iter().cloned());
@@ -394,6 +399,7 @@ mod tests {
             .map(|&(kind, name)| Function {
                 kind,
                 name,
+                doc: "",
                 args: &[],
                 output_type: "()",
                 args_schema: serde_json::json!({"type": "object"}),

@@ -43,6 +43,15 @@ impl Function {
         }
     }
 
+    pub(crate) fn doc(self) -> &'static str {
+        match self {
+            Function::Query(d) => d.doc,
+            Function::Mutation(d) => d.doc,
+            Function::Job(d) => d.doc,
+            Function::Workflow(d) => d.doc,
+        }
+    }
+
     pub(crate) fn kind(self) -> &'static str {
         match self {
             Function::Query(_) => "query",

@@ -193,7 +193,7 @@ fn operation(gen: &mut SchemaGenerator, f: Function) -> Value {
             );
         }
     }
-    json!({ "post": {
+    let mut op = json!({
         "operationId": f.name(),
         "summary": format!("{summary}. Callable by {access_text}."),
         "tags": [f.kind()],
@@ -203,7 +203,11 @@ fn operation(gen: &mut SchemaGenerator, f: Function) -> Value {
             "content": { "application/json": { "schema": args } },
         },
         "responses": responses,
-    } })
+    });
+    if !f.doc().is_empty() {
+        op["description"] = f.doc().into();
+    }
+    json!({ "post": op })
 }
 
 /// OpenAPI 3.0 has no `null` type: `()` (a function that returns nothing) is described as

@@ -14,6 +14,7 @@ const SECRET: &[u8] = b"rpc-test-secret-rpc-test-secret-0";
 
 // ---- The functions under test -------------------------------------------------------------
 
+/// `text`, `times` times.
 #[forge::query(public)]
 async fn rpc_echo(_ctx: &QueryContext, text: String, times: u32) -> Result<String> {
     Ok(text.repeat(times as usize))
@@ -875,6 +876,8 @@ async fn health_readiness_and_the_openapi_document() {
     assert_eq!(args["properties"]["times"]["type"], "integer");
     assert_eq!(args["additionalProperties"], false);
     assert_eq!(echo["security"], json!([]));
+    // The function's doc comment describes its operation.
+    assert_eq!(echo["description"], "`text`, `times` times.");
     assert_eq!(
         echo["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["data"]
             ["type"],

@@ -64,6 +64,7 @@ pub(crate) fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::R
     let arg_idents: Vec<_> = sig.args.iter().map(|a| &a.ident).collect();
     let output = &sig.output;
     let output_str = type_string(output);
+    let fn_doc = signature::doc_string(&func.attrs);
     let wire_checks = signature::wire_assertions(&sig);
     let args_struct = signature::args_struct_ident();
     let args_struct_def = signature::args_struct(&sig);
@@ -125,6 +126,7 @@ pub(crate) fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> syn::R
                 #def {
                     name: #name_str,
                     args: #arg_defs,
+                    doc: #fn_doc,
                     output_type: #output_str,
                     options: __f::FunctionOptions {
                         timeout: #timeout,

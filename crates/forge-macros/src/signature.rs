@@ -4,7 +4,10 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{
+    Attribute, Expr, ExprLit, FnArg, GenericArgument, Ident, ItemFn, Lit, Meta, MetaNameValue, Pat,
+    PathArguments, ReturnType, Type,
+};
 
 pub(crate) struct Arg {
     pub(crate) ident: Ident,
@@ -139,6 +142,32 @@ pub(crate) fn wire_assertions(sig: &Signature) -> TokenStream {
         |ty| quote_spanned!(ty.span()=> const _: () = ::forge::__private::assert_wire::<#ty>();),
     );
     quote!(#(#checks)*)
+}
+
+/// The item's doc comment as text: its `///` lines (`#[doc = "..."]` attributes) joined, with
+/// the one space after `///` dropped, for the registry.
+pub(crate) fn doc_string(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            Meta::NameValue(MetaNameValue {
+                value:
+                    Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    }),
+                ..
+            }) => Some(s.value()),
+            _ => None,
+        })
+        .map(|line| {
+            line.strip_prefix(' ')
+                .unwrap_or(&line)
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    lines.join("\n").trim().to_string()
 }
 
 /// `Type` as written, for the registry.

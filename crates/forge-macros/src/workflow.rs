@@ -51,6 +51,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let arg_types: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
     let output = &sig.output;
     let output_str = type_string(output);
+    let fn_doc = signature::doc_string(&func.attrs);
     let wire_checks = signature::wire_assertions(&sig);
 
     let steps = &opts.steps;
@@ -104,6 +105,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 __f::WorkflowDef {
                     name: #name_str,
                     args: #arg_defs,
+                    doc: #fn_doc,
                     output_type: #output_str,
                     options: __f::WorkflowOptions {
                         steps: &[ #( #steps ),* ],

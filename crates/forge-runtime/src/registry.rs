@@ -89,6 +89,9 @@ pub struct JobDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
     /// The output type, as written in the source.
+    /// The function's doc comment (its `///` lines), carried into the generated client and the
+    /// OpenAPI document; empty without one.
+    pub doc: &'static str,
     pub output_type: &'static str,
     pub options: JobOptions,
     /// Checks JSON arguments and returns them in stored form.
@@ -161,6 +164,9 @@ pub struct QueryDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
     /// The output type, as written in the source.
+    /// The function's doc comment (its `///` lines), carried into the generated client and the
+    /// OpenAPI document; empty without one.
+    pub doc: &'static str,
     pub output_type: &'static str,
     pub options: FunctionOptions,
     /// Checks JSON arguments without running anything.
@@ -176,6 +182,9 @@ pub struct MutationDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
     /// The output type, as written in the source.
+    /// The function's doc comment (its `///` lines), carried into the generated client and the
+    /// OpenAPI document; empty without one.
+    pub doc: &'static str,
     pub output_type: &'static str,
     pub options: FunctionOptions,
     /// Checks JSON arguments without running anything.

@@ -209,7 +209,13 @@ export interface Tree {
 export type Untagged = number | string | Meta;
 
 // job export_users(format: String) -> ExportResult
-/** Starts the `export_users` job and returns a store that follows it. */
+/**
+ * Exports every user to a file in `format`.
+ *
+ * The file is kept a day; a comment's end (`*\/`) must not end the TypeScript one.
+ *
+ * Starts the `export_users` job and returns a store that follows it.
+ */
 export const trackExportUsers = (args: { format: string }) =>
   createJobStore<{ format: string }, ExportResult>("export_users", args);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
@@ -259,10 +265,18 @@ export const liveCountJobs = () =>
   createQueryStore<Record<string, never>, number>("count_jobs", {});
 
 // query recent_jobs(limit: i32) -> Vec<JobRow>
-/** Runs the `recent_jobs` query once. */
+/**
+ * The caller's latest jobs, newest first.
+ *
+ * Runs the `recent_jobs` query once.
+ */
 export const recentJobs = (args: { limit: number }) =>
   callFunction<{ limit: number }, JobRow[]>("recent_jobs", args);
-/** The `recent_jobs` query as a live store: its data follows the changes on the server. */
+/**
+ * The caller's latest jobs, newest first.
+ *
+ * The `recent_jobs` query as a live store: its data follows the changes on the server.
+ */
 export const liveRecentJobs = (args: { limit: number }) =>
   createQueryStore<{ limit: number }, JobRow[]>("recent_jobs", args);
 

@@ -37,6 +37,9 @@ pub type WorkflowRunFn = fn(WorkflowContext, Value) -> BoxFuture<'static, Result
 pub struct WorkflowDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
+    /// The function's doc comment (its `///` lines), carried into the generated client and the
+    /// OpenAPI document; empty without one.
+    pub doc: &'static str,
     /// The output type, as written in the source.
     pub output_type: &'static str,
     pub options: WorkflowOptions,

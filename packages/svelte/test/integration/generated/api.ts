@@ -36,6 +36,8 @@ export interface StepsDone {
 
 // job count_steps(steps: u32, delay_ms: u64, label: String) -> StepsDone
 /**
+ * Reports progress `steps` times, `delay_ms` apart, then answers how many it made.
+ *
  * Starts the `count_steps` job and returns a store that follows it.
  *
  * `delayMs`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
@@ -47,21 +49,34 @@ export const trackCountSteps = (args: { steps: number; delayMs: number; label: s
 export const resumeCountSteps = (jobId: string) => trackJob<StepsDone>("count_steps", jobId);
 
 // job failing_job(reason: String) -> ()
-/** Starts the `failing_job` job and returns a store that follows it. */
+/**
+ * Fails at once with `reason`, with no retry.
+ *
+ * Starts the `failing_job` job and returns a store that follows it.
+ */
 export const trackFailingJob = (args: { reason: string }) =>
   createJobStore<{ reason: string }, void>("failing_job", args);
 /** Follows the `failing_job` job with this id, started earlier (before a page reload, say). */
 export const resumeFailingJob = (jobId: string) => trackJob<void>("failing_job", jobId);
 
 // job gated_job(gate: String) -> String
-/** Starts the `gated_job` job and returns a store that follows it. */
+/**
+ * Reports progress while it waits for the gate `gate` to be opened (`open_gate`), then ends;
+ * so that a test decides when it finishes. Stops at a cancel.
+ *
+ * Starts the `gated_job` job and returns a store that follows it.
+ */
 export const trackGatedJob = (args: { gate: string }) =>
   createJobStore<{ gate: string }, string>("gated_job", args);
 /** Follows the `gated_job` job with this id, started earlier (before a page reload, say). */
 export const resumeGatedJob = (jobId: string) => trackJob<string>("gated_job", jobId);
 
 // workflow approval(title: String) -> Approved
-/** Starts the `approval` workflow and returns a store that follows it. */
+/**
+ * Prepares, waits for the `approved` event (`approve`), then finishes.
+ *
+ * Starts the `approval` workflow and returns a store that follows it.
+ */
 export const trackApproval = (args: { title: string }) =>
   createWorkflowStore<{ title: string }, Approved>("approval", args);
 /** Follows the `approval` workflow with this id, started earlier (before a page reload, say). */
@@ -70,6 +85,8 @@ export const resumeApproval = (workflowId: string) =>
 
 // query big_number() -> i64
 /**
+ * 2^60: more than a JavaScript number holds exactly (the client must refuse it loudly).
+ *
  * Runs the `big_number` query once.
  *
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
@@ -77,6 +94,8 @@ export const resumeApproval = (workflowId: string) =>
  */
 export const bigNumber = () => callFunction<Record<string, never>, number>("big_number", {});
 /**
+ * 2^60: more than a JavaScript number holds exactly (the client must refuse it loudly).
+ *
  * The `big_number` query as a live store: its data follows the changes on the server.
  *
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
@@ -86,24 +105,44 @@ export const liveBigNumber = () =>
   createQueryStore<Record<string, never>, number>("big_number", {});
 
 // query list_notes(topic: String) -> Vec<Note>
-/** Runs the `list_notes` query once. */
+/**
+ * The notes of `topic`, oldest first.
+ *
+ * Runs the `list_notes` query once.
+ */
 export const listNotes = (args: { topic: string }) =>
   callFunction<{ topic: string }, Note[]>("list_notes", args);
-/** The `list_notes` query as a live store: its data follows the changes on the server. */
+/**
+ * The notes of `topic`, oldest first.
+ *
+ * The `list_notes` query as a live store: its data follows the changes on the server.
+ */
 export const liveListNotes = (args: { topic: string }) =>
   createQueryStore<{ topic: string }, Note[]>("list_notes", args);
 
 // mutation add_note(topic: String, text: String) -> Note
-/** Runs the `add_note` mutation. */
+/**
+ * Adds a note to `topic`.
+ *
+ * Runs the `add_note` mutation.
+ */
 export const addNote = (args: { topic: string; text: string }) =>
   callFunction<{ topic: string; text: string }, Note>("add_note", args);
 
 // mutation approve(workflow_id: Uuid) -> ()
-/** Runs the `approve` mutation. */
+/**
+ * Sends `approved` to the workflow `workflow_id`.
+ *
+ * Runs the `approve` mutation.
+ */
 export const approve = (args: { workflowId: string }) =>
   callFunction<{ workflowId: string }, void>("approve", args);
 
 // mutation open_gate(name: String) -> ()
-/** Runs the `open_gate` mutation. */
+/**
+ * Opens the gate `name`.
+ *
+ * Runs the `open_gate` mutation.
+ */
 export const openGate = (args: { name: string }) =>
   callFunction<{ name: string }, void>("open_gate", args);

@@ -91,21 +91,33 @@ export interface Session {
 }
 
 // job export_users(format: ExportFormat) -> ExportResult
-/** Starts the `export_users` job and returns a store that follows it. */
+/**
+ * Exports every user to a file, `CHUNK` rows at a time.
+ *
+ * Starts the `export_users` job and returns a store that follows it.
+ */
 export const trackExportUsers = (args: { format: ExportFormat }) =>
   createJobStore<{ format: ExportFormat }, ExportResult>("export_users", args);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
 export const resumeExportUsers = (jobId: string) => trackJob<ExportResult>("export_users", jobId);
 
 // job send_report(report_id: u32, always_fail: bool) -> ReportSent
-/** Starts the `send_report` job and returns a store that follows it. */
+/**
+ * Sends report `report_id` by email. Three attempts, a second apart (then two).
+ *
+ * Starts the `send_report` job and returns a store that follows it.
+ */
 export const trackSendReport = (args: { reportId: number; alwaysFail: boolean }) =>
   createJobStore<{ reportId: number; alwaysFail: boolean }, ReportSent>("send_report", args);
 /** Follows the `send_report` job with this id, started earlier (before a page reload, say). */
 export const resumeSendReport = (jobId: string) => trackJob<ReportSent>("send_report", jobId);
 
 // workflow account_verification(user_id: Uuid, fail_at: Option<FailAt>) -> ()
-/** Starts the `account_verification` workflow and returns a store that follows it. */
+/**
+ * Verifies the caller's account `user_id`.
+ *
+ * Starts the `account_verification` workflow and returns a store that follows it.
+ */
 export const trackAccountVerification = (args: { userId: string; failAt?: FailAt | null }) =>
   createWorkflowStore<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args);
 /**
@@ -116,45 +128,94 @@ export const resumeAccountVerification = (workflowId: string) =>
   trackWorkflow<void>("account_verification", workflowId);
 
 // query demo_accounts() -> Vec<Account>
-/** Runs the `demo_accounts` query once. */
+/**
+ * The accounts one can sign in as.
+ *
+ * Runs the `demo_accounts` query once.
+ */
 export const demoAccounts = () =>
   callFunction<Record<string, never>, Account[]>("demo_accounts", {});
-/** The `demo_accounts` query as a live store: its data follows the changes on the server. */
+/**
+ * The accounts one can sign in as.
+ *
+ * The `demo_accounts` query as a live store: its data follows the changes on the server.
+ */
 export const liveDemoAccounts = () =>
   createQueryStore<Record<string, never>, Account[]>("demo_accounts", {});
 
 // query my_account() -> Account
-/** Runs the `my_account` query once. */
+/**
+ * The signed-in caller's account (its status changes as verification goes on).
+ *
+ * Runs the `my_account` query once.
+ */
 export const myAccount = () => callFunction<Record<string, never>, Account>("my_account", {});
-/** The `my_account` query as a live store: its data follows the changes on the server. */
+/**
+ * The signed-in caller's account (its status changes as verification goes on).
+ *
+ * The `my_account` query as a live store: its data follows the changes on the server.
+ */
 export const liveMyAccount = () =>
   createQueryStore<Record<string, never>, Account>("my_account", {});
 
 // query my_inbox() -> Vec<Email>
-/** Runs the `my_inbox` query once. */
+/**
+ * The caller's latest verification emails, newest first.
+ *
+ * Runs the `my_inbox` query once.
+ */
 export const myInbox = () => callFunction<Record<string, never>, Email[]>("my_inbox", {});
-/** The `my_inbox` query as a live store: its data follows the changes on the server. */
+/**
+ * The caller's latest verification emails, newest first.
+ *
+ * The `my_inbox` query as a live store: its data follows the changes on the server.
+ */
 export const liveMyInbox = () => createQueryStore<Record<string, never>, Email[]>("my_inbox", {});
 
 // query recent_jobs(limit: u32) -> Vec<JobSummary>
-/** Runs the `recent_jobs` query once. */
+/**
+ * The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
+ * their own, which are left out: the page shows the workflows themselves.
+ *
+ * Runs the `recent_jobs` query once.
+ */
 export const recentJobs = (args: { limit: number }) =>
   callFunction<{ limit: number }, JobSummary[]>("recent_jobs", args);
-/** The `recent_jobs` query as a live store: its data follows the changes on the server. */
+/**
+ * The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
+ * their own, which are left out: the page shows the workflows themselves.
+ *
+ * The `recent_jobs` query as a live store: its data follows the changes on the server.
+ */
 export const liveRecentJobs = (args: { limit: number }) =>
   createQueryStore<{ limit: number }, JobSummary[]>("recent_jobs", args);
 
 // mutation confirm_email(workflow_id: Uuid) -> ()
-/** Runs the `confirm_email` mutation. */
+/**
+ * What clicking the link in the verification email does: sends `email_confirmed` to the
+ * workflow that sent it. Only the owner of the email can confirm it.
+ *
+ * Runs the `confirm_email` mutation.
+ */
 export const confirmEmail = (args: { workflowId: string }) =>
   callFunction<{ workflowId: string }, void>("confirm_email", args);
 
 // mutation export_download_link(job_id: Uuid) -> String
-/** Runs the `export_download_link` mutation. */
+/**
+ * A link to the caller's finished export `job_id`, for a plain `<a href>` or a navigation
+ * (which cannot send an `Authorization` header): its `?token=` opens that one file, for five
+ * minutes. Anyone but the owner of a completed export gets 404, as for an unknown id.
+ *
+ * Runs the `export_download_link` mutation.
+ */
 export const exportDownloadLink = (args: { jobId: string }) =>
   callFunction<{ jobId: string }, string>("export_download_link", args);
 
 // mutation sign_in(username: String) -> Session
-/** Runs the `sign_in` mutation. */
+/**
+ * Signs in as `username` (one of [`demo_accounts`]).
+ *
+ * Runs the `sign_in` mutation.
+ */
 export const signIn = (args: { username: string }) =>
   callFunction<{ username: string }, Session>("sign_in", args);
