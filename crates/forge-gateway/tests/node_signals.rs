@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use forge::prelude::*;
 use forge::store::JobRow;
-use forge_test_support::{wait_for, TestDb};
+use forge_test_support::{gates, wait_for, TestDb};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use uuid::Uuid;
@@ -19,25 +19,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// child, so running the ignored tests by hand does nothing).
 const CHILD_GRACE_MS: &str = "FORGE_SIGNAL_TEST_GRACE_MS";
 
-async fn wait_gate(db: &sqlx::PgPool, gate: &str) -> Result<()> {
-    loop {
-        let open: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sig_gates WHERE name = $1)")
-                .bind(gate)
-                .fetch_one(db)
-                .await?;
-        if open {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Reports 1%, then waits until its gate opens.
 #[forge::job(max_attempts = 3)]
 async fn sig_gated(ctx: &JobContext, gate: String) -> Result<String> {
     ctx.progress(1, "at the gate").await?;
-    wait_gate(ctx.db(), &gate).await?;
+    gates::wait(ctx.db(), &gate).await?;
     Ok(format!("attempt {}", ctx.attempt()))
 }
 
@@ -121,19 +107,8 @@ impl Node {
 async fn setup() -> (TestDb, Forge) {
     let db = TestDb::new().await;
     let forge = Forge::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE sig_gates (name text PRIMARY KEY)")
-        .execute(forge.pool())
-        .await
-        .unwrap();
+    gates::create(forge.pool()).await;
     (db, forge)
-}
-
-async fn open_gate(forge: &Forge, gate: &str) {
-    sqlx::query("INSERT INTO sig_gates VALUES ($1)")
-        .bind(gate)
-        .execute(forge.pool())
-        .await
-        .unwrap();
 }
 
 async fn wait_row(forge: &Forge, id: Uuid, what: &str, done: impl Fn(&JobRow) -> bool) -> JobRow {
@@ -160,7 +135,7 @@ async fn sigterm_stops_claiming_and_lets_the_running_job_finish() {
     let later = forge.enqueue(sig_quick::request()).await.unwrap();
     assert!(node.child.try_wait().unwrap().is_none());
 
-    open_gate(&forge, "a").await;
+    gates::open(forge.pool(), &["a"]).await;
     assert!(node.exit().await.success());
     let done = forge.job(running).await.unwrap().unwrap();
     assert_eq!(done.status, JobStatus::Completed);
@@ -190,7 +165,7 @@ async fn a_job_outliving_the_shutdown_grace_is_interrupted_and_run_again_elsewhe
     assert_eq!((r.status, r.attempts), (JobStatus::Retry, 1));
 
     let worker = forge.start_worker(WorkerConfig::default()).await.unwrap();
-    open_gate(&forge, "b").await;
+    gates::open(forge.pool(), &["b"]).await;
     let r = wait_row(&forge, id, "another node to complete it", |r| {
         r.status == JobStatus::Completed
     })

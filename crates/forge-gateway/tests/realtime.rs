@@ -9,7 +9,7 @@ use forge::prelude::*;
 use forge::store::Store;
 use forge_gateway::realtime::{Follow, Realtime, RealtimeConfig};
 use forge_test_support::sse::{SseItem, SseParser};
-use forge_test_support::{wait_for, TestDb};
+use forge_test_support::{gates, wait_for, TestDb};
 use futures::StreamExt;
 use realtime_support::{auth, token, token_for, Client, TestRole};
 use serde_json::{json, Value};
@@ -26,22 +26,12 @@ async fn rt_steps(ctx: &JobContext, steps: u32) -> Result<String> {
     Ok(format!("did {steps} steps"))
 }
 
-/// Reports 1%, then waits until a row named `gate` appears in `rt_gates`, then reports
+/// Reports 1%, then waits at its gate, then reports
 /// `steps` more updates with long messages and returns.
 #[forge::job(max_attempts = 1)]
 async fn rt_gated(ctx: &JobContext, gate: String, steps: u32) -> Result<String> {
     ctx.progress(1, "waiting at the gate").await?;
-    loop {
-        let open: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rt_gates WHERE name = $1)")
-                .bind(&gate)
-                .fetch_one(ctx.db())
-                .await?;
-        if open {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gates::wait(ctx.db(), &gate).await?;
     let filler = "x".repeat(400);
     for i in 1..=steps {
         ctx.progress(
@@ -64,10 +54,7 @@ struct Node {
 async fn node(config: RealtimeConfig) -> Node {
     let db = TestDb::new().await;
     let forge = Forge::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE rt_gates (name text PRIMARY KEY)")
-        .execute(forge.pool())
-        .await
-        .unwrap();
+    gates::create(forge.pool()).await;
     serve(db, forge, config).await
 }
 
@@ -102,11 +89,7 @@ impl Node {
     }
 
     async fn open_gate(&self, gate: &str) {
-        sqlx::query("INSERT INTO rt_gates VALUES ($1)")
-            .bind(gate)
-            .execute(self.forge.pool())
-            .await
-            .unwrap();
+        gates::open(self.forge.pool(), &[gate]).await;
     }
 }
 
@@ -492,10 +475,7 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
     // its LISTEN connection can be kept from coming back while the job finishes.
     let db = TestDb::new().await;
     let worker_node = Forge::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE rt_gates (name text PRIMARY KEY)")
-        .execute(worker_node.pool())
-        .await
-        .unwrap();
+    gates::create(worker_node.pool()).await;
     let test_role = TestRole::new(worker_node.pool()).await;
     let role = test_role.0.clone();
     let options: PgConnectOptions = db.url.parse().unwrap();
@@ -530,10 +510,7 @@ async fn a_lost_listen_connection_is_recovered_without_losing_the_terminal_state
         .unwrap();
     realtime_support::cut_off(admin, &role).await;
     // The job finishes while the gateway node cannot hear about it.
-    sqlx::query("INSERT INTO rt_gates VALUES ('gap')")
-        .execute(admin)
-        .await
-        .unwrap();
+    gates::open(admin, &["gap"]).await;
     wait_for("the job to complete", WAIT, || async {
         let row = worker_node.job(job).await.unwrap().unwrap();
         (row.status == JobStatus::Completed).then_some(())

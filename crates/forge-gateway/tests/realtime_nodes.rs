@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use forge::prelude::*;
 use forge_gateway::{Gateway, GatewayConfig};
-use forge_test_support::TestDb;
+use forge_test_support::{gates, TestDb};
 use realtime_support::Client;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -19,21 +19,6 @@ use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TEST: &str = "three_nodes";
-
-/// Waits until a row named `gate` appears in `rt_gates`.
-async fn wait_gate(db: &sqlx::PgPool, gate: &str) -> Result<()> {
-    loop {
-        let open: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rt_gates WHERE name = $1)")
-                .bind(gate)
-                .fetch_one(db)
-                .await?;
-        if open {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 fn node_name() -> String {
     std::env::var("FORGE_NODE_NAME").unwrap_or_default()
@@ -43,7 +28,7 @@ fn node_name() -> String {
 #[forge::job(max_attempts = 1)]
 async fn rt_node_job(ctx: &JobContext, gate: String) -> Result<String> {
     ctx.progress(1, "waiting at the gate").await?;
-    wait_gate(ctx.db(), &gate).await?;
+    gates::wait(ctx.db(), &gate).await?;
     for p in [25, 50, 75, 100] {
         ctx.progress(p, format!("at {p}")).await?;
     }
@@ -53,7 +38,8 @@ async fn rt_node_job(ctx: &JobContext, gate: String) -> Result<String> {
 /// Step `one` waits at `gate`; step `two` tells where it ran.
 #[forge::workflow(steps = ["one", "two"])]
 async fn rt_node_flow(ctx: &WorkflowContext, gate: String) -> Result<String> {
-    ctx.step("one", || wait_gate(ctx.db(), &gate)).await?;
+    ctx.step("one", || async { Ok(gates::wait(ctx.db(), &gate).await?) })
+        .await?;
     ctx.step("two", || async { Ok(format!("ran on {}", node_name())) })
         .await
 }
@@ -200,21 +186,10 @@ async fn states_until(client: &mut Client, sub: &str, done: impl Fn(&Value) -> b
     }
 }
 
-async fn open_gate(db: &sqlx::PgPool, gate: &str) {
-    sqlx::query("INSERT INTO rt_gates VALUES ($1)")
-        .bind(gate)
-        .execute(db)
-        .await
-        .unwrap();
-}
-
 async fn three_nodes() {
     let db = TestDb::new().await;
     let forge = Forge::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE rt_gates (name text PRIMARY KEY)")
-        .execute(forge.pool())
-        .await
-        .unwrap();
+    gates::create(forge.pool()).await;
     let a = spawn_node("gateway", "A", &db.url).await;
     let b = spawn_node("worker", "B", &db.url).await;
     let c = spawn_node("gateway", "C", &db.url).await;
@@ -231,7 +206,7 @@ async fn three_nodes() {
     if answer["data"]["progress"] != 1.0 {
         states_until(&mut client, "job", |s| s["progress"] == 1.0).await;
     }
-    open_gate(forge.pool(), "g").await;
+    gates::open(forge.pool(), &["g"]).await;
     let seen: Vec<String> = states_until(&mut client, "job", |s| s["status"] == "completed")
         .await
         .iter()
@@ -267,7 +242,7 @@ async fn three_nodes() {
     if !step_one_runs(&answer["data"]) {
         states_until(&mut client, "flow", step_one_runs).await;
     }
-    open_gate(forge.pool(), "w").await;
+    gates::open(forge.pool(), &["w"]).await;
     let states = states_until(&mut client, "flow", |s| s["status"] == "completed").await;
     let last = states.last().unwrap();
     assert_eq!(last["output"], "ran on B");

@@ -9,7 +9,7 @@ mod realtime_support;
 use forge::prelude::*;
 use forge::store::Store;
 use forge_gateway::{Gateway, GatewayConfig};
-use forge_test_support::{wait_for, TestDb};
+use forge_test_support::{gates, wait_for, TestDb};
 use realtime_support::{token, Client, TestRole};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -17,27 +17,15 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn wait_gate(db: &sqlx::PgPool, gate: &str) -> Result<()> {
-    loop {
-        let open: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rtw_gates WHERE name = $1)")
-                .bind(gate)
-                .fetch_one(db)
-                .await?;
-        if open {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Three declared steps; `a` and `b` wait at their gates (`<gate>-a`, `<gate>-b`).
 #[forge::workflow(steps = ["a", "b", "c"])]
 async fn rtw_steps(ctx: &WorkflowContext, gate: String) -> Result<u32> {
     let db = ctx.db();
     let (gate_a, gate_b) = (format!("{gate}-a"), format!("{gate}-b"));
-    ctx.step("a", || wait_gate(db, &gate_a)).await?;
-    ctx.step("b", || wait_gate(db, &gate_b)).await?;
+    ctx.step("a", || async { Ok(gates::wait(db, &gate_a).await?) })
+        .await?;
+    ctx.step("b", || async { Ok(gates::wait(db, &gate_b).await?) })
+        .await?;
     ctx.step("c", || async { Ok(3u32) }).await
 }
 
@@ -68,7 +56,7 @@ async fn rtw_saga(ctx: &WorkflowContext, gate: String) -> Result<()> {
     ctx.step("reserve", || async { Ok(1u32) })
         .compensate(move |_: u32| {
             let (db, gate) = (db.clone(), undo_gate.clone());
-            async move { wait_gate(&db, &gate).await }
+            async move { Ok(gates::wait(&db, &gate).await?) }
         })
         .await?;
     ctx.step("charge", || async {
@@ -87,7 +75,7 @@ async fn rtw_long(ctx: &WorkflowContext, gate: String) -> Result<usize> {
         let name = format!("{i:02}-{}", "x".repeat(200));
         ctx.step(name, || async {
             if i == 0 {
-                wait_gate(db, &gate).await?;
+                gates::wait(db, &gate).await?;
             }
             Ok(())
         })
@@ -132,10 +120,7 @@ async fn serve(db: TestDb, forge: Forge) -> Node {
 async fn database() -> (TestDb, Forge) {
     let db = TestDb::new().await;
     let forge = Forge::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE rtw_gates (name text PRIMARY KEY)")
-        .execute(forge.pool())
-        .await
-        .unwrap();
+    gates::create(forge.pool()).await;
     (db, forge)
 }
 
@@ -180,11 +165,7 @@ impl Node {
     }
 
     async fn open_gate(&self, gate: &str) {
-        sqlx::query("INSERT INTO rtw_gates VALUES ($1)")
-            .bind(gate)
-            .execute(self.forge.pool())
-            .await
-            .unwrap();
+        gates::open(self.forge.pool(), &[gate]).await;
     }
 }
 
@@ -513,10 +494,7 @@ async fn a_lost_listen_connection_is_recovered_by_reading_the_workflow_again() {
         .unwrap();
     realtime_support::cut_off(admin, &role).await;
     // The workflow finishes while the gateway node cannot hear about it.
-    sqlx::query("INSERT INTO rtw_gates VALUES ('gap-a'), ('gap-b')")
-        .execute(admin)
-        .await
-        .unwrap();
+    gates::open(admin, &["gap-a", "gap-b"]).await;
     let id = wait_for("the workflow to complete", WAIT, || async {
         let done: Option<Uuid> =
             sqlx::query_scalar("SELECT id FROM forge.workflows WHERE status = 'completed'")
