@@ -32,6 +32,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "workflow_state_updates",
         include_str!("../../migrations/0006_workflow_state_updates.sql"),
     ),
+    (
+        7,
+        "faster_job_publish",
+        include_str!("../../migrations/0007_faster_job_publish.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.
