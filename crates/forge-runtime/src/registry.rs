@@ -88,10 +88,10 @@ pub type JobRunFn = fn(JobContext, Value) -> BoxFuture<'static, Result<Value, Er
 pub struct JobDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
-    /// The output type, as written in the source.
     /// The function's doc comment (its `///` lines), carried into the generated client and the
     /// OpenAPI document; empty without one.
     pub doc: &'static str,
+    /// The output type, as written in the source.
     pub output_type: &'static str,
     pub options: JobOptions,
     /// Checks JSON arguments and returns them in stored form.
@@ -163,10 +163,10 @@ pub type MutationRunFn = for<'a> fn(
 pub struct QueryDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
-    /// The output type, as written in the source.
     /// The function's doc comment (its `///` lines), carried into the generated client and the
     /// OpenAPI document; empty without one.
     pub doc: &'static str,
+    /// The output type, as written in the source.
     pub output_type: &'static str,
     pub options: FunctionOptions,
     /// Checks JSON arguments without running anything.
@@ -181,10 +181,10 @@ pub struct QueryDef {
 pub struct MutationDef {
     pub name: &'static str,
     pub args: &'static [ArgDef],
-    /// The output type, as written in the source.
     /// The function's doc comment (its `///` lines), carried into the generated client and the
     /// OpenAPI document; empty without one.
     pub doc: &'static str,
+    /// The output type, as written in the source.
     pub output_type: &'static str,
     pub options: FunctionOptions,
     /// Checks JSON arguments without running anything.
