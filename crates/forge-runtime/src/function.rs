@@ -183,7 +183,7 @@ impl MutationContext {
     pub async fn enqueue<O>(&self, req: JobRequest<O>) -> Result<Uuid, EnqueueError> {
         let req = req.or_owner(self.user.as_ref().map(|u| u.id.as_str()));
         let mut conn = self.enqueue_conn().await?;
-        queue::enqueue(&mut *conn, req).await
+        queue::enqueue(&mut conn, req).await
     }
 
     /// Enqueues many jobs inside the mutation's transaction, as [`enqueue`](Self::enqueue)
@@ -195,7 +195,7 @@ impl MutationContext {
         let owner = self.user.as_ref().map(|u| u.id.as_str());
         let reqs: Vec<_> = reqs.into_iter().map(|r| r.or_owner(owner)).collect();
         let mut conn = self.enqueue_conn().await?;
-        queue::enqueue_many(&mut *conn, reqs).await
+        queue::enqueue_many(&mut conn, reqs).await
     }
 
     async fn enqueue_conn(&self) -> Result<DbConn<'_>, EnqueueError> {

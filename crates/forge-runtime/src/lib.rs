@@ -37,6 +37,15 @@
 //!    operator's SQL) can forget to publish, and nothing is published before it commits.
 //! 4. Each node LISTENs once and fans updates out in-process.
 //!
+//! # From enqueue to start
+//! * A bulk enqueue of many plain jobs is one `COPY` in PostgreSQL's binary format (see
+//!   `store::insert_jobs`); fewer jobs, or ones with idempotency keys or start times, are one
+//!   `INSERT`. Either way it is one statement: all or none.
+//! * A job enqueued through a node whose worker is idle is inserted already claimed by that
+//!   worker and runs as soon as the insert commits, without the round of notification and
+//!   claim (an eager start, as Temporal's; see [`worker`]).
+//! * Other jobs wake idle workers of every node with `forge_jobs_available`; workers also poll.
+//!
 //! # Delivery guarantees of jobs
 //! At least once: a job whose node dies is run again when its lease runs out, so handlers
 //! should be idempotent. Every write of an attempt is fenced by its attempt number: a late

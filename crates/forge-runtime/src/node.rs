@@ -18,6 +18,8 @@ use crate::worker::{self, Handler, Worker, WorkerConfig};
 pub struct Forge {
     store: Store,
     notifier: std::sync::Arc<OnceCell<Notifier>>,
+    /// This node's workers, which its enqueues may start jobs on at once.
+    workers: std::sync::Arc<std::sync::Mutex<Vec<worker::Eager>>>,
 }
 
 impl Forge {
@@ -40,6 +42,7 @@ impl Forge {
         Self {
             store,
             notifier: Default::default(),
+            workers: Default::default(),
         }
     }
 
@@ -61,8 +64,29 @@ impl Forge {
     }
 
     /// Enqueues a job. `my_job::request(args..)` builds a typed request.
+    ///
+    /// When a worker of this node is idle and runs such jobs, the job is inserted already
+    /// claimed by it and starts as soon as the insert commits (an eager start; see the worker
+    /// module). Jobs with an idempotency key or a start time are always queued.
     pub async fn enqueue<O>(&self, req: JobRequest<O>) -> Result<Uuid, EnqueueError> {
-        queue::enqueue(self.store.pool(), req).await
+        let job = req.prepare()?;
+        if job.idempotency_key.is_none() && job.run_at.is_none() {
+            let reservation = {
+                let workers = self.workers.lock().unwrap();
+                workers
+                    .iter()
+                    .find_map(|w| w.reserve(&job.function_name, &job.queue))
+            };
+            if let Some(slot) = reservation {
+                let claimed = self
+                    .store
+                    .insert_claimed_job(&job, slot.worker_id(), slot.lease())
+                    .await?;
+                slot.start(claimed);
+                return Ok(job.id);
+            }
+        }
+        Ok(self.store.insert_jobs(std::slice::from_ref(&job)).await?[0])
     }
 
     /// Enqueues many jobs in one statement.
@@ -70,7 +94,8 @@ impl Forge {
         &self,
         reqs: impl IntoIterator<Item = JobRequest<O>>,
     ) -> Result<Vec<Uuid>, EnqueueError> {
-        queue::enqueue_many(self.store.pool(), reqs).await
+        let mut conn = self.store.pool().acquire().await?;
+        queue::enqueue_many(&mut conn, reqs).await
     }
 
     /// Enqueues a job by name with JSON arguments (as the gateway does). Arguments that do not
@@ -112,11 +137,10 @@ impl Forge {
             });
         }
         let notifier = self.notifier().await?;
-        Ok(Worker::start(
-            self.store.clone(),
-            &notifier,
-            config,
-            handlers,
-        ))
+        let worker = Worker::start(self.store.clone(), &notifier, config, handlers);
+        let mut workers = self.workers.lock().unwrap();
+        workers.retain(worker::Eager::is_alive);
+        workers.push(worker.eager());
+        Ok(worker)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgExecutor;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::EnqueueError;
@@ -134,25 +134,23 @@ impl<O> JobRequest<O> {
     }
 }
 
-/// Enqueues one job through `exec`: a pool, or a transaction so that the job exists only if
-/// the transaction commits.
-pub async fn enqueue<'e, O, E: PgExecutor<'e>>(
-    exec: E,
-    req: JobRequest<O>,
-) -> Result<Uuid, EnqueueError> {
+/// Enqueues one job on `conn`. On a connection in a transaction (`&mut *tx`), the job exists
+/// only if the transaction commits.
+pub async fn enqueue<O>(conn: &mut PgConnection, req: JobRequest<O>) -> Result<Uuid, EnqueueError> {
     let job = req.prepare()?;
-    let ids = store::insert_jobs(exec, std::slice::from_ref(&job)).await?;
+    let ids = store::insert_jobs(conn, std::slice::from_ref(&job)).await?;
     Ok(ids[0])
 }
 
-/// Enqueues many jobs in one statement: all or none.
-pub async fn enqueue_many<'e, O, E: PgExecutor<'e>>(
-    exec: E,
+/// Enqueues many jobs in one statement: all or none. On a connection in a transaction
+/// (`&mut *tx`), they exist only if it commits.
+pub async fn enqueue_many<O>(
+    conn: &mut PgConnection,
     reqs: impl IntoIterator<Item = JobRequest<O>>,
 ) -> Result<Vec<Uuid>, EnqueueError> {
     let jobs = reqs
         .into_iter()
         .map(JobRequest::prepare)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(store::insert_jobs(exec, &jobs).await?)
+    Ok(store::insert_jobs(conn, &jobs).await?)
 }

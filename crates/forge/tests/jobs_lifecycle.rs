@@ -524,17 +524,180 @@ async fn a_job_enqueued_in_a_transaction_exists_only_if_it_commits() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
     let mut tx = forge.pool().begin().await.unwrap();
-    forge::queue::enqueue(&mut *tx, quick::request(1))
+    forge::queue::enqueue(&mut tx, quick::request(1))
         .await
         .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(job_count(forge.pool()).await, 0);
     let mut tx = forge.pool().begin().await.unwrap();
-    let id = forge::queue::enqueue(&mut *tx, quick::request(2))
+    let id = forge::queue::enqueue(&mut tx, quick::request(2))
         .await
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(row(&forge, id).await.status, JobStatus::Pending);
+}
+
+#[tokio::test]
+async fn a_bulk_enqueue_stores_every_job_as_given() {
+    // Enough jobs for the COPY path of a bulk enqueue, each with its own settings.
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let reqs = (0..150u32).map(|n| {
+        let req = quick::request(n)
+            .priority(n as i32 % 7 - 3)
+            .max_attempts(1 + n % 4);
+        let req = if n.is_multiple_of(2) {
+            req.owner(format!("user-{n}"))
+        } else {
+            req
+        };
+        if n.is_multiple_of(3) {
+            req.queue("other")
+        } else {
+            req
+        }
+    });
+    let ids = forge.enqueue_many(reqs).await.unwrap();
+    assert_eq!(ids.len(), 150);
+    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(forge.pool())
+        .await
+        .unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let n = n as u32;
+        let r = row(&forge, *id).await;
+        assert_eq!(r.function_name, "quick");
+        assert_eq!(r.status, JobStatus::Pending);
+        assert_eq!(r.attempts, 0);
+        assert_eq!(r.priority, n as i32 % 7 - 3, "job {n}");
+        assert_eq!(r.max_attempts, 1 + n as i32 % 4, "job {n}");
+        let owner = (n.is_multiple_of(2)).then(|| format!("user-{n}"));
+        assert_eq!(r.owner, owner, "job {n}");
+        assert_eq!(
+            r.queue,
+            if n.is_multiple_of(3) {
+                "other"
+            } else {
+                "default"
+            }
+        );
+        assert!(r.run_at <= before);
+        let args: serde_json::Value =
+            sqlx::query_scalar("SELECT args FROM forge.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(forge.pool())
+                .await
+                .unwrap();
+        assert_eq!(args, json!({ "n": n }));
+    }
+
+    // In a transaction, a bulk enqueue is all or nothing with it.
+    let mut tx = forge.pool().begin().await.unwrap();
+    forge::queue::enqueue_many(&mut tx, (0..100).map(quick::request))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(job_count(forge.pool()).await, 150);
+
+    // And they run.
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| !n.is_multiple_of(3)) {
+        let r = wait_status(&forge, *id, JobStatus::Completed).await;
+        assert_eq!(r.output, Some(json!(n * 2)));
+    }
+    worker.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eager start: a job enqueued by a node whose worker is idle is inserted claimed by it.
+
+/// Whether job `id` was claimed by the statement that inserted it: only then does its lease
+/// run from the moment it was created (a claim is a later transaction, with a later `now()`).
+/// Valid until the first heartbeat renews the lease (false while no lease is held).
+async fn claimed_at_insert(forge: &Forge, id: Uuid, lease: Duration) -> bool {
+    sqlx::query_scalar(
+        "SELECT COALESCE(lease_expires_at - created_at = $2 * interval '1 millisecond', false)
+         FROM forge.jobs WHERE id = $1",
+    )
+    .bind(id)
+    .bind(lease.as_millis() as f64)
+    .fetch_one(forge.pool())
+    .await
+    .unwrap()
+}
+
+fn eager_config(concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        concurrency,
+        // No renewal during the test: the lease stays as the claim wrote it.
+        heartbeat_interval: Duration::from_secs(600),
+        ..worker_config()
+    }
+}
+
+#[tokio::test]
+async fn a_job_enqueued_on_an_idle_node_starts_without_waiting_for_a_claim() {
+    let config = eager_config(2);
+    let (_db, forge, worker) = setup(config.clone()).await;
+    let mut updates = Updates::subscribe(&forge).await;
+    // The worker is idle once its first claim found nothing; a job run to its end makes sure
+    // of that. Each later job finds it idle again, unless a wake-up of the worker is still
+    // being handled: a few tries.
+    let warm_up = forge.enqueue(quick::request(0)).await.unwrap();
+    wait_status(&forge, warm_up, JobStatus::Completed).await;
+    let mut eager = None;
+    for _ in 0..5 {
+        let id = forge
+            .enqueue(gated_echo::request("eager".into()))
+            .await
+            .unwrap();
+        wait_effect(forge.pool(), id, "started").await;
+        let claimed_now = claimed_at_insert(&forge, id, config.lease).await;
+        open_gate(forge.pool(), id, "go").await;
+        wait_status(&forge, id, JobStatus::Completed).await;
+        if claimed_now {
+            eager = Some(id);
+            break;
+        }
+    }
+    let id = eager.expect("a job enqueued on the idle node was claimed at insert");
+    let r = row(&forge, id).await;
+    assert_eq!((r.attempts, r.output), (1, Some(json!("EAGER"))));
+    // Every status is still published, in order, `claimed` first.
+    let published = updates.until_status(id, JobStatus::Completed).await;
+    assert_eq!(
+        statuses(&published),
+        [JobStatus::Claimed, JobStatus::Running, JobStatus::Completed]
+    );
+    assert_eq!(published[0].attempt, 1);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_enqueued_on_a_busy_node_waits_for_a_claim() {
+    let config = eager_config(1);
+    let (_db, forge, worker) = setup(config.clone()).await;
+    let busy = forge
+        .enqueue(gated_echo::request("busy".into()))
+        .await
+        .unwrap();
+    wait_effect(forge.pool(), busy, "started").await;
+    // The one slot is taken: the next job is queued, not given to the busy worker at insert
+    // (the worker may still claim it ahead, to run it next).
+    let next = forge.enqueue(quick::request(21)).await.unwrap();
+    assert!(!claimed_at_insert(&forge, next, config.lease).await);
+    // A job with an idempotency key is never claimed at insert (it may be an existing job).
+    open_gate(forge.pool(), busy, "go").await;
+    wait_status(&forge, next, JobStatus::Completed).await;
+    let keyed = forge
+        .enqueue(gated_echo::request("keyed".into()).idempotency_key("k"))
+        .await
+        .unwrap();
+    wait_effect(forge.pool(), keyed, "started").await;
+    assert!(!claimed_at_insert(&forge, keyed, config.lease).await);
+    open_gate(forge.pool(), keyed, "go").await;
+    wait_status(&forge, keyed, JobStatus::Completed).await;
+    worker.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use super::Store;
@@ -174,13 +174,30 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// From this many jobs on, a bulk enqueue without idempotency keys or start times is written
+/// with `COPY` instead of one `INSERT .. SELECT FROM unnest(..)`. COPY costs one more
+/// round-trip, and saves PostgreSQL building eight arrays and unnesting them: 50,000 jobs
+/// go in about 40% faster. (River's `InsertManyFast` uses `COPY FROM` for the same reason.)
+const COPY_FROM: usize = 64;
+
 /// Inserts jobs in one statement and returns their ids in order. A job whose idempotency key
 /// is taken (by an earlier job, by a concurrent enqueue, or by an earlier job of the same
 /// call) is not inserted; the id of the job that holds the key is returned in its place.
-pub async fn insert_jobs<'e, E>(exec: E, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Error>
-where
-    E: PgExecutor<'e>,
-{
+///
+/// On a connection in a transaction, the jobs exist only if it commits. (A connection, not
+/// any executor: `COPY` needs one.)
+pub async fn insert_jobs(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if jobs.len() >= COPY_FROM
+        && jobs
+            .iter()
+            .all(|j| j.idempotency_key.is_none() && j.run_at.is_none())
+    {
+        copy_jobs(conn, jobs).await?;
+        return Ok(jobs.iter().map(|j| j.id).collect());
+    }
     // Only the first job of the call with a given key is sent; the others get its id.
     let mut first_with_key: HashMap<&str, usize> = HashMap::new();
     let sent: Vec<&NewJob> = jobs
@@ -234,7 +251,7 @@ where
         .bind(&max_attempts)
         .bind(&run_ats)
         .bind(&owners)
-        .execute(exec)
+        .execute(&mut *conn)
         .await?;
         return Ok(ids);
     }
@@ -265,7 +282,7 @@ where
     .bind(&run_ats)
     .bind(&owners)
     .bind(&keys)
-    .fetch_all(exec)
+    .fetch_all(&mut *conn)
     .await?;
     let mut by_key: HashMap<String, Uuid> = HashMap::new();
     for r in &rows {
@@ -287,6 +304,103 @@ where
         .collect()
 }
 
+/// Writes `jobs` with one `COPY .. FROM STDIN` in PostgreSQL's binary format. Every job gets
+/// the columns' defaults for what is not sent: `pending`, no attempts yet, `run_at` now.
+async fn copy_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<(), sqlx::Error> {
+    /// Sent in pieces of about this size, so the buffer stays small however many jobs.
+    const PIECE: usize = 256 * 1024;
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY forge.jobs (id, function_name, args, queue, priority, max_attempts, owner)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    // Header: signature, flags, header extension length.
+    let mut buf: Vec<u8> = Vec::with_capacity(PIECE + 4096);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for j in jobs {
+        buf.extend_from_slice(&7i16.to_be_bytes());
+        copy_field(&mut buf, j.id.as_bytes());
+        copy_field(&mut buf, j.function_name.as_bytes());
+        // jsonb: a version byte, then the JSON text. Its length is known once it is written.
+        let at = buf.len();
+        buf.extend_from_slice(&[0, 0, 0, 0, 1]);
+        serde_json::to_writer(&mut buf, &j.args).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let len = (buf.len() - at - 4) as i32;
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        copy_field(&mut buf, j.queue.as_bytes());
+        copy_field(&mut buf, &j.priority.to_be_bytes());
+        copy_field(&mut buf, &j.max_attempts.to_be_bytes());
+        match &j.owner {
+            Some(owner) => copy_field(&mut buf, owner.as_bytes()),
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        if buf.len() >= PIECE {
+            copy.send(buf.as_slice()).await?;
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    copy.send(buf.as_slice()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+fn copy_field(buf: &mut Vec<u8>, value: &[u8]) {
+    buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    buf.extend_from_slice(value);
+}
+
+/// Inserts `job` already claimed by `worker_id` for its first attempt (an eager start, see
+/// the worker module), and publishes `claimed` for it as a claim does.
+async fn insert_claimed_job<'e, E: PgExecutor<'e>>(
+    exec: E,
+    job: &NewJob,
+    worker_id: Uuid,
+    lease: Duration,
+) -> Result<ClaimedJob, sqlx::Error> {
+    sqlx::query(
+        // The setting keeps the insert from waking every node (migration 0008); set in a CTE,
+        // it is in force when the statement's trigger runs, and only in this transaction.
+        "WITH quiet AS (SELECT set_config('forge.claimed_at_insert', 'on', true)),
+         inserted AS (
+             INSERT INTO forge.jobs (id, function_name, args, queue, priority, max_attempts,
+                                     run_at, owner, status, attempts, worker_id,
+                                     lease_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), $8, 'claimed', 1, $9,
+                     now() + $10 * interval '1 millisecond')
+             RETURNING id
+         )
+         SELECT pg_notify('forge_job_updates',
+                          '[{\"job_id\":\"' || id::text || '\",\"status\":\"claimed\",\"attempt\":1,'
+                          || '\"progress\":null,\"message\":null,\"xid\":'
+                          || pg_current_xact_id()::text || '}]')
+         FROM inserted, quiet",
+    )
+    .bind(job.id)
+    .bind(&job.function_name)
+    .bind(&job.args)
+    .bind(&job.queue)
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(job.run_at)
+    .bind(job.owner.as_deref())
+    .bind(worker_id)
+    .bind(millis(lease))
+    .execute(exec)
+    .await?;
+    Ok(ClaimedJob {
+        id: job.id,
+        function_name: job.function_name.clone(),
+        args: job.args.clone(),
+        attempt: 1,
+        max_attempts: job.max_attempts,
+        owner: job.owner.clone(),
+    })
+}
+
 /// A job's stored row, if it exists.
 pub async fn get_job<'e, E: PgExecutor<'e>>(
     exec: E,
@@ -304,7 +418,17 @@ pub async fn get_job<'e, E: PgExecutor<'e>>(
 impl Store {
     /// See [`insert_jobs`].
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Uuid>, sqlx::Error> {
-        insert_jobs(&self.pool, jobs).await
+        insert_jobs(&mut *self.pool.acquire().await?, jobs).await
+    }
+
+    /// See [`insert_claimed_job`].
+    pub async fn insert_claimed_job(
+        &self,
+        job: &NewJob,
+        worker_id: Uuid,
+        lease: Duration,
+    ) -> Result<ClaimedJob, sqlx::Error> {
+        insert_claimed_job(&self.pool, job, worker_id, lease).await
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
@@ -341,6 +465,11 @@ impl Store {
         // queue's scan locks but the final LIMIT drops stay locked only until this statement
         // commits.
         //
+        // The claimed rows are looked up by primary key from an array of their ids. Joined to
+        // `picked` instead, the UPDATE was planned as a hash join over a sequential scan of
+        // the whole table (it expects `picked` to be large), which made a claim of 500 jobs
+        // cost 30 ms with 50,000 jobs in the table instead of 10.
+        //
         // The claim commits without waiting for its WAL flush (`synchronous_commit` off for
         // this transaction only): it is on the path from enqueue to start, and it holds the
         // database-wide NOTIFY lock while it commits. A claim lost in a database crash is
@@ -366,8 +495,9 @@ impl Store {
              SET status = 'claimed', attempts = j.attempts + 1, worker_id = $3,
                  lease_expires_at = now() + $4 * interval '1 millisecond',
                  progress = NULL, message = NULL, error = NULL
-             FROM picked, async_commit WHERE j.id = picked.id
-             RETURNING j.id, j.function_name, j.args, j.attempts, j.max_attempts, j.owner",
+             FROM async_commit WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+             RETURNING j.id, j.function_name, j.args, j.attempts, j.max_attempts, j.owner,
+                       j.priority, j.run_at",
         )
         .bind(queues)
         .bind(limit as i64)
@@ -376,8 +506,17 @@ impl Store {
         .bind(functions)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        // RETURNING gives the rows in the order the UPDATE found them, not the claim's.
+        let mut rows = rows
+            .iter()
             .map(|r| {
+                let order: (i32, DateTime<Utc>) = (r.try_get("priority")?, r.try_get("run_at")?);
+                Ok((order, r))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        rows.sort_by_key(|(order, _)| *order);
+        rows.into_iter()
+            .map(|(_, r)| {
                 Ok(ClaimedJob {
                     id: r.try_get("id")?,
                     function_name: r.try_get("function_name")?,

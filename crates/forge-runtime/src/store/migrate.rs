@@ -37,6 +37,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "faster_job_publish",
         include_str!("../../migrations/0007_faster_job_publish.sql"),
     ),
+    (
+        8,
+        "eager_start",
+        include_str!("../../migrations/0008_eager_start.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

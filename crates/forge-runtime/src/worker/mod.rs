@@ -14,6 +14,14 @@
 //! The `running` write of a job is deferred by [`START_DEFER`]: a job that ends sooner has its
 //! start and its end recorded in one write (and both published, in order), which halves the
 //! writes of short jobs.
+//!
+//! Eager start (as Temporal's eager workflow start and activity dispatch): a node that
+//! enqueues a job it can run, while its worker is idle (a free slot, nothing buffered, and its
+//! last claim found the queue empty), inserts the job already `claimed` by that worker and
+//! runs it as soon as the insert commits. The job skips the round of `forge_jobs_available`
+//! notification and claim statement, which is most of the time from enqueue to start on an
+//! idle node; the `claimed` status is still published. An idle worker that found nothing to
+//! claim takes nothing from other nodes' turn this way.
 
 mod context;
 mod writer;
@@ -122,6 +130,8 @@ struct Local {
     buffer: VecDeque<Buffered>,
     /// Slot tasks alive (each runs one job at a time).
     slots: usize,
+    /// Slots promised to eager starts whose insert is in flight.
+    reserved: usize,
     /// Jobs started whose end is not written yet.
     running: usize,
     /// Every job this node holds (buffered or running), for cancel requests and leases.
@@ -166,6 +176,9 @@ struct Shared {
     /// retry written, jobs recovered). Room freed in the buffer alone does not make a node
     /// that found the queue empty claim again.
     more: AtomicBool,
+    /// The last claim found fewer jobs than it asked for: nothing this node could run was
+    /// waiting then. Eager starts are only taken while this holds.
+    exhausted: AtomicBool,
     /// Stop claiming.
     stop: CancellationToken,
     /// Interrupt the jobs still running (shutdown grace is over).
@@ -202,6 +215,7 @@ impl Worker {
             refill_at: AtomicUsize::new(0),
             wake: Notify::new(),
             more: AtomicBool::new(true),
+            exhausted: AtomicBool::new(false),
             stop: CancellationToken::new(),
             interrupt: CancellationToken::new(),
             idle: Notify::new(),
@@ -217,6 +231,11 @@ impl Worker {
 
     pub fn worker_id(&self) -> Uuid {
         self.shared.worker_id
+    }
+
+    /// A handle through which this node's enqueues can start jobs on this worker at once.
+    pub(crate) fn eager(&self) -> Eager {
+        Eager(Arc::downgrade(&self.shared))
     }
 
     /// Jobs running on this node now.
@@ -338,7 +357,11 @@ async fn fetch_loop(shared: Arc<Shared>) {
         shared.refill_at.store(prefetch / 2, Ordering::Relaxed);
         let (buffered, slots, held) = {
             let local = shared.local.lock().unwrap();
-            (local.buffer.len(), local.slots, local.held.len())
+            (
+                local.buffer.len(),
+                local.slots + local.reserved,
+                local.held.len() + local.reserved,
+            )
         };
         let free = concurrency.saturating_sub(slots);
         // Jobs that ran but whose end is not written yet count too: a node must not claim
@@ -371,6 +394,7 @@ async fn fetch_loop(shared: Arc<Shared>) {
                     tracing::debug!(want, got, buffered, slots, "claimed jobs");
                     take(&shared, jobs);
                     exhausted = got < want;
+                    shared.exhausted.store(exhausted, Ordering::SeqCst);
                     if !exhausted {
                         continue;
                     }
@@ -400,6 +424,107 @@ fn more_jobs(shared: &Shared) {
     shared.wake.notify_one();
 }
 
+/// Starts jobs that this node enqueues on its own idle worker (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct Eager(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Eager {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|shared| !shared.stop.is_cancelled())
+    }
+
+    /// A free slot for a job of `function` on `queue`, if the worker is idle and runs such
+    /// jobs. The slot is held until the reservation is started or dropped.
+    pub(crate) fn reserve(&self, function: &str, queue: &str) -> Option<Reservation> {
+        let shared = self.0.upgrade()?;
+        if shared.stop.is_cancelled()
+            || !shared.handlers.contains_key(function)
+            || !shared.config.queues.iter().any(|q| q == queue)
+            || !shared.exhausted.load(Ordering::SeqCst)
+            || shared.more.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        {
+            let mut local = shared.local.lock().unwrap();
+            if !local.buffer.is_empty() || local.slots + local.reserved >= shared.config.concurrency
+            {
+                return None;
+            }
+            local.reserved += 1;
+        }
+        Some(Reservation {
+            shared,
+            used: false,
+        })
+    }
+}
+
+/// A slot promised to a job being inserted as claimed by this worker.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    used: bool,
+}
+
+impl Reservation {
+    pub(crate) fn worker_id(&self) -> Uuid {
+        self.shared.worker_id
+    }
+
+    pub(crate) fn lease(&self) -> Duration {
+        self.shared.config.lease
+    }
+
+    /// Runs `job`, now committed as claimed by this worker, in the reserved slot.
+    pub(crate) fn start(mut self, job: ClaimedJob) {
+        self.used = true;
+        let shared = self.shared.clone();
+        let cancel = Arc::new(CancelSignal::default());
+        let mut local = shared.local.lock().unwrap();
+        local.reserved -= 1;
+        local.held.insert(job.id, cancel.clone());
+        if shared.stop.is_cancelled() {
+            // Shutting down: hand it back like the buffered jobs that did not start.
+            local.held.remove(&job.id);
+            drop(local);
+            let (id, attempt) = (job.id, job.attempt);
+            tokio::spawn(async move {
+                if let Err(e) = shared
+                    .store
+                    .release_jobs(shared.worker_id, &[(id, attempt)])
+                    .await
+                {
+                    tracing::warn!(error = %e, job_id = %id, "releasing an unstarted job failed");
+                }
+            });
+            return;
+        }
+        local.slots += 1;
+        local.running += 1;
+        drop(local);
+        tokio::spawn(slot(shared, Buffered { job, cancel }));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.used {
+            self.shared.local.lock().unwrap().reserved -= 1;
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
 /// Buffers claimed jobs and starts slots for as many as there is room for.
 fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     let mut local = shared.local.lock().unwrap();
@@ -412,7 +537,7 @@ fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
         // Shutdown releases them.
         return;
     }
-    while local.slots < shared.config.concurrency {
+    while local.slots + local.reserved < shared.config.concurrency {
         let Some(next) = local.pop_live() else { break };
         local.slots += 1;
         tokio::spawn(slot(shared.clone(), next));
