@@ -608,6 +608,39 @@ async fn a_bulk_enqueue_stores_every_job_as_given() {
     worker.shutdown().await;
 }
 
+#[tokio::test]
+async fn short_jobs_run_fast_are_written_once_each_and_every_status_is_published() {
+    // A node running many short jobs holds its claims (see the worker docs): each job is
+    // written once, from `pending` to `completed`, in the transaction that locked it. What is
+    // published is the same as for a job claimed the usual way.
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let mut updates = Updates::subscribe(&forge).await;
+    let ids = forge
+        .enqueue_many((0..400).map(quick::request))
+        .await
+        .unwrap();
+    let mut written_once = 0;
+    for (n, id) in ids.iter().enumerate() {
+        let published = updates.until_status(*id, JobStatus::Completed).await;
+        assert_eq!(
+            statuses(&published),
+            [JobStatus::Claimed, JobStatus::Running, JobStatus::Completed],
+            "job {n}"
+        );
+        assert!(published.iter().all(|u| u.attempt == 1));
+        // Claimed and ended in one transaction: a held claim.
+        if published[0].xid == published[published.len() - 1].xid {
+            written_once += 1;
+        }
+        let r = row(&forge, *id).await;
+        assert_eq!((r.attempts, r.output), (1, Some(json!(n * 2))));
+        assert!(r.started_at.is_some() && r.finished_at >= r.started_at);
+    }
+    // The first jobs are claimed the usual way, until the node has measured its pace.
+    assert!(written_once > 100, "{written_once} of 400 written once");
+    worker.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Eager start: a job enqueued by a node whose worker is idle is inserted claimed by it.
 

@@ -529,6 +529,56 @@ impl Store {
             .collect()
     }
 
+    /// Claims like [`claim_jobs`](Self::claim_jobs), but only locks the jobs, in a transaction
+    /// that stays open: nothing is written yet. The worker runs them and then writes, for
+    /// each, in one row write, whatever it reached by then (see [`HeldClaim::close`]). Short
+    /// jobs so cost one row write from claim to end instead of two.
+    pub async fn claim_held(
+        &self,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+    ) -> Result<(HeldClaim, Vec<ClaimedJob>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Rows that a queue's scan locks but the final LIMIT drops stay locked, unused, until
+        // the claim is closed.
+        let rows = sqlx::query(
+            "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
+                    p.owner
+             FROM unnest($1::text[]) AS q(name)
+             CROSS JOIN LATERAL (
+                 SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
+                 FROM forge.jobs
+                 WHERE status IN ('pending', 'retry') AND queue = q.name
+                   AND run_at <= now() AND function_name = ANY($3)
+                 ORDER BY priority, run_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             ) p
+             ORDER BY p.priority, p.run_at
+             LIMIT $2",
+        )
+        .bind(queues)
+        .bind(limit as i64)
+        .bind(functions)
+        .fetch_all(&mut *tx)
+        .await?;
+        let jobs = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedJob {
+                    id: r.try_get("id")?,
+                    function_name: r.try_get("function_name")?,
+                    args: r.try_get("args")?,
+                    attempt: r.try_get("attempt")?,
+                    max_attempts: r.try_get("max_attempts")?,
+                    owner: r.try_get("owner")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((HeldClaim { tx }, jobs))
+    }
+
     /// Gives back jobs `worker_id` claimed but never started (a node shutting down): they are
     /// `pending` again, with the attempt their claim counted undone.
     pub async fn release_jobs(
@@ -542,7 +592,7 @@ impl Store {
             "UPDATE forge.jobs j SET status = 'pending', attempts = j.attempts - 1,
                  worker_id = NULL, lease_expires_at = NULL
              FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-             WHERE j.id = u.id AND j.attempts = u.attempt AND j.worker_id = $3
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt AND j.worker_id = $3
                AND j.status = 'claimed'",
         )
         .bind(&ids)
@@ -707,7 +757,146 @@ impl Store {
     }
 }
 
+/// Jobs claimed by [`Store::claim_held`]: locked by an open transaction, still stored as
+/// they were (`pending` or `retry`). Dropping it without [`close`](Self::close) rolls back:
+/// the jobs are as before the claim, attempts included.
+#[derive(Debug)]
+pub struct HeldClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+/// Where a job of a held claim got to when the claim was closed.
+#[derive(Debug, Clone)]
+pub enum HeldEnd {
+    /// Not started: `claimed`, with a lease.
+    Claimed,
+    /// Started and still running: `running`, with a lease.
+    Running,
+    /// Ended (it started too, then).
+    Finished(FinishStatus),
+}
+
+/// One job of a held claim, as it is written when the claim is closed.
+#[derive(Debug, Clone)]
+pub struct HeldWrite {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub end: HeldEnd,
+    /// The last progress it reported, if any.
+    pub progress: Option<(f64, Option<String>)>,
+}
+
+impl HeldClaim {
+    /// Writes each job's attempt as far as it got (one row write each) and commits. The
+    /// publishing trigger sends every status the job went through, in order (`claimed`,
+    /// `running`, then how it ended). Waits for the commit to be durable only when some job
+    /// ended (a claim alone may be lost in a crash: the job then runs again, see
+    /// [`Store::claim_jobs`]).
+    pub async fn close(
+        mut self,
+        worker_id: Uuid,
+        lease: Duration,
+        writes: &[HeldWrite],
+    ) -> Result<(), sqlx::Error> {
+        let n = writes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
+        let mut progress: Vec<Option<f64>> = Vec::with_capacity(n);
+        let mut messages: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut durable = false;
+        for w in writes {
+            ids.push(w.id);
+            attempts.push(w.attempt);
+            progress.push(w.progress.as_ref().map(|p| p.0));
+            messages.push(w.progress.as_ref().and_then(|p| p.1.as_deref()));
+            let (status, output, error, delay) = match &w.end {
+                HeldEnd::Claimed => (JobStatus::Claimed, None, None, None),
+                HeldEnd::Running => (JobStatus::Running, None, None, None),
+                HeldEnd::Finished(f) => {
+                    durable = true;
+                    finish_columns(f)
+                }
+            };
+            started.push(!matches!(w.end, HeldEnd::Claimed));
+            statuses.push(status.as_str());
+            outputs.push(output);
+            errors.push(error);
+            delays.push(delay);
+        }
+        sqlx::query(
+            "WITH commit_mode AS (
+                 SELECT set_config('synchronous_commit',
+                                   CASE WHEN $12 THEN current_setting('synchronous_commit')
+                                        ELSE 'off' END,
+                                   true))
+             UPDATE forge.jobs j SET
+                 status = u.status,
+                 attempts = u.attempt,
+                 worker_id = CASE WHEN u.status IN ('claimed', 'running') THEN $10::uuid END,
+                 lease_expires_at = CASE WHEN u.status IN ('claimed', 'running')
+                                         THEN now() + $11 * interval '1 millisecond' END,
+                 started_at = CASE WHEN u.started THEN now() ELSE j.started_at END,
+                 finished_at = CASE WHEN u.status IN ('claimed', 'running', 'retry') THEN NULL
+                                    ELSE now() END,
+                 run_at = CASE WHEN u.status = 'retry'
+                               THEN now() + u.delay_ms * interval '1 millisecond'
+                               ELSE j.run_at END,
+                 output = u.output,
+                 error = u.error,
+                 progress = u.progress,
+                 message = u.message
+             FROM commit_mode,
+                  unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::jsonb[], $6::text[],
+                         $7::float8[], $8::float8[], $9::text[])
+                      AS u(id, attempt, status, started, output, error, delay_ms, progress,
+                           message)
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt - 1",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&statuses)
+        .bind(&started)
+        .bind(&outputs)
+        .bind(&errors)
+        .bind(&delays)
+        .bind(&progress)
+        .bind(&messages)
+        .bind(worker_id)
+        .bind(millis(lease))
+        .bind(durable)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await
+    }
+}
+
+/// The status, output, error and retry delay (ms) a finish writes.
+fn finish_columns(f: &FinishStatus) -> (JobStatus, Option<&Value>, Option<&str>, Option<f64>) {
+    match f {
+        FinishStatus::Completed(v) => (JobStatus::Completed, Some(v), None, None),
+        FinishStatus::Retry { error, delay } => (
+            JobStatus::Retry,
+            None,
+            Some(error.as_str()),
+            Some(millis(*delay)),
+        ),
+        FinishStatus::Failed(e) => (JobStatus::Failed, None, Some(e.as_str()), None),
+        FinishStatus::DeadLetter(e) => (JobStatus::DeadLetter, None, Some(e.as_str()), None),
+        FinishStatus::Cancelled(e) => (JobStatus::Cancelled, None, Some(e.as_str()), None),
+    }
+}
+
 /// The statements of [`Store::apply_updates`], on one connection (in a transaction or not).
+///
+/// Each joins the jobs to arrays of the writes, and also names the jobs with `id = ANY($1)`:
+/// joined only, a statement's first (custom) plans, made knowing how many writes there are,
+/// hash the whole table for the join, which costs tens of milliseconds once it holds tens of
+/// thousands of jobs. The same goes for [`HeldClaim::close`].
 async fn apply_updates_on(
     conn: &mut sqlx::PgConnection,
     batch: &UpdateBatch,
@@ -719,7 +908,7 @@ async fn apply_updates_on(
         let started: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE forge.jobs j SET status = 'running', started_at = now()
              FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-             WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'claimed'
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt AND j.status = 'claimed'
              RETURNING j.id",
         )
         .bind(&ids)
@@ -747,7 +936,7 @@ async fn apply_updates_on(
             "UPDATE forge.jobs j SET progress = u.progress, message = u.message
              FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])
                  AS u(id, attempt, progress, message)
-             WHERE j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')",
         )
         .bind(&ids)
@@ -770,20 +959,7 @@ async fn apply_updates_on(
             ids.push(f.id);
             attempts.push(f.attempt);
             started.push(f.started);
-            let (status, output, error, delay) = match &f.status {
-                FinishStatus::Completed(v) => (JobStatus::Completed, Some(v), None, None),
-                FinishStatus::Retry { error, delay } => (
-                    JobStatus::Retry,
-                    None,
-                    Some(error.as_str()),
-                    Some(millis(*delay)),
-                ),
-                FinishStatus::Failed(e) => (JobStatus::Failed, None, Some(e.as_str()), None),
-                FinishStatus::DeadLetter(e) => {
-                    (JobStatus::DeadLetter, None, Some(e.as_str()), None)
-                }
-                FinishStatus::Cancelled(e) => (JobStatus::Cancelled, None, Some(e.as_str()), None),
-            };
+            let (status, output, error, delay) = finish_columns(&f.status);
             statuses.push(status.as_str());
             outputs.push(output);
             errors.push(error);
@@ -810,7 +986,7 @@ async fn apply_updates_on(
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
                          $6::float8[], $7::bool[])
                  AS u(id, attempt, status, output, error, delay_ms, started)
-             WHERE j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')
              RETURNING j.id",
         )

@@ -42,6 +42,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "eager_start",
         include_str!("../../migrations/0008_eager_start.sql"),
     ),
+    (
+        9,
+        "held_claims",
+        include_str!("../../migrations/0009_held_claims.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

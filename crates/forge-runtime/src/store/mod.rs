@@ -8,8 +8,8 @@ mod transactions;
 mod workflows;
 
 pub use jobs::{
-    get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, JobRow, NewJob, ProgressWrite,
-    StartWrite, UpdateBatch,
+    get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, HeldClaim, HeldEnd, HeldWrite,
+    JobRow, NewJob, ProgressWrite, StartWrite, UpdateBatch,
 };
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};

@@ -15,6 +15,17 @@
 //! start and its end recorded in one write (and both published, in order), which halves the
 //! writes of short jobs.
 //!
+//! Held claims: while a node runs short jobs fast, it claims by locking jobs in a
+//! transaction that it keeps open while they run, instead of writing them `claimed` first.
+//! When they have all ended (or one ran [`START_DEFER`] or reported progress, or
+//! [`HOLD_LIMIT`] passed) it writes each job once, as far as it got (ended, `running` or
+//! `claimed`, with its attempt counted), and commits; the trigger publishes every status in
+//! between. A short job then costs one row write from claim to end instead of two, which
+//! nearly halves the database's work per job. The price: a node that dies while holding a
+//! claim has its jobs rolled back to as they were, attempts included, so a job that kills
+//! its node within milliseconds of starting is not counted towards `max_attempts`. A node
+//! running long or few jobs claims the usual way (attempt counted at claim).
+//!
 //! Eager start (as Temporal's eager workflow start and activity dispatch): a node that
 //! enqueues a job it can run, while its worker is idle (a free slot, nothing buffered, and its
 //! last claim found the queue empty), inserts the job already `claimed` by that worker and
@@ -24,6 +35,7 @@
 //! claim takes nothing from other nodes' turn this way.
 
 mod context;
+mod held;
 mod writer;
 
 pub use context::{JobContext, MAX_MESSAGE_CHARS};
@@ -117,6 +129,13 @@ pub const START_DEFER: Duration = Duration::from_millis(5);
 /// How much work a node keeps claimed ahead of its slots: what it starts in this long, at
 /// its recent pace.
 const PREFETCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Longest a held claim stays open (and its jobs locked: a cancel request waits that long).
+pub const HOLD_LIMIT: Duration = Duration::from_millis(100);
+
+/// Held claims are used from this prefetch on (jobs started per `PREFETCH_WINDOW`): a node
+/// starting jobs this fast is running short ones.
+const HOLD_FROM_PREFETCH: usize = 8;
 
 /// A claimed job waiting for a slot.
 struct Buffered {
@@ -289,6 +308,14 @@ async fn release_buffered(shared: &Shared) {
     if jobs.is_empty() {
         return;
     }
+    // Jobs of a held claim are written `claimed` when it is closed (at once, on shutdown);
+    // before that, a release would find them as they were and change nothing.
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.0).collect();
+    shared
+        .writer
+        .held()
+        .wait_closed(&ids, 2 * HOLD_LIMIT + Duration::from_secs(5))
+        .await;
     if let Err(e) = shared.store.release_jobs(shared.worker_id, &jobs).await {
         // Their leases run out and the reaper hands them out again.
         tracing::warn!(error = %e, jobs = jobs.len(), "releasing unstarted jobs failed");
@@ -377,17 +404,21 @@ async fn fetch_loop(shared: Arc<Shared>) {
         if want > 0 && buffered <= prefetch / 2 && may_find {
             // Cleared before the claim: a notification that comes during it sets it again.
             shared.more.store(false, Ordering::SeqCst);
-            match shared
-                .store
-                .claim_jobs(
-                    shared.worker_id,
-                    &shared.config.queues,
-                    &shared.names,
-                    want,
-                    shared.config.lease,
-                )
-                .await
-            {
+            let claimed = if prefetch >= HOLD_FROM_PREFETCH {
+                claim_held(&shared, want).await
+            } else {
+                shared
+                    .store
+                    .claim_jobs(
+                        shared.worker_id,
+                        &shared.config.queues,
+                        &shared.names,
+                        want,
+                        shared.config.lease,
+                    )
+                    .await
+            };
+            match claimed {
                 Ok(jobs) => {
                     error_delay = Duration::from_millis(100);
                     let got = jobs.len();
@@ -416,6 +447,38 @@ async fn fetch_loop(shared: Arc<Shared>) {
             _ = shared.stop.cancelled() => {}
         }
     }
+}
+
+/// Claims `want` jobs with a held claim, and closes the claim when its jobs are done.
+async fn claim_held(shared: &Arc<Shared>, want: usize) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let (claim, jobs) = shared
+        .store
+        .claim_held(&shared.config.queues, &shared.names, want)
+        .await?;
+    if jobs.is_empty() {
+        // Dropping it rolls the empty claim back.
+        return Ok(jobs);
+    }
+    let batch = shared.writer.held().hold(&jobs);
+    let after = shared.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = batch.close_requested() => {}
+            _ = tokio::time::sleep(HOLD_LIMIT) => {}
+            _ = after.stop.cancelled() => {}
+        }
+        let writes = after.writer.held().seal(&batch);
+        let closed = claim
+            .close(after.worker_id, after.config.lease, &writes)
+            .await;
+        if let Err(e) = &closed {
+            // Rolled back: the jobs are as before the claim and run again. The attempts
+            // that ran them here are fenced off.
+            tracing::error!(error = %e, jobs = writes.len(), "closing a held claim failed");
+        }
+        after.writer.held().closed(&batch, closed.is_ok());
+    });
+    Ok(jobs)
 }
 
 /// Jobs may have become runnable: claim again even if the last claim found the queue empty.
@@ -796,7 +859,17 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ids: Vec<Uuid> = shared.local.lock().unwrap().held.keys().copied().collect();
+        // Jobs of an open held claim are locked, not leased: nothing to renew.
+        let ids: Vec<Uuid> = {
+            let held_claims = shared.writer.held();
+            let local = shared.local.lock().unwrap();
+            local
+                .held
+                .keys()
+                .filter(|id| !held_claims.contains(id))
+                .copied()
+                .collect()
+        };
         if ids.is_empty() {
             continue;
         }

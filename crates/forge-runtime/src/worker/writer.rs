@@ -4,10 +4,12 @@
 //! its own within a millisecond or so; under load, batches grow and the number of commits, and
 //! so of NOTIFY round-trips, stays small. River's batch completer works the same way.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::held::{HeldJobs, Routed};
 use crate::store::{Finish, ProgressWrite, StartWrite, Store, UpdateBatch};
 
 /// Largest batch written in one transaction.
@@ -24,18 +26,31 @@ pub(crate) enum Write {
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Write>,
+    /// Writes of jobs whose held claim is open go to the claim instead.
+    held: Arc<HeldJobs>,
 }
 
 impl Writer {
     pub(crate) fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(store, rx));
-        Self { tx }
+        Self {
+            held: Arc::new(HeldJobs::new(tx.clone())),
+            tx,
+        }
+    }
+
+    pub(crate) fn held(&self) -> &HeldJobs {
+        &self.held
     }
 
     /// Queues the record that an attempt's handler started. The receiver gets false when the
     /// attempt was fenced off (the job was cancelled or re-claimed in the meantime).
     pub(crate) fn start(&self, w: StartWrite) -> oneshot::Receiver<bool> {
+        let w = match self.held.start(w) {
+            Routed::Taken(ack) => return ack,
+            Routed::NotHeld(w) => w,
+        };
         let (tx, rx) = oneshot::channel();
         // A closed channel drops `tx`, and the receiver reads that as fenced off.
         let _ = self.tx.send(Write::Start(w, tx));
@@ -43,6 +58,10 @@ impl Writer {
     }
 
     pub(crate) async fn progress(&self, w: ProgressWrite) {
+        let w = match self.held.progress(w) {
+            Routed::Taken(written) => return written.await,
+            Routed::NotHeld(w) => w,
+        };
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Write::Progress(w, tx)).is_ok() {
             let _ = rx.await;
@@ -53,8 +72,12 @@ impl Writer {
     /// was fenced off. A slot does not wait for it before taking its next job: finishes of
     /// many jobs then share one commit, where waiting would bound a batch by the concurrency.
     pub(crate) fn finish(&self, w: Finish, done: impl FnOnce(bool) + Send + 'static) {
+        let (w, done) = match self.held.finish(w, Box::new(done)) {
+            Routed::Taken(()) => return,
+            Routed::NotHeld(write) => write,
+        };
         if let Err(mpsc::error::SendError(Write::Finish(_, done))) =
-            self.tx.send(Write::Finish(w, Box::new(done)))
+            self.tx.send(Write::Finish(w, done))
         {
             done(false);
         }
