@@ -28,7 +28,8 @@
 //!    its first progress report): a job that ends sooner is recorded `claimed` → final in one
 //!    row write, and the trigger publishes `running` and the final status together, in order.
 //!    Short jobs cost two row writes (claim, finish) instead of three, and no transition goes
-//!    unpublished.
+//!    unpublished. A node running short jobs fast goes further and holds its claims (see
+//!    [`worker`]): the claim only locks the jobs, and each is written once, when it ended.
 //! 3. A statement-level trigger on `forge.jobs` publishes every changed row of a statement on
 //!    `forge_job_updates` as JSON arrays of updates (`job_id`, `status`, `attempt`,
 //!    `progress`, `message`; never the output), each below the 8,000-byte payload limit. A
