@@ -12,7 +12,7 @@ use forge_runtime::error::{ArgsError, EnqueueError, StartError};
 use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef, WorkflowDef};
 use forge_runtime::store;
 use forge_runtime::{
-    Error, Forge, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, User,
+    Error, Forge, JobRequest, JobState, MutationContext, QueryContext, Refusal, User,
     WorkflowRequest,
 };
 use futures::future::BoxFuture;
@@ -311,20 +311,18 @@ impl Caller {
         let follow = follow
             .map(|f| self.realtime.follow_job(identity, &f, job.id))
             .transpose()?;
-        let ids = self
-            .forge
-            .store()
-            .insert_jobs(std::slice::from_ref(&job))
-            .await
-            .map_err(|e| ApiError::internal(format_args!("starting job `{}`: {e}", def.name)))?;
-        let id = ids[0];
+        // Started at once when this node's worker is idle (an eager start).
+        let (id, status) =
+            self.forge.insert_job(&job).await.map_err(|e| {
+                ApiError::internal(format_args!("starting job `{}`: {e}", def.name))
+            })?;
         let state = match follow {
             Some(f) => f.started(id).await?,
             None => None,
         };
         let state = state.unwrap_or(JobState {
             job_id: id,
-            status: JobStatus::Pending,
+            status,
             progress: None,
             message: None,
             output: None,

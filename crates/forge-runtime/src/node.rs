@@ -10,7 +10,7 @@ use crate::error::{CancelError, EnqueueError, RuntimeError};
 use crate::notifier::Notifier;
 use crate::queue::{self, JobRequest};
 use crate::status::JobStatus;
-use crate::store::{JobRow, Store};
+use crate::store::{JobRow, NewJob, Store};
 use crate::worker::{self, Handler, Worker, WorkerConfig};
 
 /// Entry point of the runtime. Cheap to clone.
@@ -70,6 +70,13 @@ impl Forge {
     /// module). Jobs with an idempotency key or a start time are always queued.
     pub async fn enqueue<O>(&self, req: JobRequest<O>) -> Result<Uuid, EnqueueError> {
         let job = req.prepare()?;
+        Ok(self.insert_job(&job).await?.0)
+    }
+
+    /// Inserts a job checked by [`JobRequest::prepare`], as [`enqueue`](Self::enqueue) does.
+    /// Returns its id (for a taken idempotency key, the existing job's) and the status it
+    /// was inserted with: `claimed` when it was started eagerly, else `pending`.
+    pub async fn insert_job(&self, job: &NewJob) -> Result<(Uuid, JobStatus), sqlx::Error> {
         if job.idempotency_key.is_none() && job.run_at.is_none() {
             let reservation = {
                 let workers = self.workers.lock().unwrap();
@@ -80,13 +87,14 @@ impl Forge {
             if let Some(slot) = reservation {
                 let claimed = self
                     .store
-                    .insert_claimed_job(&job, slot.worker_id(), slot.lease())
+                    .insert_claimed_job(job, slot.worker_id(), slot.lease())
                     .await?;
                 slot.start(claimed);
-                return Ok(job.id);
+                return Ok((job.id, JobStatus::Claimed));
             }
         }
-        Ok(self.store.insert_jobs(std::slice::from_ref(&job)).await?[0])
+        let ids = self.store.insert_jobs(std::slice::from_ref(job)).await?;
+        Ok((ids[0], JobStatus::Pending))
     }
 
     /// Enqueues many jobs in one statement.
