@@ -170,6 +170,19 @@ pub(super) fn job_row(row: &sqlx::postgres::PgRow) -> Result<JobRow, sqlx::Error
     })
 }
 
+/// A claimed job from a row of a claim: `id`, `function_name`, `args`, `attempt` (the one the
+/// claim starts), `max_attempts`, `owner`.
+fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
+    Ok(ClaimedJob {
+        id: r.try_get("id")?,
+        function_name: r.try_get("function_name")?,
+        args: r.try_get("args")?,
+        attempt: r.try_get("attempt")?,
+        max_attempts: r.try_get("max_attempts")?,
+        owner: r.try_get("owner")?,
+    })
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -496,8 +509,8 @@ impl Store {
                  lease_expires_at = now() + $4 * interval '1 millisecond',
                  progress = NULL, message = NULL, error = NULL
              FROM async_commit WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-             RETURNING j.id, j.function_name, j.args, j.attempts, j.max_attempts, j.owner,
-                       j.priority, j.run_at",
+             RETURNING j.id, j.function_name, j.args, j.attempts AS attempt, j.max_attempts,
+                       j.owner, j.priority, j.run_at",
         )
         .bind(queues)
         .bind(limit as i64)
@@ -515,18 +528,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         rows.sort_by_key(|(order, _)| *order);
-        rows.into_iter()
-            .map(|(_, r)| {
-                Ok(ClaimedJob {
-                    id: r.try_get("id")?,
-                    function_name: r.try_get("function_name")?,
-                    args: r.try_get("args")?,
-                    attempt: r.try_get("attempts")?,
-                    max_attempts: r.try_get("max_attempts")?,
-                    owner: r.try_get("owner")?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(|(_, r)| claimed_job(r)).collect()
     }
 
     /// Claims like [`claim_jobs`](Self::claim_jobs), but only locks the jobs, in a transaction
@@ -565,17 +567,8 @@ impl Store {
         .await?;
         let jobs = rows
             .iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: r.try_get("id")?,
-                    function_name: r.try_get("function_name")?,
-                    args: r.try_get("args")?,
-                    attempt: r.try_get("attempt")?,
-                    max_attempts: r.try_get("max_attempts")?,
-                    owner: r.try_get("owner")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .map(claimed_job)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((HeldClaim { tx }, jobs))
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::held::{HeldJobs, Routed};
+use super::held::{FinishDone, HeldJobs, Routed};
 use crate::store::{Finish, ProgressWrite, StartWrite, Store, UpdateBatch};
 
 /// Largest batch written in one transaction.
@@ -18,7 +18,7 @@ const MAX_BATCH: usize = 2_000;
 pub(crate) enum Write {
     Start(StartWrite, oneshot::Sender<bool>),
     Progress(ProgressWrite, oneshot::Sender<()>),
-    Finish(Finish, Box<dyn FnOnce(bool) + Send>),
+    Finish(Finish, FinishDone),
 }
 
 /// Unbounded because every write's sender waits for its acknowledgement (except a start,
