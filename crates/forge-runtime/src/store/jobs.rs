@@ -585,7 +585,8 @@ impl Store {
             "UPDATE forge.jobs j SET status = 'pending', attempts = j.attempts - 1,
                  worker_id = NULL, lease_expires_at = NULL
              FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt AND j.worker_id = $3
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+               AND j.attempts = u.attempt AND j.worker_id = $3
                AND j.status = 'claimed'",
         )
         .bind(&ids)
@@ -848,7 +849,7 @@ impl HeldClaim {
                          $7::float8[], $8::float8[], $9::text[])
                       AS u(id, attempt, status, started, output, error, delay_ms, progress,
                            message)
-             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt - 1",
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt - 1",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -886,10 +887,13 @@ fn finish_columns(f: &FinishStatus) -> (JobStatus, Option<&Value>, Option<&str>,
 
 /// The statements of [`Store::apply_updates`], on one connection (in a transaction or not).
 ///
-/// Each joins the jobs to arrays of the writes, and also names the jobs with `id = ANY($1)`:
-/// joined only, a statement's first (custom) plans, made knowing how many writes there are,
-/// hash the whole table for the join, which costs tens of milliseconds once it holds tens of
-/// thousands of jobs. The same goes for [`HeldClaim::close`].
+/// Each joins the jobs to arrays of the writes, and also names the jobs with
+/// `id = ANY(ARRAY(SELECT unnest($1)))`. Joined only, or named with `id = ANY($1)`, a
+/// statement's first (custom) plans, made knowing how many writes there are, read the whole
+/// table once there are a few hundred writes (500 of 50,000 jobs: a sequential scan of 4 ms
+/// instead of 1 ms by the primary key). The array built by a subquery hides its length from
+/// the planner, which then always looks the jobs up by key. The same goes for
+/// [`HeldClaim::close`] and [`Store::release_jobs`].
 async fn apply_updates_on(
     conn: &mut sqlx::PgConnection,
     batch: &UpdateBatch,
@@ -901,7 +905,8 @@ async fn apply_updates_on(
         let started: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE forge.jobs j SET status = 'running', started_at = now()
              FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
-             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt AND j.status = 'claimed'
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+               AND j.attempts = u.attempt AND j.status = 'claimed'
              RETURNING j.id",
         )
         .bind(&ids)
@@ -929,7 +934,7 @@ async fn apply_updates_on(
             "UPDATE forge.jobs j SET progress = u.progress, message = u.message
              FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])
                  AS u(id, attempt, progress, message)
-             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')",
         )
         .bind(&ids)
@@ -979,7 +984,7 @@ async fn apply_updates_on(
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
                          $6::float8[], $7::bool[])
                  AS u(id, attempt, status, output, error, delay_ms, started)
-             WHERE j.id = ANY($1) AND j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')
              RETURNING j.id",
         )
