@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -20,7 +20,7 @@ pub const WORKFLOW_UPDATES: &str = "forge_workflow_updates";
 pub const TABLE_CHANGES: &str = "forge_table_changes";
 
 /// One changed job, as published on `forge_job_updates`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobUpdate {
     pub job_id: Uuid,
     pub status: JobStatus,

@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use forge::error::{EnqueueError, ProgressError};
+use forge::notifier::{Event, JobUpdate};
 use forge::prelude::*;
-use forge::store::MIGRATIONS;
+use forge::store::{FinishStatus, HeldEnd, HeldWrite, MIGRATIONS};
 use forge_test_support::TestDb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -639,6 +640,131 @@ async fn short_jobs_run_fast_are_written_once_each_and_every_status_is_published
     // The first jobs are claimed the usual way, until the node has measured its pace.
     assert!(written_once > 100, "{written_once} of 400 written once");
     worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_held_claim_publishes_each_status_its_jobs_went_through_once() {
+    // Closing a held claim publishes its updates itself, not through the trigger: the same
+    // sequence as for a job claimed the usual way, once, with the id of its transaction.
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let mut events = forge.notifier().await.unwrap().subscribe();
+    let ids = forge
+        .enqueue_many((0..6).map(quick::request))
+        .await
+        .unwrap();
+    let (claim, jobs) = forge
+        .store()
+        .claim_held(&["default".into()], &["quick".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 6);
+    let message = "half \"way\"\n\u{1}é".to_string();
+    let writes: Vec<HeldWrite> = [
+        (HeldEnd::Claimed, None),
+        (HeldEnd::Running, Some((50.0, Some(message.clone())))),
+        (
+            HeldEnd::Finished(FinishStatus::Completed(json!("done"))),
+            None,
+        ),
+        (
+            HeldEnd::Finished(FinishStatus::Retry {
+                error: "again".into(),
+                delay: Duration::from_secs(60),
+            }),
+            Some((10.0, None)),
+        ),
+        (HeldEnd::Finished(FinishStatus::Failed("boom".into())), None),
+        (
+            HeldEnd::Finished(FinishStatus::Cancelled("stop".into())),
+            None,
+        ),
+    ]
+    .into_iter()
+    .zip(&ids)
+    .map(|((end, progress), id)| HeldWrite {
+        id: *id,
+        attempt: 1,
+        end,
+        progress,
+    })
+    .collect();
+    claim
+        .close(Uuid::now_v7(), Duration::from_secs(30), &writes)
+        .await
+        .unwrap();
+    // A later update, from another transaction: once it arrives, all of the close's have.
+    let sentinel = forge.enqueue(quick::request(9)).await.unwrap();
+    forge.cancel_job(sentinel, None).await.unwrap();
+    let mut published = Vec::new();
+    while !published
+        .iter()
+        .any(|u: &JobUpdate| u.job_id == sentinel && u.status == JobStatus::Cancelled)
+    {
+        let event = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("updates")
+            .unwrap();
+        if let Event::JobUpdates(updates) = event {
+            published.extend(updates.iter().cloned());
+        }
+    }
+
+    use JobStatus::*;
+    type Published<'a> = (JobStatus, Option<f64>, Option<&'a str>);
+    let expected: [&[Published]; 6] = [
+        &[(Claimed, None, None)],
+        &[(Claimed, None, None), (Running, Some(50.0), Some(&message))],
+        &[
+            (Claimed, None, None),
+            (Running, None, None),
+            (Completed, None, None),
+        ],
+        &[
+            (Claimed, None, None),
+            (Running, None, None),
+            (Retry, Some(10.0), None),
+        ],
+        &[
+            (Claimed, None, None),
+            (Running, None, None),
+            (Failed, None, None),
+        ],
+        &[
+            (Claimed, None, None),
+            (Running, None, None),
+            (Cancelled, None, None),
+        ],
+    ];
+    for (id, expected) in ids.iter().zip(expected) {
+        let mine: Vec<_> = published.iter().filter(|u| u.job_id == *id).collect();
+        let got: Vec<_> = mine
+            .iter()
+            .map(|u| (u.status, u.progress, u.message.as_deref()))
+            .collect();
+        assert_eq!(got, expected, "job {id}");
+        assert!(mine.iter().all(|u| u.attempt == 1), "{mine:?}");
+        // The transaction that wrote the row (xmin is the low 32 bits of its xid8).
+        let xmin: i64 =
+            sqlx::query_scalar("SELECT xmin::text::bigint FROM forge.jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(forge.pool())
+                .await
+                .unwrap();
+        assert!(
+            mine.iter().all(|u| u.xid & 0xffff_ffff == xmin as u64),
+            "{mine:?}"
+        );
+    }
+    let stored: Vec<JobStatus> = futures::future::join_all(ids.iter().map(|id| row(&forge, *id)))
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        stored,
+        [Claimed, Running, Completed, Retry, Failed, Cancelled]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::Store;
 use crate::error::CancelError;
+use crate::notifier::JobUpdate;
 use crate::status::{JobState, JobStatus};
 
 /// A job to insert.
@@ -544,9 +545,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Rows that a queue's scan locks but the final LIMIT drops stay locked, unused, until
         // the claim is closed.
+        // The transaction's id is returned with each row: the close publishes it (see there).
         let rows = sqlx::query(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
-                    p.owner
+                    p.owner, pg_current_xact_id()::text AS xid
              FROM unnest($1::text[]) AS q(name)
              CROSS JOIN LATERAL (
                  SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
@@ -569,7 +571,14 @@ impl Store {
             .iter()
             .map(claimed_job)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((HeldClaim { tx }, jobs))
+        let xid = match rows.first() {
+            Some(r) => r
+                .try_get::<&str, _>("xid")?
+                .parse()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            None => 0,
+        };
+        Ok((HeldClaim { tx, xid }, jobs))
     }
 
     /// Gives back jobs `worker_id` claimed but never started (a node shutting down): they are
@@ -757,6 +766,8 @@ impl Store {
 #[derive(Debug)]
 pub struct HeldClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The transaction's id (xid8), which its updates carry when they are published.
+    xid: u64,
 }
 
 /// Where a job of a held claim got to when the claim was closed.
@@ -781,11 +792,14 @@ pub struct HeldWrite {
 }
 
 impl HeldClaim {
-    /// Writes each job's attempt as far as it got (one row write each) and commits. The
-    /// publishing trigger sends every status the job went through, in order (`claimed`,
-    /// `running`, then how it ended). Waits for the commit to be durable only when some job
-    /// ended (a claim alone may be lost in a crash: the job then runs again, see
-    /// [`Store::claim_jobs`]).
+    /// Writes each job's attempt as far as it got (one row write each) and commits. Every
+    /// status the job went through is published, in order (`claimed`, `running`, then how it
+    /// ended), by this statement itself and not by the trigger (migration 0010): the jobs are
+    /// locked by this transaction, so each write applies, and what it changes is known here.
+    /// Should a write not apply all the same, nothing is published: the claim is rolled back
+    /// with an error, as if the node had died holding it. Waits for the commit to be durable
+    /// only when some job ended (a claim alone may be lost in a crash: the job then runs
+    /// again, see [`Store::claim_jobs`]).
     pub async fn close(
         mut self,
         worker_id: Uuid,
@@ -803,7 +817,9 @@ impl HeldClaim {
         let mut progress: Vec<Option<f64>> = Vec::with_capacity(n);
         let mut messages: Vec<Option<&str>> = Vec::with_capacity(n);
         let mut durable = false;
+        let mut published = Vec::with_capacity(3 * n);
         for w in writes {
+            published.extend(held_updates(w, self.xid));
             ids.push(w.id);
             attempts.push(w.attempt);
             progress.push(w.progress.as_ref().map(|p| p.0));
@@ -822,12 +838,16 @@ impl HeldClaim {
             errors.push(error);
             delays.push(delay);
         }
-        sqlx::query(
-            "WITH commit_mode AS (
+        let payloads =
+            job_update_payloads(&published).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let (updated, _sent): (i64, i64) = sqlx::query_as(
+            "WITH settings AS (
                  SELECT set_config('synchronous_commit',
                                    CASE WHEN $12 THEN current_setting('synchronous_commit')
                                         ELSE 'off' END,
-                                   true))
+                                   true),
+                        set_config('forge.job_updates_published', 'on', true)
+             ), updated AS (
              UPDATE forge.jobs j SET
                  status = u.status,
                  attempts = u.attempt,
@@ -844,12 +864,17 @@ impl HeldClaim {
                  error = u.error,
                  progress = u.progress,
                  message = u.message
-             FROM commit_mode,
+             FROM settings,
                   unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::jsonb[], $6::text[],
                          $7::float8[], $8::float8[], $9::text[])
                       AS u(id, attempt, status, started, output, error, delay_ms, progress,
                            message)
-             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt - 1",
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+               AND j.attempts = u.attempt - 1
+             RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM updated),
+                    (SELECT count(pg_notify('forge_job_updates', p)) FROM unnest($13::text[]) p)",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -863,10 +888,65 @@ impl HeldClaim {
         .bind(worker_id)
         .bind(millis(lease))
         .bind(durable)
-        .execute(&mut *self.tx)
+        .bind(&payloads)
+        .fetch_one(&mut *self.tx)
         .await?;
+        if updated as usize != n {
+            // Dropping the transaction rolls back the writes and their notifications.
+            return Err(sqlx::Error::Protocol(format!(
+                "a held claim wrote {updated} of its {n} jobs"
+            )));
+        }
         self.tx.commit().await
     }
+}
+
+/// What the trigger of migration 0009 would publish for a held job's write: `claimed`, then
+/// `running` if it started and got further, then where it got to.
+fn held_updates(w: &HeldWrite, xid: u64) -> impl Iterator<Item = JobUpdate> {
+    let update = |status, progress: Option<&(f64, Option<String>)>| JobUpdate {
+        job_id: w.id,
+        status,
+        attempt: w.attempt,
+        progress: progress.map(|p| p.0),
+        message: progress.and_then(|p| p.1.clone()),
+        xid,
+    };
+    let last = match &w.end {
+        HeldEnd::Claimed => JobStatus::Claimed,
+        HeldEnd::Running => JobStatus::Running,
+        HeldEnd::Finished(f) => finish_columns(f).0,
+    };
+    let claimed = (last != JobStatus::Claimed).then(|| update(JobStatus::Claimed, None));
+    let running = matches!(w.end, HeldEnd::Finished(_)).then(|| update(JobStatus::Running, None));
+    claimed
+        .into_iter()
+        .chain(running)
+        .chain(std::iter::once(update(last, w.progress.as_ref())))
+}
+
+/// Notification payloads of `updates`: JSON arrays, each below PostgreSQL's limit of 8,000
+/// bytes. One update is at most about 3,200 bytes (a 500-character message of escapes).
+fn job_update_payloads(updates: &[JobUpdate]) -> Result<Vec<String>, serde_json::Error> {
+    const MAX_PAYLOAD: usize = 7_900;
+    let mut payloads = Vec::new();
+    let mut current = String::from("[");
+    for u in updates {
+        let element = serde_json::to_string(u)?;
+        if current.len() + element.len() + 2 > MAX_PAYLOAD {
+            current.push(']');
+            payloads.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&element);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        payloads.push(current);
+    }
+    Ok(payloads)
 }
 
 /// The status, output, error and retry delay (ms) a finish writes.

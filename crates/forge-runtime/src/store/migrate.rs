@@ -47,6 +47,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "held_claims",
         include_str!("../../migrations/0009_held_claims.sql"),
     ),
+    (
+        10,
+        "held_close_publishes",
+        include_str!("../../migrations/0010_held_close_publishes.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.
