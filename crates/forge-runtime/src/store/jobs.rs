@@ -184,6 +184,29 @@ fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
     })
 }
 
+/// `FROM` and the rest of the query that picks the jobs a claim takes, as `p`, and locks them:
+/// queues `$1`, at most `$2` jobs, of functions `$3`. One ordered scan of `jobs_runnable` per
+/// queue, stopping after `$2` rows. With `queue = ANY($1)` instead, PostgreSQL 15 cannot read
+/// that index in order: it fetched and sorted the whole backlog on every claim (60 ms with
+/// 50,000 jobs waiting). Rows a queue's scan locks but the final LIMIT drops stay locked until
+/// the claim's transaction ends.
+macro_rules! runnable_jobs {
+    () => {
+        "FROM unnest($1::text[]) AS q(name)
+         CROSS JOIN LATERAL (
+             SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
+             FROM forge.jobs
+             WHERE status IN ('pending', 'retry') AND queue = q.name
+               AND run_at <= now() AND function_name = ANY($3)
+             ORDER BY priority, run_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ) p
+         ORDER BY p.priority, p.run_at
+         LIMIT $2"
+    };
+}
+
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -473,12 +496,6 @@ impl Store {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-        // One ordered scan of `jobs_runnable` per queue, stopping after `limit` rows. With
-        // `queue = ANY($1)` instead, PostgreSQL 15 cannot read that index in order: it fetched
-        // and sorted the whole backlog on every claim (60 ms with 50,000 jobs waiting). Rows a
-        // queue's scan locks but the final LIMIT drops stay locked only until this statement
-        // commits.
-        //
         // The claimed rows are looked up by primary key from an array of their ids. Joined to
         // `picked` instead, the UPDATE was planned as a hash join over a sequential scan of
         // the whole table (it expects `picked` to be large), which made a claim of 500 jobs
@@ -489,35 +506,24 @@ impl Store {
         // database-wide NOTIFY lock while it commits. A claim lost in a database crash is
         // harmless: the job is `pending` again with its attempt count as before, so every
         // write of the attempt that ran it is fenced off, and it runs again (at least once).
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
-             picked AS (
-                 SELECT p.id
-                 FROM unnest($1::text[]) AS q(name)
-                 CROSS JOIN LATERAL (
-                     SELECT id, priority, run_at FROM forge.jobs
-                     WHERE status IN ('pending', 'retry') AND queue = q.name
-                       AND run_at <= now() AND function_name = ANY($5)
-                     ORDER BY priority, run_at
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED
-                 ) p
-                 ORDER BY p.priority, p.run_at
-                 LIMIT $2
-             )
+             picked AS (SELECT p.id ",
+            runnable_jobs!(),
+            ")
              UPDATE forge.jobs j
-             SET status = 'claimed', attempts = j.attempts + 1, worker_id = $3,
-                 lease_expires_at = now() + $4 * interval '1 millisecond',
+             SET status = 'claimed', attempts = j.attempts + 1, worker_id = $4,
+                 lease_expires_at = now() + $5 * interval '1 millisecond',
                  progress = NULL, message = NULL, error = NULL
              FROM async_commit WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
              RETURNING j.id, j.function_name, j.args, j.attempts AS attempt, j.max_attempts,
-                       j.owner, j.priority, j.run_at",
-        )
+                       j.owner, j.priority, j.run_at"
+        ))
         .bind(queues)
         .bind(limit as i64)
+        .bind(functions)
         .bind(worker_id)
         .bind(millis(lease))
-        .bind(functions)
         .fetch_all(&self.pool)
         .await?;
         // RETURNING gives the rows in the order the UPDATE found them, not the claim's.
@@ -543,25 +549,12 @@ impl Store {
         limit: usize,
     ) -> Result<(HeldClaim, Vec<ClaimedJob>), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Rows that a queue's scan locks but the final LIMIT drops stay locked, unused, until
-        // the claim is closed.
         // The transaction's id is returned with each row: the close publishes it (see there).
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
-                    p.owner, pg_current_xact_id()::text AS xid
-             FROM unnest($1::text[]) AS q(name)
-             CROSS JOIN LATERAL (
-                 SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
-                 FROM forge.jobs
-                 WHERE status IN ('pending', 'retry') AND queue = q.name
-                   AND run_at <= now() AND function_name = ANY($3)
-                 ORDER BY priority, run_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED
-             ) p
-             ORDER BY p.priority, p.run_at
-             LIMIT $2",
-        )
+                    p.owner, pg_current_xact_id()::text AS xid ",
+            runnable_jobs!()
+        ))
         .bind(queues)
         .bind(limit as i64)
         .bind(functions)
