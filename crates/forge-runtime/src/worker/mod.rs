@@ -20,11 +20,12 @@
 //! When they have all ended (or one ran [`START_DEFER`] or reported progress, or
 //! [`HOLD_LIMIT`] passed) it writes each job once, as far as it got (ended, `running` or
 //! `claimed`, with its attempt counted), and commits; the closing statement publishes every
-//! status in between, as the trigger does for other writes. A short job then costs one row write from claim to end instead of two, which
-//! nearly halves the database's work per job. The price: a node that dies while holding a
-//! claim has its jobs rolled back to as they were, attempts included, so a job that kills
-//! its node within milliseconds of starting is not counted towards `max_attempts`. A node
-//! running long or few jobs claims the usual way (attempt counted at claim).
+//! status in between, as the trigger does for other writes. A short job then costs one row
+//! write from claim to end instead of two, which nearly halves the database's work per job.
+//! The price: a node that dies while holding a claim has its jobs rolled back to as they
+//! were, attempts included, so a job that kills its node within milliseconds of starting is
+//! not counted towards `max_attempts`. A node running long or few jobs claims the usual way
+//! (attempt counted at claim).
 //!
 //! Eager start (as Temporal's eager workflow start and activity dispatch): a node that
 //! enqueues a job it can run, while its worker is idle (a free slot, nothing buffered, and its
