@@ -812,7 +812,6 @@ impl HeldClaim {
         let mut durable = false;
         let mut published = Vec::with_capacity(3 * n);
         for w in writes {
-            published.extend(held_updates(w, self.xid));
             ids.push(w.id);
             attempts.push(w.attempt);
             progress.push(w.progress.as_ref().map(|p| p.0));
@@ -825,6 +824,7 @@ impl HeldClaim {
                     finish_columns(f)
                 }
             };
+            published.extend(held_updates(w, status, self.xid));
             started.push(!matches!(w.end, HeldEnd::Claimed));
             statuses.push(status.as_str());
             outputs.push(output);
@@ -894,9 +894,9 @@ impl HeldClaim {
     }
 }
 
-/// What the trigger of migration 0009 would publish for a held job's write: `claimed`, then
-/// `running` if it started and got further, then where it got to.
-fn held_updates(w: &HeldWrite, xid: u64) -> impl Iterator<Item = JobUpdate> {
+/// What the trigger of migration 0009 would publish for a held job's write that leaves it
+/// `last`: `claimed`, then `running` if it started and got further, then `last`.
+fn held_updates(w: &HeldWrite, last: JobStatus, xid: u64) -> impl Iterator<Item = JobUpdate> {
     let update = |status, progress: Option<&(f64, Option<String>)>| JobUpdate {
         job_id: w.id,
         status,
@@ -904,11 +904,6 @@ fn held_updates(w: &HeldWrite, xid: u64) -> impl Iterator<Item = JobUpdate> {
         progress: progress.map(|p| p.0),
         message: progress.and_then(|p| p.1.clone()),
         xid,
-    };
-    let last = match &w.end {
-        HeldEnd::Claimed => JobStatus::Claimed,
-        HeldEnd::Running => JobStatus::Running,
-        HeldEnd::Finished(f) => finish_columns(f).0,
     };
     let claimed = (last != JobStatus::Claimed).then(|| update(JobStatus::Claimed, None));
     let running = matches!(w.end, HeldEnd::Finished(_)).then(|| update(JobStatus::Running, None));
@@ -1007,7 +1002,8 @@ async fn apply_updates_on(
             "UPDATE forge.jobs j SET progress = u.progress, message = u.message
              FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[])
                  AS u(id, attempt, progress, message)
-             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+               AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')",
         )
         .bind(&ids)
@@ -1057,7 +1053,8 @@ async fn apply_updates_on(
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
                          $6::float8[], $7::bool[])
                  AS u(id, attempt, status, output, error, delay_ms, started)
-             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id AND j.attempts = u.attempt
+             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+               AND j.attempts = u.attempt
                AND j.status IN ('claimed', 'running', 'cancel_requested')
              RETURNING j.id",
         )
