@@ -1,4 +1,4 @@
-//! The status vocabulary of `shared/spec/track-progress.md`, and the job state clients see.
+//! The status vocabulary of `docs/contract.md`, and the job state clients see.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
