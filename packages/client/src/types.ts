@@ -1,4 +1,4 @@
-// The states of shared/spec/track-progress.md and docs/protocol.md, used exactly: the server
+// The states of docs/protocol.md, used exactly: the server
 // sends them whole in every update; `loading` is the client's own.
 
 export type JobStatus =
