@@ -315,13 +315,17 @@ fn type_decl(r: &Renderer, name: &str, schema: &Value) -> String {
     format!("{doc}export type {name} ={sep}{ty};\n")
 }
 
-/// `export const name = (params) => body;`, on one line when it fits.
-fn export_const(doc: &str, name: &str, params: &str, body: &str) -> String {
-    let one_line = format!("export const {name} = ({params}) => {body};");
-    if one_line.len() <= 100 {
-        format!("{doc}{one_line}\n")
+/// `export const name = (params) => body;`, on one line when it fits, else the body on the next
+/// line, else one parameter a line too.
+fn export_const(doc: &str, name: &str, params: &[String], body: &str) -> String {
+    let head = format!("export const {name} = ({}) =>", params.join(", "));
+    if head.len() + body.len() + 2 <= 100 {
+        format!("{doc}{head} {body};\n")
+    } else if head.len() <= 100 {
+        format!("{doc}{head}\n  {body};\n")
     } else {
-        format!("{doc}export const {name} = ({params}) =>\n  {body};\n")
+        let params: String = params.iter().map(|p| format!("  {p},\n")).collect();
+        format!("{doc}export const {name} = (\n{params}) =>\n  {body};\n")
     }
 }
 
@@ -342,16 +346,13 @@ fn function(f: &Function, adapter: Adapter) -> String {
     } else {
         compact.render(&f.output_schema, 0)
     };
-    let (params, args) = if has_args {
-        (format!("args: {args_ty}, client?: ForgeClient"), "args")
+    let client = "client?: ForgeClient".to_string();
+    let (hook_params, args) = if has_args {
+        (vec![format!("args: {args_ty}")], "args")
     } else {
-        ("client?: ForgeClient".to_string(), "{}")
+        (vec![], "{}")
     };
-    let hook_params = if has_args {
-        format!("args: {args_ty}")
-    } else {
-        String::new()
-    };
+    let params = [hook_params.clone(), vec![client.clone()]].concat();
 
     let rust_args: Vec<String> = f
         .args
@@ -415,7 +416,7 @@ fn function(f: &Function, adapter: Adapter) -> String {
                     "Follows the `{fname}` {what} with this id, started earlier (before a page reload, say)."
                 )),
                 &exports[1],
-                &format!("{id}: string, client?: ForgeClient"),
+                &[format!("{id}: string"), client.clone()],
                 &format!("follow{noun}<{output}>({id}, client)"),
             ));
             if adapter == Adapter::React {
@@ -424,7 +425,7 @@ fn function(f: &Function, adapter: Adapter) -> String {
                         "React: `start(args)` starts the `{fname}` {what} on the provider's client; `state` follows it."
                     )),
                     &exports[2],
-                    "",
+                    &[],
                     &format!("useTrack{noun}<{args_ty}, {output}>(\"{fname}\")"),
                 ));
                 out.push_str(&export_const(
@@ -432,7 +433,7 @@ fn function(f: &Function, adapter: Adapter) -> String {
                         "React: the state of the `{fname}` {what} with this id (null while the id is)."
                     )),
                     &exports[3],
-                    &format!("{id}: string | null"),
+                    &[format!("{id}: string | null")],
                     &format!("useFollow{noun}<{output}>({id})"),
                 ));
             }

@@ -248,7 +248,10 @@ export const followAccountVerification = (workflowId: string, client?: ForgeClie
 
 // workflow import_catalog(source_url: String, dry_run: bool) -> Page<JobRow>
 /** Starts the `import_catalog` workflow and returns a store that follows it. */
-export const trackImportCatalog = (args: { sourceUrl: string; dryRun: boolean }, client?: ForgeClient) =>
+export const trackImportCatalog = (
+  args: { sourceUrl: string; dryRun: boolean },
+  client?: ForgeClient,
+) =>
   startWorkflow<{ sourceUrl: string; dryRun: boolean }, PageOfJobRow>("import_catalog", args, client);
 /** Follows the `import_catalog` workflow with this id, started earlier (before a page reload, say). */
 export const followImportCatalog = (workflowId: string, client?: ForgeClient) =>
@@ -295,7 +298,10 @@ export const liveRecentJobs = (args: { limit: number }, client?: ForgeClient) =>
  * `afterId`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const shapes = (args: { afterId: number; tags: string[]; colorFilter?: Color | null }, client?: ForgeClient) =>
+export const shapes = (
+  args: { afterId: number; tags: string[]; colorFilter?: Color | null },
+  client?: ForgeClient,
+) =>
   callFunction<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args, client);
 /**
  * The `shapes` query as a live store: its data follows the changes on the server.
@@ -303,7 +309,10 @@ export const shapes = (args: { afterId: number; tags: string[]; colorFilter?: Co
  * `afterId`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const liveShapes = (args: { afterId: number; tags: string[]; colorFilter?: Color | null }, client?: ForgeClient) =>
+export const liveShapes = (
+  args: { afterId: number; tags: string[]; colorFilter?: Color | null },
+  client?: ForgeClient,
+) =>
   liveQuery<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args, client);
 
 // mutation confirm_email(workflow_id: Uuid) -> ()
@@ -318,5 +327,8 @@ export const saveProfile = (args: { profile: ProfileInput }, client?: ForgeClien
 
 // mutation set_priority(job_id: Uuid, priority: Priority, reason: Option<String>) -> Option<Priority>
 /** Runs the `set_priority` mutation. */
-export const setPriority = (args: { jobId: string; priority: Priority; reason?: string | null }, client?: ForgeClient) =>
+export const setPriority = (
+  args: { jobId: string; priority: Priority; reason?: string | null },
+  client?: ForgeClient,
+) =>
   callFunction<{ jobId: string; priority: Priority; reason?: string | null }, Priority | null>("set_priority", args, client);

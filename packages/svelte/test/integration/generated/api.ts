@@ -48,7 +48,10 @@ export interface StepsDone {
  * `delayMs`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const trackCountSteps = (args: { steps: number; delayMs: number; label: string }, client?: ForgeClient) =>
+export const trackCountSteps = (
+  args: { steps: number; delayMs: number; label: string },
+  client?: ForgeClient,
+) =>
   startJob<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", args, client);
 /** Follows the `count_steps` job with this id, started earlier (before a page reload, say). */
 export const followCountSteps = (jobId: string, client?: ForgeClient) =>

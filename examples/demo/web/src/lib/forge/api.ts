@@ -113,7 +113,10 @@ export const followExportUsers = (jobId: string, client?: ForgeClient) =>
  *
  * Starts the `send_report` job and returns a store that follows it.
  */
-export const trackSendReport = (args: { reportId: number; alwaysFail: boolean }, client?: ForgeClient) =>
+export const trackSendReport = (
+  args: { reportId: number; alwaysFail: boolean },
+  client?: ForgeClient,
+) =>
   startJob<{ reportId: number; alwaysFail: boolean }, ReportSent>("send_report", args, client);
 /** Follows the `send_report` job with this id, started earlier (before a page reload, say). */
 export const followSendReport = (jobId: string, client?: ForgeClient) =>
@@ -125,7 +128,10 @@ export const followSendReport = (jobId: string, client?: ForgeClient) =>
  *
  * Starts the `account_verification` workflow and returns a store that follows it.
  */
-export const trackAccountVerification = (args: { userId: string; failAt?: FailAt | null }, client?: ForgeClient) =>
+export const trackAccountVerification = (
+  args: { userId: string; failAt?: FailAt | null },
+  client?: ForgeClient,
+) =>
   startWorkflow<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args, client);
 /**
  * Follows the `account_verification` workflow with this id, started earlier (before a page reload,
