@@ -123,7 +123,6 @@ export function useLiveQuery<A, O>(fn: string, args: A): QueryState<O> {
   const client = useForgeClient();
   const key = JSON.stringify(args ?? {});
   // `key` stands for `args`: same JSON, same query.
-  // eslint-disable-next-line react-hooks/exhaustive-deps
   const query: QueryTracker<O> = useMemo(() => client.liveQuery<O>(fn, JSON.parse(key)), [client, fn, key]);
   return useStore(query)!;
 }
