@@ -30,7 +30,7 @@
 //!
 //! | Rust | TypeScript (in `api.ts`) |
 //! |---|---|
-//! | `#[forge::job] fn export_users(ctx, format: String) -> Result<R>` | `trackExportUsers(args: { format: string })`: starts the job and follows it (a job store); `followExportUsers(jobId)`: follows one started earlier. React: `useTrackExportUsers()` (`{ start, state, job }`), `useFollowExportUsers(jobId)` |
+//! | `#[forge::job] fn export_users(ctx, format: String) -> Result<R>` | `trackExportUsers(args: { format: string })`: starts the job and follows it (a job store); `followExportUsers(jobId)`: follows one started earlier. React: `useTrackExportUsers()` (`{ start, state, tracker }`), `useFollowExportUsers(jobId)` |
 //! | `#[forge::workflow] fn verify(ctx, user_id: Uuid) -> Result<()>` | `trackVerify(args: { userId: string })` and `followVerify(workflowId)`, workflow stores; React: `useTrackVerify()`, `useFollowVerify(id)` |
 //! | `#[forge::query] fn recent_jobs(ctx, limit: i32) -> Result<R>` | `recentJobs(args)`: one call, a `Promise`; `liveRecentJobs(args)`: a live query store; React: `useLiveRecentJobs(args)` |
 //! | `#[forge::mutation] fn confirm_email(ctx, ..) -> Result<R>` | `confirmEmail(args)`: a `Promise` |
