@@ -1,8 +1,10 @@
 import { defineConfig } from "vitest/config";
+import { sources } from "./vitest.config.js";
 
 // The TypeScript client against the real Rust server (examples/client-fixture), over real
 // HTTP and SSE. Needs the fixture built (`cargo build -p client-fixture`) and PostgreSQL.
 export default defineConfig({
+  ...sources,
   test: {
     include: ["packages/*/test/integration/**/*.test.ts"],
     environment: "node",

@@ -7,15 +7,26 @@ use serde_json::Value;
 use crate::collect::{Api, Function, Kind};
 use crate::error::CodegenError;
 use crate::ts::{self, doc_block, is_identifier, schema_doc, Renderer};
+use crate::Adapter;
 
-/// What the generated code imports from `@forge/svelte`.
-const IMPORTS: &[&str] = &[
+/// What the generated code may import from the framework-free core, `@forge/client`.
+const CORE_IMPORTS: &[&str] = &[
     "callFunction",
-    "createJobStore",
-    "createQueryStore",
-    "createWorkflowStore",
-    "trackJob",
-    "trackWorkflow",
+    "followJob",
+    "followWorkflow",
+    "liveQuery",
+    "startJob",
+    "startWorkflow",
+    "ForgeClient",
+];
+
+/// What the React hooks may import from `@forge/react`.
+const REACT_IMPORTS: &[&str] = &[
+    "useFollowJob",
+    "useFollowWorkflow",
+    "useLiveQuery",
+    "useTrackJob",
+    "useTrackWorkflow",
 ];
 
 /// Type names the generated code itself uses, or that TypeScript reserves.
@@ -144,24 +155,41 @@ fn check_type_name(name: &str) -> Result<(), CodegenError> {
     Ok(())
 }
 
-/// The names a function is exported under.
-fn exports(f: &Function) -> Vec<String> {
+/// The names a function is exported under: its core functions, then its React hooks.
+fn exports(f: &Function, adapter: Adapter) -> Vec<String> {
     let pascal = pascal_case(f.name);
-    match f.kind {
-        Kind::Job | Kind::Workflow => vec![format!("track{pascal}"), format!("resume{pascal}")],
+    let mut names = match f.kind {
+        Kind::Job | Kind::Workflow => vec![format!("track{pascal}"), format!("follow{pascal}")],
         Kind::Query => vec![camel_case(f.name), format!("live{pascal}")],
         Kind::Mutation => vec![camel_case(f.name)],
+    };
+    if adapter == Adapter::React {
+        match f.kind {
+            Kind::Job | Kind::Workflow => {
+                names.extend([format!("useTrack{pascal}"), format!("useFollow{pascal}")])
+            }
+            Kind::Query => names.push(format!("useLive{pascal}")),
+            Kind::Mutation => {}
+        }
     }
+    names
 }
 
-fn check_exports(api: &Api) -> Result<(), CodegenError> {
-    let mut taken: BTreeMap<String, String> = IMPORTS
+fn check_exports(api: &Api, adapter: Adapter) -> Result<(), CodegenError> {
+    let mut taken: BTreeMap<String, String> = CORE_IMPORTS
         .iter()
-        .map(|i| (i.to_string(), "@forge/svelte".to_string()))
+        .map(|i| (i.to_string(), "@forge/client".to_string()))
         .collect();
+    if adapter == Adapter::React {
+        taken.extend(
+            REACT_IMPORTS
+                .iter()
+                .map(|i| (i.to_string(), "@forge/react".to_string())),
+        );
+    }
     for f in &api.functions {
         let user = format!("{} {}", f.kind.label(), f.name);
-        for name in exports(f) {
+        for name in exports(f, adapter) {
             if !is_identifier(&name) || RESERVED_WORDS.contains(&name.as_str()) {
                 return Err(CodegenError::InvalidName {
                     name,
@@ -184,13 +212,33 @@ const HEADER_NOTE: &str = "\
 // Do not edit: change the Rust functions and run the command again (`--check` fails when this
 // file is stale).
 //
+// Every function takes an explicit client last (default: the one `configureForge` set).
 // 64-bit integers are JSON numbers, typed `number`: the client throws a `precision_loss`
 // ForgeError rather than round one beyond 2^53 silently.
 ";
 
+const SVELTE_NOTE: &str = "\
+//
+// Svelte: the stores these functions return are Svelte stores (`$job`, `fromStore(job)`); a
+// client from a component's context is `getForgeClientContext()` of `@forge/svelte`.
+";
+
+/// `import { a, b } from "module";`, on one line when it fits.
+fn import(names: &[&str], module: &str) -> String {
+    let one_line = format!("import {{ {} }} from \"{module}\";", names.join(", "));
+    if one_line.len() <= 100 {
+        format!("{one_line}\n")
+    } else {
+        format!(
+            "import {{\n  {},\n}} from \"{module}\";\n",
+            names.join(",\n  ")
+        )
+    }
+}
+
 /// The contents of `api.ts`.
-pub(crate) fn api_ts(api: &Api, command: &str) -> Result<String, CodegenError> {
-    check_exports(api)?;
+pub(crate) fn api_ts(api: &Api, command: &str, adapter: Adapter) -> Result<String, CodegenError> {
+    check_exports(api, adapter)?;
     for name in api.types.keys() {
         check_type_name(name)?;
     }
@@ -199,28 +247,47 @@ pub(crate) fn api_ts(api: &Api, command: &str) -> Result<String, CodegenError> {
     );
     out.push_str(HEADER_NOTE);
 
-    let used: BTreeSet<&str> = api
+    if adapter == Adapter::Svelte {
+        out.push_str(SVELTE_NOTE);
+    }
+
+    let core: BTreeSet<&str> = api
         .functions
         .iter()
         .flat_map(|f| -> &[&str] {
             match f.kind {
-                Kind::Job => &["createJobStore", "trackJob"],
-                Kind::Workflow => &["createWorkflowStore", "trackWorkflow"],
-                Kind::Query => &["callFunction", "createQueryStore"],
+                Kind::Job => &["startJob", "followJob"],
+                Kind::Workflow => &["startWorkflow", "followWorkflow"],
+                Kind::Query => &["callFunction", "liveQuery"],
                 Kind::Mutation => &["callFunction"],
             }
         })
         .copied()
         .collect();
-    if !used.is_empty() {
-        let list: Vec<&str> = used.into_iter().collect();
-        let one_line = format!("import {{ {} }} from \"@forge/svelte\";", list.join(", "));
-        if one_line.len() <= 100 {
-            out.push_str(&format!("\n{one_line}\n"));
-        } else {
-            out.push_str(&format!(
-                "\nimport {{\n  {},\n}} from \"@forge/svelte\";\n",
-                list.join(",\n  ")
+    if !core.is_empty() {
+        let mut list: Vec<&str> = core.into_iter().collect();
+        list.push("type ForgeClient");
+        out.push('\n');
+        out.push_str(&import(&list, "@forge/client"));
+    }
+    if adapter == Adapter::React {
+        let hooks: BTreeSet<&str> = api
+            .functions
+            .iter()
+            .flat_map(|f| -> &[&str] {
+                match f.kind {
+                    Kind::Job => &["useTrackJob", "useFollowJob"],
+                    Kind::Workflow => &["useTrackWorkflow", "useFollowWorkflow"],
+                    Kind::Query => &["useLiveQuery"],
+                    Kind::Mutation => &[],
+                }
+            })
+            .copied()
+            .collect();
+        if !hooks.is_empty() {
+            out.push_str(&import(
+                &hooks.into_iter().collect::<Vec<_>>(),
+                "@forge/react",
             ));
         }
     }
@@ -232,7 +299,7 @@ pub(crate) fn api_ts(api: &Api, command: &str) -> Result<String, CodegenError> {
     }
     for f in &api.functions {
         out.push('\n');
-        out.push_str(&function(f));
+        out.push_str(&function(f, adapter));
     }
     Ok(out)
 }
@@ -248,17 +315,21 @@ fn type_decl(r: &Renderer, name: &str, schema: &Value) -> String {
     format!("{doc}export type {name} ={sep}{ty};\n")
 }
 
-/// `export const name = (params) => body;`, on one line when it fits.
-fn export_const(doc: &str, name: &str, params: &str, body: &str) -> String {
-    let one_line = format!("export const {name} = ({params}) => {body};");
-    if one_line.len() <= 100 {
-        format!("{doc}{one_line}\n")
+/// `export const name = (params) => body;`, on one line when it fits, else the body on the next
+/// line, else one parameter a line too.
+fn export_const(doc: &str, name: &str, params: &[String], body: &str) -> String {
+    let head = format!("export const {name} = ({}) =>", params.join(", "));
+    if head.len() + body.len() + 2 <= 100 {
+        format!("{doc}{head} {body};\n")
+    } else if head.len() <= 100 {
+        format!("{doc}{head}\n  {body};\n")
     } else {
-        format!("{doc}export const {name} = ({params}) =>\n  {body};\n")
+        let params: String = params.iter().map(|p| format!("  {p},\n")).collect();
+        format!("{doc}export const {name} = (\n{params}) =>\n  {body};\n")
     }
 }
 
-fn function(f: &Function) -> String {
+fn function(f: &Function, adapter: Adapter) -> String {
     let compact = Renderer { compact: true };
     let has_args = f
         .args_schema
@@ -275,11 +346,13 @@ fn function(f: &Function) -> String {
     } else {
         compact.render(&f.output_schema, 0)
     };
-    let (params, args) = if has_args {
-        (format!("args: {args_ty}"), "args")
+    let client = "client?: ForgeClient".to_string();
+    let (hook_params, args) = if has_args {
+        (vec![format!("args: {args_ty}")], "args")
     } else {
-        (String::new(), "{}")
+        (vec![], "{}")
     };
+    let params = [hook_params.clone(), vec![client.clone()]].concat();
 
     let rust_args: Vec<String> = f
         .args
@@ -319,46 +392,58 @@ fn function(f: &Function) -> String {
         }
         doc_block(&lines, "")
     };
+    let short = |line: String| doc_block(&[line], "");
 
-    let exports = exports(f);
+    let exports = exports(f, adapter);
     let fname = f.name;
     match f.kind {
         Kind::Job | Kind::Workflow => {
-            let (what, create, track, id) = match f.kind {
-                Kind::Job => ("job", "createJobStore", "trackJob", "jobId"),
-                _ => (
-                    "workflow",
-                    "createWorkflowStore",
-                    "trackWorkflow",
-                    "workflowId",
-                ),
+            let (what, noun) = match f.kind {
+                Kind::Job => ("job", "Job"),
+                _ => ("workflow", "Workflow"),
             };
+            let id = format!("{what}Id");
             out.push_str(&export_const(
                 &with_notes(format!(
                     "Starts the `{fname}` {what} and returns a store that follows it."
                 )),
                 &exports[0],
                 &params,
-                &format!("{create}<{args_ty}, {output}>(\"{fname}\", {args})"),
+                &format!("start{noun}<{args_ty}, {output}>(\"{fname}\", {args}, client)"),
             ));
             out.push_str(&export_const(
-                &doc_block(
-                    &[format!(
-                        "Follows the `{fname}` {what} with this id, started earlier (before a page reload, say)."
-                    )],
-                    "",
-                ),
+                &short(format!(
+                    "Follows the `{fname}` {what} with this id, started earlier (before a page reload, say)."
+                )),
                 &exports[1],
-                &format!("{id}: string"),
-                &format!("{track}<{output}>(\"{fname}\", {id})"),
+                &[format!("{id}: string"), client.clone()],
+                &format!("follow{noun}<{output}>({id}, client)"),
             ));
+            if adapter == Adapter::React {
+                out.push_str(&export_const(
+                    &short(format!(
+                        "React: `start(args)` starts the `{fname}` {what} on the provider's client; `state` follows it."
+                    )),
+                    &exports[2],
+                    &[],
+                    &format!("useTrack{noun}<{args_ty}, {output}>(\"{fname}\")"),
+                ));
+                out.push_str(&export_const(
+                    &short(format!(
+                        "React: the state of the `{fname}` {what} with this id (null while the id is)."
+                    )),
+                    &exports[3],
+                    &[format!("{id}: string | null")],
+                    &format!("useFollow{noun}<{output}>({id})"),
+                ));
+            }
         }
         Kind::Query => {
             out.push_str(&export_const(
                 &with_notes(format!("Runs the `{fname}` query once.")),
                 &exports[0],
                 &params,
-                &format!("callFunction<{args_ty}, {output}>(\"{fname}\", {args})"),
+                &format!("callFunction<{args_ty}, {output}>(\"{fname}\", {args}, client)"),
             ));
             out.push_str(&export_const(
                 &with_notes(format!(
@@ -366,15 +451,25 @@ fn function(f: &Function) -> String {
                 )),
                 &exports[1],
                 &params,
-                &format!("createQueryStore<{args_ty}, {output}>(\"{fname}\", {args})"),
+                &format!("liveQuery<{args_ty}, {output}>(\"{fname}\", {args}, client)"),
             ));
+            if adapter == Adapter::React {
+                out.push_str(&export_const(
+                    &short(format!(
+                        "React: the live result of the `{fname}` query, on the provider's client."
+                    )),
+                    &exports[2],
+                    &hook_params,
+                    &format!("useLiveQuery<{args_ty}, {output}>(\"{fname}\", {args})"),
+                ));
+            }
         }
         Kind::Mutation => {
             out.push_str(&export_const(
                 &with_notes(format!("Runs the `{fname}` mutation.")),
                 &exports[0],
                 &params,
-                &format!("callFunction<{args_ty}, {output}>(\"{fname}\", {args})"),
+                &format!("callFunction<{args_ty}, {output}>(\"{fname}\", {args}, client)"),
             ));
         }
     }
@@ -420,6 +515,7 @@ mod tests {
                 (Kind::Query, "track_export_users"),
             ]),
             "app generate",
+            Adapter::None,
         )
         .unwrap_err();
         assert!(
@@ -428,11 +524,30 @@ mod tests {
                     && second == "query track_export_users"),
             "{err}"
         );
-        let err = api_ts(&api(&[(Kind::Mutation, "call_function")]), "app").unwrap_err();
+        let err = api_ts(
+            &api(&[(Kind::Mutation, "call_function")]),
+            "app",
+            Adapter::None,
+        )
+        .unwrap_err();
         assert!(matches!(err, CodegenError::NameClash { .. }), "{err}");
-        let err = api_ts(&api(&[(Kind::Mutation, "delete")]), "app").unwrap_err();
+        let err = api_ts(&api(&[(Kind::Mutation, "delete")]), "app", Adapter::None).unwrap_err();
         assert!(matches!(err, CodegenError::InvalidName { .. }), "{err}");
-        assert!(api_ts(&api(&[(Kind::Query, "delete_all")]), "app").is_ok());
+        assert!(api_ts(&api(&[(Kind::Query, "delete_all")]), "app", Adapter::None).is_ok());
+    }
+
+    #[test]
+    fn react_hooks_clash_only_with_the_react_adapter() {
+        let functions = api(&[
+            (Kind::Job, "export_users"),
+            (Kind::Mutation, "use_track_job"),
+        ]);
+        assert!(api_ts(&functions, "app", Adapter::None).is_ok());
+        let err = api_ts(&functions, "app", Adapter::React).unwrap_err();
+        assert!(
+            matches!(&err, CodegenError::NameClash { ts_name, .. } if ts_name == "useTrackJob"),
+            "{err}"
+        );
     }
 
     #[test]

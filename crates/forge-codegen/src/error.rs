@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum CodegenError {
     /// The command line of `<app> generate` is wrong.
-    #[error("{0}\nusage: <app> generate --out <DIR> [--check]")]
+    #[error("{0}\nusage: <app> generate --out <DIR> [--adapter svelte|react|none] [--check]")]
     Usage(String),
 
     /// Two different Rust types carry the same schema name, so they would be one TypeScript

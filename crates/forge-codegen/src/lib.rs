@@ -15,22 +15,30 @@
 //! }
 //! ```
 //!
-//! `<app> generate --out web/src/lib/forge` writes `web/src/lib/forge/api.ts`, importing only
-//! from `@forge/svelte`; `--check` writes nothing and fails (exit status 1) naming the file
-//! and its first differing line when the file on disk is stale, for CI and tests. The output is
-//! deterministic: types and functions sorted by name, no timestamps.
+//! `<app> generate --out web/src/lib/forge [--adapter svelte|react|none]` writes
+//! `web/src/lib/forge/api.ts`, importing the framework-free core, `@forge/client` (and, with
+//! `--adapter react`, `@forge/react` for its hooks); `--check` writes nothing and fails (exit
+//! status 1) naming the file and its first differing line when the file on disk is stale, for
+//! CI and tests. The output is deterministic: types and functions sorted by name, no
+//! timestamps.
+//!
+//! The adapter (default `svelte`) only adds to the core functions: their stores are Svelte
+//! stores as they are, so `svelte` adds a note and `none` nothing; `react` adds a hook per
+//! job, workflow and query, which takes its client from the nearest `ForgeProvider`.
 //!
 //! ## What is generated
 //!
 //! | Rust | TypeScript (in `api.ts`) |
 //! |---|---|
-//! | `#[forge::job] fn export_users(ctx, format: String) -> Result<R>` | `trackExportUsers(args: { format: string })`: starts the job, returns a job store; `resumeExportUsers(jobId)`: follows a running one |
-//! | `#[forge::workflow] fn verify(ctx, user_id: Uuid) -> Result<()>` | `trackVerify(args: { userId: string })` and `resumeVerify(workflowId)`, workflow stores |
-//! | `#[forge::query] fn recent_jobs(ctx, limit: i32) -> Result<R>` | `recentJobs(args)`: one call, a `Promise`; `liveRecentJobs(args)`: a live query store |
+//! | `#[forge::job] fn export_users(ctx, format: String) -> Result<R>` | `trackExportUsers(args: { format: string })`: starts the job and follows it (a job store); `followExportUsers(jobId)`: follows one started earlier. React: `useTrackExportUsers()` (`{ start, state, tracker }`), `useFollowExportUsers(jobId)` |
+//! | `#[forge::workflow] fn verify(ctx, user_id: Uuid) -> Result<()>` | `trackVerify(args: { userId: string })` and `followVerify(workflowId)`, workflow stores; React: `useTrackVerify()`, `useFollowVerify(id)` |
+//! | `#[forge::query] fn recent_jobs(ctx, limit: i32) -> Result<R>` | `recentJobs(args)`: one call, a `Promise`; `liveRecentJobs(args)`: a live query store; React: `useLiveRecentJobs(args)` |
 //! | `#[forge::mutation] fn confirm_email(ctx, ..) -> Result<R>` | `confirmEmail(args)`: a `Promise` |
 //!
-//! Argument names are camelCased (the wire format of the arguments object); a function without
-//! arguments takes no parameter. Doc comments of types and fields become JSDoc.
+//! "Track" starts and follows; "follow" only follows. Argument names are camelCased (the wire
+//! format of the arguments object); a function without arguments takes no argument object.
+//! Every function but the hooks takes an explicit `ForgeClient` last (default: the one
+//! `configureForge` set). Doc comments of types and fields become JSDoc.
 //!
 //! ## Type mapping
 //!
@@ -74,8 +82,8 @@
 //! an error naming both functions; rename one with `#[schemars(rename = "...")]` (a generic
 //! type: `#[schemars(rename = "Page{T}")]`). When a single function's types hold both, schemars
 //! itself numbers the second one (`Page2`): deterministic, but worth a rename too. Function
-//! names that would clash in TypeScript, or with the names imported from `@forge/svelte`, are
-//! refused.
+//! names that would clash in TypeScript, or with the names imported from `@forge/client` (and
+//! `@forge/react`), are refused.
 
 mod collect;
 mod emit;
@@ -86,22 +94,75 @@ use std::path::{Component, Path, PathBuf};
 
 pub use error::CodegenError;
 
+/// The framework the generated client is for. Every choice generates the same core functions
+/// (importing `@forge/client`); they differ in what comes on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adapter {
+    /// The core's stores are Svelte stores already: a note on using them, nothing more. The
+    /// default.
+    #[default]
+    Svelte,
+    /// Also a hook per function (`useTrackExportUsers()`, `useFollowExportUsers(id)`,
+    /// `useLiveRecentJobs(args)`), importing `@forge/react`.
+    React,
+    /// The core functions only.
+    None,
+}
+
+impl Adapter {
+    /// The name `--adapter` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Svelte => "svelte",
+            Adapter::React => "react",
+            Adapter::None => "none",
+        }
+    }
+
+    fn from_name(name: &str) -> Result<Adapter, CodegenError> {
+        [Adapter::Svelte, Adapter::React, Adapter::None]
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| {
+                CodegenError::Usage(format!(
+                    "unknown adapter `{name}`: `--adapter` takes svelte, react or none"
+                ))
+            })
+    }
+}
+
 /// What to generate, and where.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The folder the files go to (`src/lib/forge`).
     pub out_dir: PathBuf,
+    /// The framework the client is for.
+    pub adapter: Adapter,
     /// The command that regenerates the files, named in their header and in `--check`'s
     /// message.
     pub command: String,
 }
 
 impl Options {
-    /// Options for `out_dir`, the command named as run by the app binary `app`.
+    /// Options for `out_dir` and the default adapter, the command named as run by the app
+    /// binary `app`.
     pub fn new(app: &str, out_dir: impl Into<PathBuf>) -> Options {
+        Options::with_adapter(app, out_dir, Adapter::default())
+    }
+
+    /// Options for `out_dir` and `adapter`; the command names `--adapter` unless it is the
+    /// default.
+    pub fn with_adapter(app: &str, out_dir: impl Into<PathBuf>, adapter: Adapter) -> Options {
         let out_dir = out_dir.into();
-        let command = format!("{app} generate --out {}", display_dir(&out_dir));
-        Options { out_dir, command }
+        let mut command = format!("{app} generate --out {}", display_dir(&out_dir));
+        if adapter != Adapter::default() {
+            command.push_str(&format!(" --adapter {}", adapter.name()));
+        }
+        Options {
+            out_dir,
+            adapter,
+            command,
+        }
     }
 }
 
@@ -115,7 +176,7 @@ pub struct GeneratedFile {
 /// The client files of the functions registered in this binary.
 pub fn generate(options: &Options) -> Result<Vec<GeneratedFile>, CodegenError> {
     let api = collect::collect()?;
-    let contents = emit::api_ts(&api, &options.command)?;
+    let contents = emit::api_ts(&api, &options.command, options.adapter)?;
     Ok(vec![GeneratedFile {
         path: options.out_dir.join("api.ts"),
         contents,
@@ -240,6 +301,7 @@ where
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "app".into());
     let mut out = None;
+    let mut adapter = Adapter::default();
     let mut check_only = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -248,14 +310,23 @@ where
                 Some(dir) => out = Some(dir),
                 None => return Err(CodegenError::Usage("`--out` needs a folder".into())),
             },
-            other => match other.strip_prefix("--out=") {
-                Some(dir) => out = Some(dir.to_string()),
-                None => return Err(CodegenError::Usage(format!("unknown argument `{other}`"))),
+            "--adapter" => match args.next() {
+                Some(name) => adapter = Adapter::from_name(&name)?,
+                None => return Err(CodegenError::Usage("`--adapter` needs a name".into())),
             },
+            other => {
+                if let Some(dir) = other.strip_prefix("--out=") {
+                    out = Some(dir.to_string());
+                } else if let Some(name) = other.strip_prefix("--adapter=") {
+                    adapter = Adapter::from_name(name)?;
+                } else {
+                    return Err(CodegenError::Usage(format!("unknown argument `{other}`")));
+                }
+            }
         }
     }
     let out = out.ok_or_else(|| CodegenError::Usage("`--out <DIR>` is required".into()))?;
-    let options = Options::new(&app, out);
+    let options = Options::with_adapter(&app, out, adapter);
     if check_only {
         check(&options)?;
         Ok(Some(Outcome::UpToDate))
@@ -339,5 +410,21 @@ mod tests {
             run(["app", "generate", "--out", "x", "--bogus"]),
             Err(CodegenError::Usage(_))
         ));
+        assert!(matches!(
+            run(["app", "generate", "--out", "x", "--adapter", "vue"]),
+            Err(CodegenError::Usage(m)) if m.contains("svelte, react or none")
+        ));
+    }
+
+    #[test]
+    fn the_command_names_the_adapter_unless_it_is_the_default() {
+        assert_eq!(
+            Options::new("app", "web/api").command,
+            "app generate --out web/api"
+        );
+        assert_eq!(
+            Options::with_adapter("app", "web/api", Adapter::React).command,
+            "app generate --out web/api --adapter react"
+        );
     }
 }

@@ -6,9 +6,13 @@ mod fixture;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use forge_codegen::{CodegenError, Options, Outcome};
+use forge_codegen::{Adapter, CodegenError, Options, Outcome};
 
-const GOLDEN: &str = "tests/golden/api.ts";
+/// The output pinned for each adapter (`none` is `svelte` without its note, checked below).
+const GOLDEN: &[(Adapter, &str)] = &[
+    (Adapter::Svelte, "tests/golden/api.ts"),
+    (Adapter::React, "tests/golden/api.react.ts"),
+];
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,34 +28,66 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn fixture_api_ts() -> String {
-    let options = Options::new("fixture", "src/lib/forge");
+fn fixture_api_ts_for(adapter: Adapter) -> String {
+    let options = Options::with_adapter("fixture", "src/lib/forge", adapter);
     let files = forge_codegen::generate(&options).unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].path, Path::new("src/lib/forge/api.ts"));
     files.into_iter().next().unwrap().contents
 }
 
+fn fixture_api_ts() -> String {
+    fixture_api_ts_for(Adapter::default())
+}
+
 #[test]
-fn output_matches_the_golden_file() {
-    let generated = fixture_api_ts();
-    let golden_path = manifest_dir().join(GOLDEN);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden_path, &generated).unwrap();
-        return;
+fn output_matches_the_golden_files() {
+    for &(adapter, golden) in GOLDEN {
+        let generated = fixture_api_ts_for(adapter);
+        let golden_path = manifest_dir().join(golden);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden_path, &generated).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&golden_path).unwrap_or_default();
+        if let Some(diff) = forge_codegen::first_difference(&expected, &generated) {
+            panic!(
+                "the generated api.ts ({}) differs from {golden}: {diff}\n\
+                 if the change is intended: UPDATE_GOLDEN=1 cargo test -p forge-codegen --test generate",
+                adapter.name()
+            );
+        }
     }
-    let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
-    if let Some(diff) = forge_codegen::first_difference(&golden, &generated) {
-        panic!(
-            "the generated api.ts differs from {GOLDEN}: {diff}\n\
-             if the change is intended: UPDATE_GOLDEN=1 cargo test -p forge-codegen --test generate"
-        );
+}
+
+#[test]
+fn every_adapter_generates_the_core_functions_importing_the_core() {
+    let svelte = fixture_api_ts_for(Adapter::Svelte);
+    let none = fixture_api_ts_for(Adapter::None);
+    let react = fixture_api_ts_for(Adapter::React);
+    assert!(svelte.contains("} from \"@forge/client\";"), "{svelte}");
+    for out in [&svelte, &none, &react] {
+        assert!(!out.contains("@forge/svelte\";"), "{out}");
     }
+    assert!(!none.contains("@forge/react") && !svelte.contains("@forge/react"));
+    assert!(react.contains("} from \"@forge/react\";"), "{react}");
+    // `none` is `svelte` without the Svelte note (and the header's command).
+    let body = |s: &str| s.split_once("\nimport").unwrap().1.to_string();
+    assert_eq!(body(&none), body(&svelte));
+    assert!(
+        none.contains("generate --out src/lib/forge --adapter none`"),
+        "{none}"
+    );
+    assert!(!svelte.contains("--adapter"), "{svelte}");
 }
 
 #[test]
 fn output_is_deterministic() {
     assert_eq!(fixture_api_ts(), fixture_api_ts());
+    assert_eq!(
+        fixture_api_ts_for(Adapter::React),
+        fixture_api_ts_for(Adapter::React)
+    );
 }
 
 #[test]
@@ -101,16 +137,16 @@ fn check_passes_on_fresh_output_and_names_the_stale_file() {
     assert_eq!(std::fs::read_to_string(&api).unwrap(), contents);
 }
 
-/// Declarations of `@forge/svelte` as ts-contract.md fixes them; the generated code must
-/// type-check against them.
-const FORGE_SVELTE_STUB: &str = r#"
+/// Declarations of `@forge/client` as its contract fixes them (the trackers are stores: a
+/// `subscribe` that returns the stopper); the generated code must type-check against them.
+const FORGE_CLIENT_STUB: &str = r#"
 export type JobStatus = "pending" | "claimed" | "running" | "completed" | "retry" | "failed"
   | "dead_letter" | "cancel_requested" | "cancelled" | "not_found";
 export interface JobState<O> {
   jobId: string | null; status: JobStatus; progress: number | null; message: string | null;
   output: O | null; error: string | null; loading: boolean;
 }
-export interface JobStore<O> {
+export interface JobTracker<O> {
   subscribe(run: (state: JobState<O>) => void): () => void;
   unsubscribe(): void;
   cancel(): Promise<void>;
@@ -122,31 +158,45 @@ export interface WorkflowState<O> {
   waitingFor: string | null; steps: { name: string; status: string; error: string | null }[];
   output: O | null; error: string | null; loading: boolean;
 }
-export interface WorkflowStore<O> {
+export interface WorkflowTracker<O> {
   subscribe(run: (state: WorkflowState<O>) => void): () => void;
   unsubscribe(): void;
   cancel(): Promise<void>;
 }
 export interface QueryState<O> { data: O | null; error: unknown; loading: boolean }
-export interface QueryStore<O> {
+export interface QueryTracker<O> {
   subscribe(run: (state: QueryState<O>) => void): () => void;
   unsubscribe(): void;
 }
-export declare function createJobStore<A, O>(fn: string, args: A): JobStore<O>;
-export declare function trackJob<O>(fn: string, jobId: string): JobStore<O>;
-export declare function createWorkflowStore<A, O>(fn: string, args: A): WorkflowStore<O>;
-export declare function trackWorkflow<O>(fn: string, workflowId: string): WorkflowStore<O>;
-export declare function createQueryStore<A, O>(fn: string, args: A): QueryStore<O>;
-export declare function callFunction<A, O>(fn: string, args: A): Promise<O>;
+export declare class ForgeClient { private readonly brand: true }
+export declare function createForgeClient(): ForgeClient;
+export declare function startJob<A, O>(fn: string, args: A, client?: ForgeClient): JobTracker<O>;
+export declare function followJob<O>(jobId: string, client?: ForgeClient): JobTracker<O>;
+export declare function startWorkflow<A, O>(fn: string, args: A, client?: ForgeClient): WorkflowTracker<O>;
+export declare function followWorkflow<O>(workflowId: string, client?: ForgeClient): WorkflowTracker<O>;
+export declare function liveQuery<A, O>(fn: string, args: A, client?: ForgeClient): QueryTracker<O>;
+export declare function callFunction<A, O>(fn: string, args: A, client?: ForgeClient): Promise<O>;
+"#;
+
+/// Declarations of `@forge/react`'s hooks, for the `react` adapter's output.
+const FORGE_REACT_STUB: &str = r#"
+import type { JobState, JobTracker, QueryState, WorkflowState, WorkflowTracker } from "@forge/client";
+export interface Track<A, T, S> { start(args: A): T; tracker: T | null; state: S | null }
+export declare function useTrackJob<A, O>(fn: string): Track<A, JobTracker<O>, JobState<O>>;
+export declare function useTrackWorkflow<A, O>(fn: string): Track<A, WorkflowTracker<O>, WorkflowState<O>>;
+export declare function useFollowJob<O>(jobId: string | null): JobState<O> | null;
+export declare function useFollowWorkflow<O>(workflowId: string | null): WorkflowState<O> | null;
+export declare function useLiveQuery<A, O>(fn: string, args: A): QueryState<O>;
 "#;
 
 /// Uses of the generated code: what must compile, and (`@ts-expect-error`) what must not.
 const USAGE: &str = r#"
 import {
-  trackExportUsers, resumeExportUsers, trackNightlyCleanup, trackAccountVerification,
-  resumeImportCatalog, recentJobs, liveRecentJobs, shapes, countJobs, confirmEmail, saveProfile,
+  trackExportUsers, followExportUsers, trackNightlyCleanup, trackAccountVerification,
+  followImportCatalog, recentJobs, liveRecentJobs, shapes, countJobs, confirmEmail, saveProfile,
   setPriority,
 } from "./api";
+import { createForgeClient } from "@forge/client";
 import type {
   Adjacent, Color, External, Internal, Priority, Profile, SettingsInput, Shapes, Tree, Untagged,
 } from "./api";
@@ -163,13 +213,20 @@ trackExportUsers({ format: 1 });
 trackExportUsers({});
 // @ts-expect-error: unknown argument
 trackExportUsers({ format: "csv", extra: 1 });
-resumeExportUsers("0190c6a4-0000-7000-8000-000000000000").unsubscribe();
+followExportUsers("0190c6a4-0000-7000-8000-000000000000").unsubscribe();
 trackNightlyCleanup().cancel();
+// An explicit client, last; without arguments it is the only one.
+const client = createForgeClient();
+trackExportUsers({ format: "json" }, client).unsubscribe();
+followExportUsers("j", client).unsubscribe();
+trackNightlyCleanup(client).cancel();
+// @ts-expect-error: not a client
+trackNightlyCleanup({});
 trackAccountVerification({ userId: "u" }).subscribe((s) => {
   const done: void | null = s.output;
   void done;
 });
-resumeImportCatalog("w").subscribe((s) => {
+followImportCatalog("w").subscribe((s) => {
   const cursor: string | null | undefined = s.output?.nextCursor;
   void cursor;
 });
@@ -179,7 +236,7 @@ async function calls(): Promise<void> {
   const first: string | null = rows[0]?.finishedAt ?? null;
   void first;
   liveRecentJobs({ limit: 5 }).subscribe((s) => void s.data?.length);
-  const n: number = await countJobs();
+  const n: number = await countJobs(client);
   void n;
   const nothing: void = await confirmEmail({ workflowId: "w" });
   void nothing;
@@ -230,6 +287,33 @@ const untagged: Untagged[] = [1.5, "text", { key: "k" }];
 const tree: Tree = { label: "root", parent: null, children: [{ label: "leaf", children: [], parent: null }] };
 void priorities; void externals; void badExternal; void internals; void badInternal;
 void adjacents; void badAdjacent; void untagged; void tree;
+"#;
+
+/// Uses of the `react` adapter's hooks (called as a component would; the types are the test).
+const USAGE_REACT: &str = r#"
+import {
+  useTrackExportUsers, useFollowExportUsers, useFollowImportCatalog, useLiveRecentJobs,
+  useLiveCountJobs, useTrackAccountVerification, trackExportUsers,
+} from "./api";
+
+export function component(): string {
+  const exp = useTrackExportUsers();
+  const started = exp.start({ format: "csv" });
+  void started.cancel();
+  // @ts-expect-error: `format` is checked
+  exp.start({ format: 1 });
+  const rows: number | undefined = exp.state?.output?.rows;
+  const same: typeof started | null = exp.tracker;
+  const followed = useFollowExportUsers(null);
+  const url: string | undefined = followed?.output?.downloadUrl;
+  const cursor: string | null | undefined = useFollowImportCatalog("w")?.output?.nextCursor;
+  const recent = useLiveRecentJobs({ limit: 5 });
+  const first: string | undefined = recent.data?.[0]?.id;
+  const count: number | null = useLiveCountJobs().data;
+  useTrackAccountVerification().start({ userId: "u" });
+  void trackExportUsers;
+  return `${rows} ${same} ${url} ${cursor} ${first} ${count}`;
+}
 "#;
 
 const TSCONFIG: &str = r#"{
@@ -288,57 +372,79 @@ fn run_tsc(tsc: &Path, dir: &Path) {
     );
 }
 
-/// Against declarations of `@forge/svelte` written from ts-contract.md, under the strictest
-/// options users may have.
+/// The generated code for `adapter` and its uses in a fresh folder.
+fn project(name: &str, adapter: Adapter) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::write(dir.join("api.ts"), fixture_api_ts_for(adapter)).unwrap();
+    std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
+    std::fs::write(dir.join("usage_react.ts"), USAGE_REACT).unwrap();
+    dir
+}
+
+/// Files of `project` that `adapter`'s output must compile with.
+fn files(adapter: Adapter) -> &'static str {
+    match adapter {
+        Adapter::React => r#"["api.ts", "usage.ts", "usage_react.ts"]"#,
+        _ => r#"["api.ts", "usage.ts"]"#,
+    }
+}
+
+/// Against declarations of `@forge/client` (and `@forge/react`) written from their contract,
+/// under the strictest options users may have.
 #[test]
 fn output_type_checks() {
     let Some(tsc) = tsc() else { return };
-    let dir = scratch("tsc");
-    std::fs::write(dir.join("api.ts"), fixture_api_ts()).unwrap();
-    std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
-    std::fs::write(dir.join("tsconfig.json"), TSCONFIG).unwrap();
-    let stub = dir.join("node_modules/@forge/svelte");
-    std::fs::create_dir_all(&stub).unwrap();
-    std::fs::write(
-        stub.join("package.json"),
-        r#"{ "name": "@forge/svelte", "types": "index.d.ts" }"#,
-    )
-    .unwrap();
-    std::fs::write(stub.join("index.d.ts"), FORGE_SVELTE_STUB).unwrap();
-    run_tsc(&tsc, &dir);
+    for adapter in [Adapter::Svelte, Adapter::React, Adapter::None] {
+        let dir = project(&format!("tsc-{}", adapter.name()), adapter);
+        let tsconfig = TSCONFIG.replace(r#"["api.ts", "usage.ts"]"#, files(adapter));
+        std::fs::write(dir.join("tsconfig.json"), tsconfig).unwrap();
+        for (name, stub) in [("client", FORGE_CLIENT_STUB), ("react", FORGE_REACT_STUB)] {
+            let stub_dir = dir.join("node_modules/@forge").join(name);
+            std::fs::create_dir_all(&stub_dir).unwrap();
+            std::fs::write(
+                stub_dir.join("package.json"),
+                format!(r#"{{ "name": "@forge/{name}", "types": "index.d.ts" }}"#),
+            )
+            .unwrap();
+            std::fs::write(stub_dir.join("index.d.ts"), stub).unwrap();
+        }
+        run_tsc(&tsc, &dir);
+    }
 }
 
-/// Against the real `packages/svelte` of this repository, when it is there.
+/// Against the real `packages/client` and `packages/react` of this repository, when they are
+/// there.
 #[test]
-fn output_type_checks_against_the_svelte_package() {
+fn output_type_checks_against_the_packages() {
     let Some(tsc) = tsc() else { return };
-    let package = repo_root().join("packages/svelte/src/index.ts");
-    if !package.exists() {
-        println!("NOTICE: skipped: {} is missing", package.display());
+    let packages =
+        ["client", "react"].map(|p| repo_root().join(format!("packages/{p}/src/index.ts")));
+    if let Some(missing) = packages.iter().find(|p| !p.exists()) {
+        println!("NOTICE: skipped: {} is missing", missing.display());
         return;
     }
-    let package = package.canonicalize().unwrap();
-    let dir = scratch("tsc-package");
-    std::fs::write(dir.join("api.ts"), fixture_api_ts()).unwrap();
-    std::fs::write(dir.join("usage.ts"), USAGE).unwrap();
-    let tsconfig = format!(
-        r#"{{
+    let [client, react] = packages
+        .map(|p| serde_json::Value::String(p.canonicalize().unwrap().display().to_string()));
+    for adapter in [Adapter::Svelte, Adapter::React] {
+        let dir = project(&format!("tsc-package-{}", adapter.name()), adapter);
+        let tsconfig = format!(
+            r#"{{
   "compilerOptions": {{
     "strict": true,
     "noEmit": true,
     "target": "ES2022",
     "module": "ESNext",
     "moduleResolution": "Bundler",
-    "allowImportingTsExtensions": true,
     "skipLibCheck": true,
     "types": [],
-    "paths": {{ "@forge/svelte": [{}] }}
+    "paths": {{ "@forge/client": [{client}], "@forge/react": [{react}] }}
   }},
-  "files": ["api.ts", "usage.ts"]
+  "files": {}
 }}
 "#,
-        serde_json::Value::String(package.display().to_string())
-    );
-    std::fs::write(dir.join("tsconfig.json"), tsconfig).unwrap();
-    run_tsc(&tsc, &dir);
+            files(adapter)
+        );
+        std::fs::write(dir.join("tsconfig.json"), tsconfig).unwrap();
+        run_tsc(&tsc, &dir);
+    }
 }

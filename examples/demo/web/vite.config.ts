@@ -1,6 +1,6 @@
 import { fileURLToPath } from "node:url";
 import { svelte } from "@sveltejs/vite-plugin-svelte";
-import { defineConfig } from "vite";
+import { defaultClientConditions, defineConfig } from "vite";
 
 // `npm run dev -w @forge/demo-web` serves the page with hot reload and sends the API to a
 // running demo (`cargo run -p demo`, port 8080 unless DEMO_API says otherwise).
@@ -10,6 +10,8 @@ export default defineConfig({
   plugins: [svelte()],
   resolve: {
     alias: { $lib: fileURLToPath(new URL("./src/lib", import.meta.url)) },
+    // The Forge packages from their sources (this repository's), not their built `dist/`.
+    conditions: ["@forge/source", ...defaultClientConditions],
   },
   server: {
     proxy: {

@@ -226,3 +226,36 @@ export function getForgeClient(): ForgeClient {
   defaultClient ??= new ForgeClient();
   return defaultClient;
 }
+
+// The entry points of the generated code: each takes an explicit client last, for pages with
+// more than one (or a client from a framework's context), and uses the default otherwise.
+
+/** Starts job `fn` with `args` and follows it, in one request. */
+export function startJob<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): JobTracker<O> {
+  return client.startJob<O>(fn, args);
+}
+
+/** Follows the existing job `jobId` (e.g. kept across a page reload); starts nothing. */
+export function followJob<O>(jobId: string, client: ForgeClient = getForgeClient()): JobTracker<O> {
+  return client.followJob<O>(jobId);
+}
+
+/** Starts workflow `fn` with `args` and follows it, in one request. */
+export function startWorkflow<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): WorkflowTracker<O> {
+  return client.startWorkflow<O>(fn, args);
+}
+
+/** Follows the existing workflow `workflowId`; starts nothing. */
+export function followWorkflow<O>(workflowId: string, client: ForgeClient = getForgeClient()): WorkflowTracker<O> {
+  return client.followWorkflow<O>(workflowId);
+}
+
+/** Query `fn` with `args`, kept current: it runs again on the server when what it read changes. */
+export function liveQuery<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): QueryTracker<O> {
+  return client.liveQuery<O>(fn, args);
+}
+
+/** Calls a query or mutation once. Rejects with a {@link ForgeError}. */
+export function callFunction<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): Promise<O> {
+  return client.call<O>(fn, args);
+}

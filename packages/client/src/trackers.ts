@@ -131,8 +131,8 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
    * `done`: terminal (or a failed start): nothing more will come. */
   #phase: "start" | "starting" | "follow" | "done";
   #id: string | null;
-  /** No subscriber wants updates any more. */
-  #stopped = false;
+  /** No subscriber wants updates (yet, when following: it subscribes with its first one). */
+  #stopped: boolean;
   #registered = false;
   /** The session this tracker is (being) subscribed on. */
   #session: Session | null = null;
@@ -151,7 +151,10 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
     this.#id = id;
     this.#phase = start ? "start" : "follow";
     this.state = { ...kind.blank(id ?? ""), loading: true, requestError: null };
-    this.#register();
+    // A start cannot wait: its caller expects the job to exist. Following waits for a
+    // subscriber, so a tracker nobody reads (one a framework made and threw away) costs nothing.
+    this.#stopped = !start;
+    if (start) this.#register();
   }
 
   /** The job's or workflow's id once the server has created it. */

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { createForgeClient, type ConnectionStatus, type ForgeClient, type JobState } from "../src/index.js";
-import { FakeServer, jobState, ok, settle, useFakeTime } from "./fake.js";
+import { FakeServer, jobState, live, ok, settle, useFakeTime } from "./fake.js";
 
 const clients: ForgeClient[] = [];
 afterEach(() => {
@@ -30,7 +30,7 @@ describe("connection", () => {
     const seen = statuses(client);
     await client.call("x").catch(() => {});
     expect(server.streams).toHaveLength(0);
-    client.followJob("j");
+    live(client.followJob("j"));
     await settle();
     server.stream.session("s1");
     await settle();
@@ -48,7 +48,7 @@ describe("connection", () => {
       backoff: { initialMs: 100, factor: 2, maxMs: 1000, jitter: 0.2, maxAttempts: 6, random },
     });
     const seen = statuses(client);
-    const job = client.followJob("j");
+    const job = live(client.followJob("j"));
     const delays: number[] = [];
     for (let i = 0; i < 6; i++) {
       await settle();
@@ -109,7 +109,7 @@ describe("connection", () => {
     server.eventsStatus = (h) => (h.authorization === "Bearer fresh" ? 200 : 401);
     const token = vi.fn(({ refresh }: { refresh: boolean }) => (refresh ? "fresh" : "old"));
     const client = make(server, { token });
-    client.followJob("j");
+    live(client.followJob("j"));
     await settle();
     expect(server.streams).toHaveLength(1);
     expect(token.mock.calls.map((c) => c[0].refresh)).toEqual([false, true]);
@@ -119,13 +119,13 @@ describe("connection", () => {
     const t2 = vi.fn(() => "bad");
     const c2 = make(refused, { token: t2 });
     const seen = statuses(c2);
-    c2.followJob("j");
+    live(c2.followJob("j"));
     await settle();
     expect(seen).toEqual(["idle", "connecting", "unauthorized"]);
     expect(t2).toHaveBeenCalledTimes(2);
     expect(refused.fetch).toHaveBeenCalledTimes(2);
     // A tracker made afterwards learns at once.
-    expect(c2.followJob("k").current).toMatchObject({ status: "failed", loading: false });
+    expect(live(c2.followJob("k")).current).toMatchObject({ status: "failed", loading: false });
   });
 
   it("reconnects with a fresh token when the server ends the stream (token expiry)", async () => {
@@ -133,7 +133,7 @@ describe("connection", () => {
     server.on("/_api/subscribe-job", () => ok(jobState("j", "running")));
     let n = 0;
     const client = make(server, { token: () => `t${++n}`, backoff: { initialMs: 1, maxMs: 1 } });
-    client.followJob("j");
+    live(client.followJob("j"));
     await settle();
     server.stream.session("s1");
     await settle();
@@ -148,7 +148,7 @@ describe("connection", () => {
   it("close() ends the stream and reconnects no more", async () => {
     const server = new FakeServer();
     const client = make(server);
-    const job = client.followJob<unknown>("j");
+    const job = live(client.followJob<unknown>("j"));
     await settle();
     server.stream.session("s1");
     await settle();
@@ -181,7 +181,7 @@ describe("connection", () => {
     const server = new FakeServer();
     server.on("/_api/subscribe-job", () => ok(jobState("j", "running")));
     const client = make(server, { baseUrl: "http://api", EventSource: FakeES, token: () => "a b" });
-    const job = client.followJob("j");
+    const job = live(client.followJob("j"));
     await settle();
     expect(FakeES.last.url).toBe("http://api/_api/events?token=a%20b");
     FakeES.last.listeners.get("session")!({ data: JSON.stringify({ sessionId: "s1", sessionSecret: "x" }) });

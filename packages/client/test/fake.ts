@@ -134,3 +134,9 @@ export const workflowState = (workflowId: string, status: string, extra: Record<
   error: null,
   ...extra,
 });
+
+/** `tracker` with a subscriber that ignores it: following starts with the first subscriber. */
+export function live<T extends { subscribe(run: (s: any) => void): unknown }>(tracker: T): T {
+  tracker.subscribe(() => {});
+  return tracker;
+}

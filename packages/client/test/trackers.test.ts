@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { createForgeClient, type ForgeClient, type JobState, type WorkflowState } from "../src/index.js";
-import { fail, FakeServer, jobState, ok, settle, workflowState } from "./fake.js";
+import { fail, FakeServer, jobState, live, ok, settle, workflowState } from "./fake.js";
 
 const clients: ForgeClient[] = [];
 afterEach(() => {
@@ -115,7 +115,7 @@ describe("job tracker", () => {
   it("follows an existing job by id without starting anything", async () => {
     const { server, client } = setup();
     server.on("/_api/subscribe-job", (r) => ok(jobState(r.body.jobId, "running", { progress: 40 })));
-    const job = client.followJob("j-9");
+    const job = live(client.followJob("j-9"));
     expect(job.current).toMatchObject({ jobId: "j-9", loading: true });
     await openSession(server, "s1");
     await settle();
@@ -127,6 +127,21 @@ describe("job tracker", () => {
       jobId: "j-9",
     });
     expect(job.current).toMatchObject({ status: "running", progress: 40, loading: false });
+  });
+
+  it("following asks nothing before the first subscriber (a tracker thrown away costs nothing)", async () => {
+    const { server, client } = setup();
+    server.on("/_api/subscribe-job", (r) => ok(jobState(r.body.jobId, "running")));
+    const job = client.followJob("j-5");
+    client.followWorkflow("w-5");
+    await settle();
+    expect(server.streams).toHaveLength(0);
+    expect(client.connection.state.status).toBe("idle");
+    live(job);
+    await openSession(server, "s1");
+    await settle();
+    expect(server.to("/_api/subscribe-job").map((r) => r.body.jobId)).toEqual(["j-5"]);
+    expect(server.to("/_api/subscribe-workflow")).toHaveLength(0);
   });
 
   it("unsubscribe() tells the server and ignores later events", async () => {
@@ -278,7 +293,7 @@ describe("job tracker", () => {
   it("reports an event with an integer beyond 2^53 - 1 on its subscription", async () => {
     const { server, client } = setup();
     server.on("/_api/subscribe-job", () => ok(jobState("j-11", "running")));
-    const job = client.followJob("j-11");
+    const job = live(client.followJob("j-11"));
     await openSession(server, "s1");
     await settle();
     server.stream.send(
@@ -323,7 +338,7 @@ describe("workflow tracker", () => {
     const { server, client } = setup();
     server.on("/_api/subscribe-workflow", (r) => ok(workflowState(r.body.workflowId, "waiting")));
     server.on("/_api/cancel-workflow", () => ok({ status: "compensating" }));
-    const wf = client.followWorkflow("w-2");
+    const wf = live(client.followWorkflow("w-2"));
     await openSession(server, "s1");
     await settle();
     expect(wf.current).toMatchObject({ workflowId: "w-2", status: "waiting", loading: false });
@@ -335,7 +350,7 @@ describe("workflow tracker", () => {
   it("an unknown id ends as not_found", async () => {
     const { server, client } = setup();
     server.on("/_api/subscribe-workflow", (r) => ok(workflowState(r.body.workflowId, "not_found")));
-    const wf = client.followWorkflow("w-3");
+    const wf = live(client.followWorkflow("w-3"));
     await openSession(server, "s1");
     await settle();
     expect(wf.current).toMatchObject({ status: "not_found", loading: false });

@@ -10,15 +10,19 @@ import {
   callFunction,
   configureForge,
   connectionStatus,
-  createJobStore,
-  createQueryStore,
-  createWorkflowStore,
+  createForgeClient,
+  followJob,
+  followWorkflow,
   ForgeError,
-  trackJob,
-  trackWorkflow,
+  getForgeClient,
+  getForgeClientContext,
+  liveQuery,
+  setForgeClientContext,
+  startJob,
+  startWorkflow,
   type JobStore,
 } from "../src/index.js";
-import { FakeServer, jobState, ok, settle, workflowState } from "../../client/test/fake.js";
+import { FakeServer, jobState, live, ok, settle, workflowState } from "../../client/test/fake.js";
 
 let server: FakeServer;
 function configure() {
@@ -40,6 +44,19 @@ afterEach(() => {
   configureForge({ fetch: () => Promise.reject(new Error("no server")) }).close();
 });
 
+/** A Svelte 5 component from its source, compiled for server rendering. */
+async function compiled(source: string) {
+  const { js } = compile(source, { generate: "server", filename: "Component.svelte" });
+  const dir = await mkdtemp(join(tmpdir(), "forge-svelte-"));
+  try {
+    const file = join(dir, "Component.js");
+    await writeFile(file, js.code);
+    return (await import(pathToFileURL(file).href)).default;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function open() {
   await settle();
   server.stream.session("s1");
@@ -49,7 +66,7 @@ async function open() {
 describe("@forge/svelte stores", () => {
   it("follow the store contract: get(), derived(), detached subscribe", async () => {
     configure();
-    const job = createJobStore<{ format: string }, { url: string }>("export_users", { format: "csv" });
+    const job = startJob<{ format: string }, { url: string }>("export_users", { format: "csv" });
     expect(job.current).toMatchObject({ loading: true });
     await open();
     expect(server.to("/_api/rpc")[0]!.body).toMatchObject({ fn: "export_users", args: { format: "csv" } });
@@ -66,7 +83,7 @@ describe("@forge/svelte stores", () => {
     await settle();
     // derived() was the only subscriber: leaving stops the store on the server too.
     expect(server.to("/_api/unsubscribe")).toHaveLength(1);
-    const { subscribe } = trackJob<unknown>("export_users", "j-2");
+    const { subscribe } = followJob<unknown>("j-2");
     const seen: string[] = [];
     subscribe((s) => seen.push(s.status))();
     expect(seen).toEqual(["pending"]);
@@ -74,40 +91,53 @@ describe("@forge/svelte stores", () => {
 
   it("work with runes through fromStore", async () => {
     configure();
-    const wf = trackWorkflow<void>("verify", "w-7");
+    const wf = live(followWorkflow<void>("w-7"));
     await open();
     const current = fromStore(wf);
     expect(current.current).toMatchObject({ workflowId: "w-7", status: "waiting", loading: false });
-    const started = createWorkflowStore<{ userId: string }, void>("verify", { userId: "u" });
+    const started = startWorkflow<{ userId: string }, void>("verify", { userId: "u" });
     await settle();
     expect(fromStore(started).current).toMatchObject({ workflowId: "w-1", status: "created" });
   });
 
+  it("give a component the client set around it, else the default one", async () => {
+    const client = createForgeClient({ fetch: () => Promise.reject(new Error("no server")) });
+    const seen: unknown[] = [];
+    const source = `<script>
+  let { setup } = $props();
+  setup();
+</script>`;
+    const Component = await compiled(source);
+    // `body` renders (on first access).
+    void render(Component, { props: { setup: () => seen.push(getForgeClientContext()) } }).body;
+    void render(Component, {
+      props: {
+        setup: () => {
+          setForgeClientContext(client);
+          seen.push(getForgeClientContext());
+        },
+      },
+    }).body;
+    expect(seen).toEqual([getForgeClient(), client]);
+    client.close();
+  });
+
   it("work with $store in a Svelte 5 component", async () => {
     configure();
-    const job: JobStore<{ url: string }> = trackJob("export_users", "j-3");
+    const job: JobStore<{ url: string }> = live(followJob("j-3"));
     await open();
     const source = `<script>
   let { job } = $props();
 </script>
 {#if $job.status === "running"}<progress value={$job.progress ?? 0} max="100"></progress>{:else}<p>{$job.status}</p>{/if}`;
-    const { js } = compile(source, { generate: "server", filename: "Job.svelte" });
-    const dir = await mkdtemp(join(tmpdir(), "forge-svelte-"));
-    try {
-      const file = join(dir, "Job.js");
-      await writeFile(file, js.code);
-      const Component = (await import(pathToFileURL(file).href)).default;
-      const { body } = render(Component, { props: { job } });
-      expect(body).toContain('<progress value="30" max="100"></progress>');
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    const { body } = render(await compiled(source), { props: { job } });
+    expect(body).toContain('<progress value="30" max="100"></progress>');
   });
 
   it("live queries and calls use the configured client", async () => {
     configure();
     expect(await callFunction<{ a: number; b: number }, number>("add", { a: 2, b: 3 })).toBe(5);
-    const q = createQueryStore<{ limit: number }, { n: number }>("count", { limit: 1 });
+    const q = liveQuery<{ limit: number }, { n: number }>("count", { limit: 1 });
     const seen: unknown[] = [];
     const stop = q.subscribe((s) => seen.push(s.data));
     await open();

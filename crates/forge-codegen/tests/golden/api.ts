@@ -2,17 +2,22 @@
 // Do not edit: change the Rust functions and run the command again (`--check` fails when this
 // file is stale).
 //
+// Every function takes an explicit client last (default: the one `configureForge` set).
 // 64-bit integers are JSON numbers, typed `number`: the client throws a `precision_loss`
 // ForgeError rather than round one beyond 2^53 silently.
+//
+// Svelte: the stores these functions return are Svelte stores (`$job`, `fromStore(job)`); a
+// client from a component's context is `getForgeClientContext()` of `@forge/svelte`.
 
 import {
   callFunction,
-  createJobStore,
-  createQueryStore,
-  createWorkflowStore,
-  trackJob,
-  trackWorkflow,
-} from "@forge/svelte";
+  followJob,
+  followWorkflow,
+  liveQuery,
+  startJob,
+  startWorkflow,
+  type ForgeClient,
+} from "@forge/client";
 
 export type Adjacent = { t: "A" } | { t: "B"; c: string } | { t: "C"; c: { x: number } };
 
@@ -216,36 +221,41 @@ export type Untagged = number | string | Meta;
  *
  * Starts the `export_users` job and returns a store that follows it.
  */
-export const trackExportUsers = (args: { format: string }) =>
-  createJobStore<{ format: string }, ExportResult>("export_users", args);
+export const trackExportUsers = (args: { format: string }, client?: ForgeClient) =>
+  startJob<{ format: string }, ExportResult>("export_users", args, client);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
-export const resumeExportUsers = (jobId: string) => trackJob<ExportResult>("export_users", jobId);
+export const followExportUsers = (jobId: string, client?: ForgeClient) =>
+  followJob<ExportResult>(jobId, client);
 
 // job nightly_cleanup() -> ()
 /** Starts the `nightly_cleanup` job and returns a store that follows it. */
-export const trackNightlyCleanup = () =>
-  createJobStore<Record<string, never>, void>("nightly_cleanup", {});
+export const trackNightlyCleanup = (client?: ForgeClient) =>
+  startJob<Record<string, never>, void>("nightly_cleanup", {}, client);
 /** Follows the `nightly_cleanup` job with this id, started earlier (before a page reload, say). */
-export const resumeNightlyCleanup = (jobId: string) => trackJob<void>("nightly_cleanup", jobId);
+export const followNightlyCleanup = (jobId: string, client?: ForgeClient) =>
+  followJob<void>(jobId, client);
 
 // workflow account_verification(user_id: Uuid) -> ()
 /** Starts the `account_verification` workflow and returns a store that follows it. */
-export const trackAccountVerification = (args: { userId: string }) =>
-  createWorkflowStore<{ userId: string }, void>("account_verification", args);
+export const trackAccountVerification = (args: { userId: string }, client?: ForgeClient) =>
+  startWorkflow<{ userId: string }, void>("account_verification", args, client);
 /**
  * Follows the `account_verification` workflow with this id, started earlier (before a page reload,
  * say).
  */
-export const resumeAccountVerification = (workflowId: string) =>
-  trackWorkflow<void>("account_verification", workflowId);
+export const followAccountVerification = (workflowId: string, client?: ForgeClient) =>
+  followWorkflow<void>(workflowId, client);
 
 // workflow import_catalog(source_url: String, dry_run: bool) -> Page<JobRow>
 /** Starts the `import_catalog` workflow and returns a store that follows it. */
-export const trackImportCatalog = (args: { sourceUrl: string; dryRun: boolean }) =>
-  createWorkflowStore<{ sourceUrl: string; dryRun: boolean }, PageOfJobRow>("import_catalog", args);
+export const trackImportCatalog = (
+  args: { sourceUrl: string; dryRun: boolean },
+  client?: ForgeClient,
+) =>
+  startWorkflow<{ sourceUrl: string; dryRun: boolean }, PageOfJobRow>("import_catalog", args, client);
 /** Follows the `import_catalog` workflow with this id, started earlier (before a page reload, say). */
-export const resumeImportCatalog = (workflowId: string) =>
-  trackWorkflow<PageOfJobRow>("import_catalog", workflowId);
+export const followImportCatalog = (workflowId: string, client?: ForgeClient) =>
+  followWorkflow<PageOfJobRow>(workflowId, client);
 
 // query count_jobs() -> i64
 /**
@@ -254,15 +264,16 @@ export const resumeImportCatalog = (workflowId: string) =>
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const countJobs = () => callFunction<Record<string, never>, number>("count_jobs", {});
+export const countJobs = (client?: ForgeClient) =>
+  callFunction<Record<string, never>, number>("count_jobs", {}, client);
 /**
  * The `count_jobs` query as a live store: its data follows the changes on the server.
  *
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const liveCountJobs = () =>
-  createQueryStore<Record<string, never>, number>("count_jobs", {});
+export const liveCountJobs = (client?: ForgeClient) =>
+  liveQuery<Record<string, never>, number>("count_jobs", {}, client);
 
 // query recent_jobs(limit: i32) -> Vec<JobRow>
 /**
@@ -270,15 +281,15 @@ export const liveCountJobs = () =>
  *
  * Runs the `recent_jobs` query once.
  */
-export const recentJobs = (args: { limit: number }) =>
-  callFunction<{ limit: number }, JobRow[]>("recent_jobs", args);
+export const recentJobs = (args: { limit: number }, client?: ForgeClient) =>
+  callFunction<{ limit: number }, JobRow[]>("recent_jobs", args, client);
 /**
  * The caller's latest jobs, newest first.
  *
  * The `recent_jobs` query as a live store: its data follows the changes on the server.
  */
-export const liveRecentJobs = (args: { limit: number }) =>
-  createQueryStore<{ limit: number }, JobRow[]>("recent_jobs", args);
+export const liveRecentJobs = (args: { limit: number }, client?: ForgeClient) =>
+  liveQuery<{ limit: number }, JobRow[]>("recent_jobs", args, client);
 
 // query shapes(color_filter: Option<Color>, after_id: i64, tags: Vec<String>) -> Shapes
 /**
@@ -287,28 +298,37 @@ export const liveRecentJobs = (args: { limit: number }) =>
  * `afterId`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const shapes = (args: { afterId: number; tags: string[]; colorFilter?: Color | null }) =>
-  callFunction<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args);
+export const shapes = (
+  args: { afterId: number; tags: string[]; colorFilter?: Color | null },
+  client?: ForgeClient,
+) =>
+  callFunction<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args, client);
 /**
  * The `shapes` query as a live store: its data follows the changes on the server.
  *
  * `afterId`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const liveShapes = (args: { afterId: number; tags: string[]; colorFilter?: Color | null }) =>
-  createQueryStore<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args);
+export const liveShapes = (
+  args: { afterId: number; tags: string[]; colorFilter?: Color | null },
+  client?: ForgeClient,
+) =>
+  liveQuery<{ afterId: number; tags: string[]; colorFilter?: Color | null }, Shapes>("shapes", args, client);
 
 // mutation confirm_email(workflow_id: Uuid) -> ()
 /** Runs the `confirm_email` mutation. */
-export const confirmEmail = (args: { workflowId: string }) =>
-  callFunction<{ workflowId: string }, void>("confirm_email", args);
+export const confirmEmail = (args: { workflowId: string }, client?: ForgeClient) =>
+  callFunction<{ workflowId: string }, void>("confirm_email", args, client);
 
 // mutation save_profile(profile: Profile) -> Profile
 /** Runs the `save_profile` mutation. */
-export const saveProfile = (args: { profile: ProfileInput }) =>
-  callFunction<{ profile: ProfileInput }, Profile>("save_profile", args);
+export const saveProfile = (args: { profile: ProfileInput }, client?: ForgeClient) =>
+  callFunction<{ profile: ProfileInput }, Profile>("save_profile", args, client);
 
 // mutation set_priority(job_id: Uuid, priority: Priority, reason: Option<String>) -> Option<Priority>
 /** Runs the `set_priority` mutation. */
-export const setPriority = (args: { jobId: string; priority: Priority; reason?: string | null }) =>
-  callFunction<{ jobId: string; priority: Priority; reason?: string | null }, Priority | null>("set_priority", args);
+export const setPriority = (
+  args: { jobId: string; priority: Priority; reason?: string | null },
+  client?: ForgeClient,
+) =>
+  callFunction<{ jobId: string; priority: Priority; reason?: string | null }, Priority | null>("set_priority", args, client);

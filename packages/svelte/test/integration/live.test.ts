@@ -7,8 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   configureForge,
   createForgeClient,
-  createJobStore,
   getForgeClient,
+  startJob,
   type ConnectionState,
   type ForgeClientOptions,
   type JobState,
@@ -21,7 +21,7 @@ import {
   liveListNotes,
   listNotes,
   openGate,
-  resumeCountSteps,
+  followCountSteps,
   trackApproval,
   trackCountSteps,
   trackFailingJob,
@@ -76,9 +76,9 @@ describe("jobs", () => {
     rec.stop();
 
     // After a page reload: follow the same job by id, which is over.
-    const again = resumeCountSteps(done.jobId);
-    const resumed = await until(again, (s) => !s.loading);
-    expect(resumed).toMatchObject({ status: "completed", output: { steps: 5, label: "five" } });
+    const again = followCountSteps(done.jobId);
+    const followed = await until(again, (s) => !s.loading);
+    expect(followed).toMatchObject({ status: "completed", output: { steps: 5, label: "five" } });
   });
 
   it("a failing job ends failed with its message", async () => {
@@ -103,7 +103,7 @@ describe("jobs", () => {
 
   it("bad arguments end the store in an error state naming the field", async () => {
     signedIn();
-    const job = createJobStore<unknown, StepsDone>("count_steps", { steps: "many", delayMs: 1, label: "x" });
+    const job = startJob<unknown, StepsDone>("count_steps", { steps: "many", delayMs: 1, label: "x" });
     const s = await until(job, (s) => !s.loading);
     expect(s.status).toBe("failed");
     expect(s.requestError).toMatchObject({ code: "invalid_args", status: 400, field: "steps" });

@@ -1,5 +1,5 @@
 // The ids of the jobs and the workflow the page follows, per user, so that a reload picks them
-// up again with `resume…(id)` instead of losing them.
+// up again with `follow…(id)` instead of losing them.
 export type Slot = "export" | "report" | "verification";
 
 const key = (user: string, slot: Slot) => `forge-demo:${user}:${slot}`;

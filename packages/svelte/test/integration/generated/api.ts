@@ -2,17 +2,22 @@
 // Do not edit: change the Rust functions and run the command again (`--check` fails when this
 // file is stale).
 //
+// Every function takes an explicit client last (default: the one `configureForge` set).
 // 64-bit integers are JSON numbers, typed `number`: the client throws a `precision_loss`
 // ForgeError rather than round one beyond 2^53 silently.
+//
+// Svelte: the stores these functions return are Svelte stores (`$job`, `fromStore(job)`); a
+// client from a component's context is `getForgeClientContext()` of `@forge/svelte`.
 
 import {
   callFunction,
-  createJobStore,
-  createQueryStore,
-  createWorkflowStore,
-  trackJob,
-  trackWorkflow,
-} from "@forge/svelte";
+  followJob,
+  followWorkflow,
+  liveQuery,
+  startJob,
+  startWorkflow,
+  type ForgeClient,
+} from "@forge/client";
 
 export interface Approved {
   title: string;
@@ -43,10 +48,14 @@ export interface StepsDone {
  * `delayMs`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const trackCountSteps = (args: { steps: number; delayMs: number; label: string }) =>
-  createJobStore<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", args);
+export const trackCountSteps = (
+  args: { steps: number; delayMs: number; label: string },
+  client?: ForgeClient,
+) =>
+  startJob<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", args, client);
 /** Follows the `count_steps` job with this id, started earlier (before a page reload, say). */
-export const resumeCountSteps = (jobId: string) => trackJob<StepsDone>("count_steps", jobId);
+export const followCountSteps = (jobId: string, client?: ForgeClient) =>
+  followJob<StepsDone>(jobId, client);
 
 // job failing_job(reason: String) -> ()
 /**
@@ -54,10 +63,11 @@ export const resumeCountSteps = (jobId: string) => trackJob<StepsDone>("count_st
  *
  * Starts the `failing_job` job and returns a store that follows it.
  */
-export const trackFailingJob = (args: { reason: string }) =>
-  createJobStore<{ reason: string }, void>("failing_job", args);
+export const trackFailingJob = (args: { reason: string }, client?: ForgeClient) =>
+  startJob<{ reason: string }, void>("failing_job", args, client);
 /** Follows the `failing_job` job with this id, started earlier (before a page reload, say). */
-export const resumeFailingJob = (jobId: string) => trackJob<void>("failing_job", jobId);
+export const followFailingJob = (jobId: string, client?: ForgeClient) =>
+  followJob<void>(jobId, client);
 
 // job gated_job(gate: String) -> String
 /**
@@ -66,10 +76,11 @@ export const resumeFailingJob = (jobId: string) => trackJob<void>("failing_job",
  *
  * Starts the `gated_job` job and returns a store that follows it.
  */
-export const trackGatedJob = (args: { gate: string }) =>
-  createJobStore<{ gate: string }, string>("gated_job", args);
+export const trackGatedJob = (args: { gate: string }, client?: ForgeClient) =>
+  startJob<{ gate: string }, string>("gated_job", args, client);
 /** Follows the `gated_job` job with this id, started earlier (before a page reload, say). */
-export const resumeGatedJob = (jobId: string) => trackJob<string>("gated_job", jobId);
+export const followGatedJob = (jobId: string, client?: ForgeClient) =>
+  followJob<string>(jobId, client);
 
 // workflow approval(title: String) -> Approved
 /**
@@ -77,11 +88,11 @@ export const resumeGatedJob = (jobId: string) => trackJob<string>("gated_job", j
  *
  * Starts the `approval` workflow and returns a store that follows it.
  */
-export const trackApproval = (args: { title: string }) =>
-  createWorkflowStore<{ title: string }, Approved>("approval", args);
+export const trackApproval = (args: { title: string }, client?: ForgeClient) =>
+  startWorkflow<{ title: string }, Approved>("approval", args, client);
 /** Follows the `approval` workflow with this id, started earlier (before a page reload, say). */
-export const resumeApproval = (workflowId: string) =>
-  trackWorkflow<Approved>("approval", workflowId);
+export const followApproval = (workflowId: string, client?: ForgeClient) =>
+  followWorkflow<Approved>(workflowId, client);
 
 // query big_number() -> i64
 /**
@@ -92,7 +103,8 @@ export const resumeApproval = (workflowId: string) =>
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const bigNumber = () => callFunction<Record<string, never>, number>("big_number", {});
+export const bigNumber = (client?: ForgeClient) =>
+  callFunction<Record<string, never>, number>("big_number", {}, client);
 /**
  * 2^60: more than a JavaScript number holds exactly (the client must refuse it loudly).
  *
@@ -101,8 +113,8 @@ export const bigNumber = () => callFunction<Record<string, never>, number>("big_
  * Output: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
-export const liveBigNumber = () =>
-  createQueryStore<Record<string, never>, number>("big_number", {});
+export const liveBigNumber = (client?: ForgeClient) =>
+  liveQuery<Record<string, never>, number>("big_number", {}, client);
 
 // query list_notes(topic: String) -> Vec<Note>
 /**
@@ -110,15 +122,15 @@ export const liveBigNumber = () =>
  *
  * Runs the `list_notes` query once.
  */
-export const listNotes = (args: { topic: string }) =>
-  callFunction<{ topic: string }, Note[]>("list_notes", args);
+export const listNotes = (args: { topic: string }, client?: ForgeClient) =>
+  callFunction<{ topic: string }, Note[]>("list_notes", args, client);
 /**
  * The notes of `topic`, oldest first.
  *
  * The `list_notes` query as a live store: its data follows the changes on the server.
  */
-export const liveListNotes = (args: { topic: string }) =>
-  createQueryStore<{ topic: string }, Note[]>("list_notes", args);
+export const liveListNotes = (args: { topic: string }, client?: ForgeClient) =>
+  liveQuery<{ topic: string }, Note[]>("list_notes", args, client);
 
 // mutation add_note(topic: String, text: String) -> Note
 /**
@@ -126,8 +138,8 @@ export const liveListNotes = (args: { topic: string }) =>
  *
  * Runs the `add_note` mutation.
  */
-export const addNote = (args: { topic: string; text: string }) =>
-  callFunction<{ topic: string; text: string }, Note>("add_note", args);
+export const addNote = (args: { topic: string; text: string }, client?: ForgeClient) =>
+  callFunction<{ topic: string; text: string }, Note>("add_note", args, client);
 
 // mutation approve(workflow_id: Uuid) -> ()
 /**
@@ -135,8 +147,8 @@ export const addNote = (args: { topic: string; text: string }) =>
  *
  * Runs the `approve` mutation.
  */
-export const approve = (args: { workflowId: string }) =>
-  callFunction<{ workflowId: string }, void>("approve", args);
+export const approve = (args: { workflowId: string }, client?: ForgeClient) =>
+  callFunction<{ workflowId: string }, void>("approve", args, client);
 
 // mutation open_gate(name: String) -> ()
 /**
@@ -144,5 +156,5 @@ export const approve = (args: { workflowId: string }) =>
  *
  * Runs the `open_gate` mutation.
  */
-export const openGate = (args: { name: string }) =>
-  callFunction<{ name: string }, void>("open_gate", args);
+export const openGate = (args: { name: string }, client?: ForgeClient) =>
+  callFunction<{ name: string }, void>("open_gate", args, client);

@@ -2,17 +2,22 @@
 // Do not edit: change the Rust functions and run the command again (`--check` fails when this
 // file is stale).
 //
+// Every function takes an explicit client last (default: the one `configureForge` set).
 // 64-bit integers are JSON numbers, typed `number`: the client throws a `precision_loss`
 // ForgeError rather than round one beyond 2^53 silently.
+//
+// Svelte: the stores these functions return are Svelte stores (`$job`, `fromStore(job)`); a
+// client from a component's context is `getForgeClientContext()` of `@forge/svelte`.
 
 import {
   callFunction,
-  createJobStore,
-  createQueryStore,
-  createWorkflowStore,
-  trackJob,
-  trackWorkflow,
-} from "@forge/svelte";
+  followJob,
+  followWorkflow,
+  liveQuery,
+  startJob,
+  startWorkflow,
+  type ForgeClient,
+} from "@forge/client";
 
 /** A demo account, as the page shows it. */
 export interface Account {
@@ -96,10 +101,11 @@ export interface Session {
  *
  * Starts the `export_users` job and returns a store that follows it.
  */
-export const trackExportUsers = (args: { format: ExportFormat }) =>
-  createJobStore<{ format: ExportFormat }, ExportResult>("export_users", args);
+export const trackExportUsers = (args: { format: ExportFormat }, client?: ForgeClient) =>
+  startJob<{ format: ExportFormat }, ExportResult>("export_users", args, client);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
-export const resumeExportUsers = (jobId: string) => trackJob<ExportResult>("export_users", jobId);
+export const followExportUsers = (jobId: string, client?: ForgeClient) =>
+  followJob<ExportResult>(jobId, client);
 
 // job send_report(report_id: u32, always_fail: bool) -> ReportSent
 /**
@@ -107,10 +113,14 @@ export const resumeExportUsers = (jobId: string) => trackJob<ExportResult>("expo
  *
  * Starts the `send_report` job and returns a store that follows it.
  */
-export const trackSendReport = (args: { reportId: number; alwaysFail: boolean }) =>
-  createJobStore<{ reportId: number; alwaysFail: boolean }, ReportSent>("send_report", args);
+export const trackSendReport = (
+  args: { reportId: number; alwaysFail: boolean },
+  client?: ForgeClient,
+) =>
+  startJob<{ reportId: number; alwaysFail: boolean }, ReportSent>("send_report", args, client);
 /** Follows the `send_report` job with this id, started earlier (before a page reload, say). */
-export const resumeSendReport = (jobId: string) => trackJob<ReportSent>("send_report", jobId);
+export const followSendReport = (jobId: string, client?: ForgeClient) =>
+  followJob<ReportSent>(jobId, client);
 
 // workflow account_verification(user_id: Uuid, fail_at: Option<FailAt>) -> ()
 /**
@@ -118,14 +128,17 @@ export const resumeSendReport = (jobId: string) => trackJob<ReportSent>("send_re
  *
  * Starts the `account_verification` workflow and returns a store that follows it.
  */
-export const trackAccountVerification = (args: { userId: string; failAt?: FailAt | null }) =>
-  createWorkflowStore<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args);
+export const trackAccountVerification = (
+  args: { userId: string; failAt?: FailAt | null },
+  client?: ForgeClient,
+) =>
+  startWorkflow<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args, client);
 /**
  * Follows the `account_verification` workflow with this id, started earlier (before a page reload,
  * say).
  */
-export const resumeAccountVerification = (workflowId: string) =>
-  trackWorkflow<void>("account_verification", workflowId);
+export const followAccountVerification = (workflowId: string, client?: ForgeClient) =>
+  followWorkflow<void>(workflowId, client);
 
 // query demo_accounts() -> Vec<Account>
 /**
@@ -133,15 +146,15 @@ export const resumeAccountVerification = (workflowId: string) =>
  *
  * Runs the `demo_accounts` query once.
  */
-export const demoAccounts = () =>
-  callFunction<Record<string, never>, Account[]>("demo_accounts", {});
+export const demoAccounts = (client?: ForgeClient) =>
+  callFunction<Record<string, never>, Account[]>("demo_accounts", {}, client);
 /**
  * The accounts one can sign in as.
  *
  * The `demo_accounts` query as a live store: its data follows the changes on the server.
  */
-export const liveDemoAccounts = () =>
-  createQueryStore<Record<string, never>, Account[]>("demo_accounts", {});
+export const liveDemoAccounts = (client?: ForgeClient) =>
+  liveQuery<Record<string, never>, Account[]>("demo_accounts", {}, client);
 
 // query my_account() -> Account
 /**
@@ -149,14 +162,15 @@ export const liveDemoAccounts = () =>
  *
  * Runs the `my_account` query once.
  */
-export const myAccount = () => callFunction<Record<string, never>, Account>("my_account", {});
+export const myAccount = (client?: ForgeClient) =>
+  callFunction<Record<string, never>, Account>("my_account", {}, client);
 /**
  * The signed-in caller's account (its status changes as verification goes on).
  *
  * The `my_account` query as a live store: its data follows the changes on the server.
  */
-export const liveMyAccount = () =>
-  createQueryStore<Record<string, never>, Account>("my_account", {});
+export const liveMyAccount = (client?: ForgeClient) =>
+  liveQuery<Record<string, never>, Account>("my_account", {}, client);
 
 // query my_inbox() -> Vec<Email>
 /**
@@ -164,13 +178,15 @@ export const liveMyAccount = () =>
  *
  * Runs the `my_inbox` query once.
  */
-export const myInbox = () => callFunction<Record<string, never>, Email[]>("my_inbox", {});
+export const myInbox = (client?: ForgeClient) =>
+  callFunction<Record<string, never>, Email[]>("my_inbox", {}, client);
 /**
  * The caller's latest verification emails, newest first.
  *
  * The `my_inbox` query as a live store: its data follows the changes on the server.
  */
-export const liveMyInbox = () => createQueryStore<Record<string, never>, Email[]>("my_inbox", {});
+export const liveMyInbox = (client?: ForgeClient) =>
+  liveQuery<Record<string, never>, Email[]>("my_inbox", {}, client);
 
 // query recent_jobs(limit: u32) -> Vec<JobSummary>
 /**
@@ -179,16 +195,16 @@ export const liveMyInbox = () => createQueryStore<Record<string, never>, Email[]
  *
  * Runs the `recent_jobs` query once.
  */
-export const recentJobs = (args: { limit: number }) =>
-  callFunction<{ limit: number }, JobSummary[]>("recent_jobs", args);
+export const recentJobs = (args: { limit: number }, client?: ForgeClient) =>
+  callFunction<{ limit: number }, JobSummary[]>("recent_jobs", args, client);
 /**
  * The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
  * their own, which are left out: the page shows the workflows themselves.
  *
  * The `recent_jobs` query as a live store: its data follows the changes on the server.
  */
-export const liveRecentJobs = (args: { limit: number }) =>
-  createQueryStore<{ limit: number }, JobSummary[]>("recent_jobs", args);
+export const liveRecentJobs = (args: { limit: number }, client?: ForgeClient) =>
+  liveQuery<{ limit: number }, JobSummary[]>("recent_jobs", args, client);
 
 // mutation confirm_email(workflow_id: Uuid) -> ()
 /**
@@ -197,8 +213,8 @@ export const liveRecentJobs = (args: { limit: number }) =>
  *
  * Runs the `confirm_email` mutation.
  */
-export const confirmEmail = (args: { workflowId: string }) =>
-  callFunction<{ workflowId: string }, void>("confirm_email", args);
+export const confirmEmail = (args: { workflowId: string }, client?: ForgeClient) =>
+  callFunction<{ workflowId: string }, void>("confirm_email", args, client);
 
 // mutation export_download_link(job_id: Uuid) -> String
 /**
@@ -208,8 +224,8 @@ export const confirmEmail = (args: { workflowId: string }) =>
  *
  * Runs the `export_download_link` mutation.
  */
-export const exportDownloadLink = (args: { jobId: string }) =>
-  callFunction<{ jobId: string }, string>("export_download_link", args);
+export const exportDownloadLink = (args: { jobId: string }, client?: ForgeClient) =>
+  callFunction<{ jobId: string }, string>("export_download_link", args, client);
 
 // mutation sign_in(username: String) -> Session
 /**
@@ -217,5 +233,5 @@ export const exportDownloadLink = (args: { jobId: string }) =>
  *
  * Runs the `sign_in` mutation.
  */
-export const signIn = (args: { username: string }) =>
-  callFunction<{ username: string }, Session>("sign_in", args);
+export const signIn = (args: { username: string }, client?: ForgeClient) =>
+  callFunction<{ username: string }, Session>("sign_in", args, client);
