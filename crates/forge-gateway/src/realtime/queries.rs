@@ -37,7 +37,8 @@ use sqlx::PgConnection;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use super::hub::{json_string, Hub};
+use super::feed::json_string;
+use super::hub::Hub;
 use super::session::{Session, SubId};
 use crate::auth::Identity;
 use crate::error::ApiError;
