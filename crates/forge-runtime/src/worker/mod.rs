@@ -338,4 +338,3 @@ async fn wait_idle(shared: &Shared, deadline: tokio::time::Instant) -> bool {
         }
     }
 }
-

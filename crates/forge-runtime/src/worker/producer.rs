@@ -167,7 +167,6 @@ pub(super) fn more_jobs(shared: &Shared) {
     shared.wake.notify_one();
 }
 
-
 /// Buffers claimed jobs and starts slots for as many as there is room for.
 fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     let mut local = shared.local.lock().unwrap();
@@ -186,7 +185,6 @@ fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
         tokio::spawn(slot(shared.clone(), next));
     }
 }
-
 
 /// Wakes the fetch loop on new jobs; flags running jobs whose cancel was requested.
 pub(super) async fn event_loop(shared: Arc<Shared>, mut events: broadcast::Receiver<Event>) {
