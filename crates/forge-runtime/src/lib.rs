@@ -9,7 +9,8 @@
 //!
 //! * [`store`] holds all SQL. Nothing else in Forge writes SQL.
 //! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
-//! * [`notifier`] is the node's single LISTEN connection.
+//! * [`publish`] owns the notification channels and their payloads; [`notifier`] is the
+//!   node's single LISTEN connection, which decodes them.
 //! * [`workflow`] runs durable workflows on the same workers: each run (and each resume after a
 //!   wait) is a job that replays the workflow's recorded steps.
 //!
@@ -61,6 +62,7 @@ pub mod error;
 pub mod function;
 pub mod node;
 pub mod notifier;
+pub mod publish;
 pub mod queue;
 pub mod registry;
 pub mod status;

@@ -82,6 +82,15 @@ pub use forge_runtime::{
     StepStatus, WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus,
 };
 
+/// Following updates inside the process: [`Forge::notifier`] hands out the node's stream of
+/// job and workflow updates as [`Event`](updates::Event)s. Read-only: it only listens.
+pub mod updates {
+    pub use forge_runtime::notifier::{Event, Notifier};
+    pub use forge_runtime::publish::{
+        JobUpdate, WorkflowUpdate, WorkflowUpdates, JOB_UPDATES, WORKFLOW_UPDATES,
+    };
+}
+
 /// `use forge::prelude::*;` brings what job code needs.
 pub mod prelude {
     pub use crate::{

@@ -7,9 +7,9 @@ mod support;
 use std::time::Duration;
 
 use forge::error::{EnqueueError, ProgressError};
-use forge::notifier::{Event, JobUpdate};
 use forge::prelude::*;
 use forge::store::{FinishStatus, HeldEnd, HeldWrite, MIGRATIONS};
+use forge::updates::{Event, JobUpdate};
 use forge_test_support::TestDb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -914,7 +914,7 @@ async fn updates_are_batched_below_the_payload_limit_and_never_carry_the_output(
     let mut listener = sqlx::postgres::PgListener::connect_with(forge.pool())
         .await
         .unwrap();
-    listener.listen(forge::notifier::JOB_UPDATES).await.unwrap();
+    listener.listen(forge::updates::JOB_UPDATES).await.unwrap();
     let ids = forge
         .enqueue_many((0..200).map(big_output::request))
         .await

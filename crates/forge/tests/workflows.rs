@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use forge::error::{EventError, StartError, WaitError, WorkflowCancelError};
-use forge::notifier::{Event, WorkflowUpdate, WORKFLOW_UPDATES};
 use forge::prelude::*;
+use forge::updates::Event;
 use forge::{StepStatus, Worker};
 use forge_test_support::{wait_for, TestDb};
 use serde::{Deserialize, Serialize};
@@ -205,14 +205,12 @@ async fn every_change_is_published_on_forge_workflow_updates() {
             .await
             .expect("the completed update arrives in time")
             .unwrap();
-        if let Event::Other { channel, payload } = event {
-            if &*channel == WORKFLOW_UPDATES {
-                assert!(payload.len() < 8000);
-                for u in WorkflowUpdate::parse(&payload).unwrap() {
-                    assert!(u.xid > 0);
-                    if u.workflow_id == id {
-                        seen.push((u.status, u.step));
-                    }
+        if let Event::WorkflowUpdates(updates) = event {
+            assert!(updates.as_str().len() < 8000);
+            for u in updates.decode().unwrap() {
+                assert!(u.xid > 0);
+                if u.workflow_id == id {
+                    seen.push((u.status, u.step));
                 }
             }
         }

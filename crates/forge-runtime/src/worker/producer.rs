@@ -208,7 +208,7 @@ pub(super) async fn event_loop(shared: Arc<Shared>, mut events: broadcast::Recei
                     }
                 }
             }
-            Ok(Event::Other { .. }) => {}
+            Ok(Event::WorkflowUpdates(_) | Event::TableChanged(_) | Event::Other { .. }) => {}
             Ok(Event::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Notifications may have been missed: look for jobs now; the next heartbeat
                 // catches missed cancel requests.

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use forge_runtime::notifier::{Event, JobUpdate, TABLE_CHANGES, WORKFLOW_UPDATES};
+use forge_runtime::notifier::Event;
+use forge_runtime::publish::{JobUpdate, WorkflowUpdates};
 use forge_runtime::store::DbSnapshot;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -28,14 +29,9 @@ pub(super) async fn run(hub: Weak<Hub>, mut events: broadcast::Receiver<Event>) 
                 let jobs = hub.with_queries(|q| q.forge_tables(true));
                 hub.tables_changed(jobs);
             }
-            Ok(Event::Other { channel, payload }) => match &*channel {
-                TABLE_CHANGES => match payload.parse::<u32>() {
-                    Ok(oid) => hub.tables_changed([oid]),
-                    Err(_) => tracing::error!(%payload, "unreadable table change payload"),
-                },
-                WORKFLOW_UPDATES => hub.workflow_updates(&payload),
-                _ => {}
-            },
+            Ok(Event::WorkflowUpdates(updates)) => hub.workflow_updates(&updates),
+            Ok(Event::TableChanged(oid)) => hub.tables_changed([oid]),
+            Ok(Event::Other { .. }) => {}
             Ok(Event::Reconnected) => hub.resync().await,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "realtime hub fell behind its notifications");
@@ -78,9 +74,9 @@ impl Hub {
         }
     }
 
-    /// Fans workflow updates (a `forge_workflow_updates` payload) out. Called by [`run`] in
+    /// Fans workflow updates (one `forge_workflow_updates` payload) out. Called by [`run`] in
     /// commit order.
-    pub(super) fn workflow_updates(&self, payload: &str) {
+    pub(super) fn workflow_updates(&self, updates: &WorkflowUpdates) {
         let mut to_fetch = Vec::new();
         let mut index = self.lock();
         for oid in index.queries.forge_tables(false) {
@@ -89,8 +85,8 @@ impl Hub {
         if index.workflows.is_empty() {
             return;
         }
-        let changes = match WorkflowChange::parse(payload) {
-            Ok(changes) => changes,
+        let changes = match updates.decode() {
+            Ok(updates) => updates.into_iter().map(WorkflowChange::from_update),
             Err(e) => {
                 tracing::error!(error = %e, "unreadable workflow update payload");
                 return;

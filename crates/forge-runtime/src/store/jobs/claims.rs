@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::updates::finish_columns;
 use super::{millis, ClaimedJob, FinishStatus, Store};
-use crate::notifier::JobUpdate;
+use crate::publish::{encode_job_updates, JobUpdate};
 use crate::status::JobStatus;
 
 /// A claimed job from a row of a claim: `id`, `function_name`, `args`, `attempt` (the one the
@@ -259,7 +259,7 @@ impl HeldClaim {
             delays.push(delay);
         }
         let payloads =
-            job_update_payloads(&published).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            encode_job_updates(&published).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         let (updated, _sent): (i64, i64) = sqlx::query_as(
             "WITH settings AS (
                  SELECT set_config('synchronous_commit',
@@ -321,7 +321,7 @@ impl HeldClaim {
     }
 }
 
-/// What the trigger of migration 0009 would publish for a held job's write that leaves it
+/// What the trigger of migration 0009 would publish (see [`crate::publish`]) for a held job's write that leaves it
 /// `last`: `claimed`, then `running` if it started and got further, then `last`.
 fn held_updates(w: &HeldWrite, last: JobStatus, xid: u64) -> impl Iterator<Item = JobUpdate> {
     let update = |status, progress: Option<&(f64, Option<String>)>| JobUpdate {
@@ -338,28 +338,4 @@ fn held_updates(w: &HeldWrite, last: JobStatus, xid: u64) -> impl Iterator<Item 
         .into_iter()
         .chain(running)
         .chain(std::iter::once(update(last, w.progress.as_ref())))
-}
-
-/// Notification payloads of `updates`: JSON arrays, each below PostgreSQL's limit of 8,000
-/// bytes. One update is at most about 3,200 bytes (a 500-character message of escapes).
-fn job_update_payloads(updates: &[JobUpdate]) -> Result<Vec<String>, serde_json::Error> {
-    const MAX_PAYLOAD: usize = 7_900;
-    let mut payloads = Vec::new();
-    let mut current = String::from("[");
-    for u in updates {
-        let element = serde_json::to_string(u)?;
-        if current.len() + element.len() + 2 > MAX_PAYLOAD {
-            current.push(']');
-            payloads.push(std::mem::replace(&mut current, String::from("[")));
-        }
-        if current.len() > 1 {
-            current.push(',');
-        }
-        current.push_str(&element);
-    }
-    if current.len() > 1 {
-        current.push(']');
-        payloads.push(current);
-    }
-    Ok(payloads)
 }
