@@ -58,9 +58,10 @@
 //! should be idempotent. Every write of an attempt is fenced by its attempt number: a late
 //! write of an old attempt changes nothing.
 
+pub mod backoff;
 pub mod error;
+mod forge;
 pub mod function;
-pub mod node;
 pub mod notifier;
 pub mod publish;
 pub mod queue;
@@ -71,8 +72,8 @@ pub mod worker;
 pub mod workflow;
 
 pub use error::{Error, ErrorKind, Refusal, Result, ResultExt};
+pub use forge::Forge;
 pub use function::{MutationContext, QueryContext, User};
-pub use node::Forge;
 pub use queue::{EnqueueOptions, JobRequest};
 pub use status::{JobState, JobStatus, StepStatus, WorkflowState, WorkflowStatus};
 pub use worker::{JobContext, Worker, WorkerConfig};

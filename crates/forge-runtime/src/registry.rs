@@ -2,7 +2,7 @@
 //! definition each through `inventory`; the runtime, the gateway and the TypeScript generator
 //! all read this one list, so there is no hand-written registration anywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -10,9 +10,10 @@ use futures::future::BoxFuture;
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
+pub use crate::backoff::Backoff;
 use crate::error::{ArgsError, Error};
 use crate::function::{MutationContext, QueryContext};
-use crate::worker::JobContext;
+use crate::worker::{Handler, JobContext};
 
 /// Who may call a function through the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,29 +35,6 @@ pub struct ArgDef {
     pub rust_name: &'static str,
     /// The Rust type, as written.
     pub rust_type: &'static str,
-}
-
-/// Retry backoff: `base * 2^(attempt-1)`, capped at `max`, with ±25% jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    pub const DEFAULT: Backoff = Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(600),
-    };
-
-    /// The delay before the attempt after `attempt` (1-based) failed.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
-        // Jitter spreads retries of jobs that failed together (a database restart, say) so
-        // they do not all come back in the same instant.
-        raw.mul_f64(0.75 + fastrand::f64() * 0.5)
-    }
 }
 
 /// Options of `#[forge::job(...)]`.
@@ -310,6 +288,20 @@ fn json_kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The worker handlers of every registered `#[forge::job]`.
+pub fn job_handlers() -> HashMap<String, Handler> {
+    jobs()
+        .map(|def| {
+            let handler = Handler {
+                run: def.run,
+                timeout: def.options.timeout,
+                backoff: def.options.backoff,
+            };
+            (def.name.to_string(), handler)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use forge::prelude::*;
 use forge::store::{Finish, FinishStatus, ProgressWrite, UpdateBatch};
-use forge::worker::{registered_handlers, Handler};
+use forge_runtime::registry::job_handlers;
+use forge_runtime::worker::Handler;
 use forge_test_support::{wait_for, TestDb};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -355,7 +356,7 @@ fn on_node(node: &'static str) -> Handler {
     }
     Handler {
         run: if node == "a" { run_a } else { run_b },
-        ..registered_handlers()["count_once"]
+        ..job_handlers()["count_once"]
     }
 }
 

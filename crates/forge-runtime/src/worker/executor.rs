@@ -10,8 +10,7 @@ use tokio::task::JoinError;
 use uuid::Uuid;
 
 use super::context::{CancelSignal, StartGate};
-use super::producer::more_jobs;
-use super::{Buffered, Handler, JobContext, Shared, START_DEFER};
+use super::{more_jobs, Buffered, Handler, JobContext, Shared, START_DEFER};
 use crate::error::{Error, ErrorKind};
 use crate::store::{ClaimedJob, Finish, FinishStatus, StartWrite};
 
@@ -226,5 +225,24 @@ fn humanize(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+/// Buffers claimed jobs and starts slots for as many as there is room for.
+pub(super) fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
+    let mut local = shared.local.lock().unwrap();
+    for job in jobs {
+        let cancel = Arc::new(CancelSignal::default());
+        local.held.insert(job.id, cancel.clone());
+        local.buffer.push_back(Buffered { job, cancel });
+    }
+    if shared.stop.is_cancelled() {
+        // Shutdown releases them.
+        return;
+    }
+    while local.slots + local.reserved < shared.config.concurrency {
+        let Some(next) = local.pop_live() else { break };
+        local.slots += 1;
+        tokio::spawn(slot(shared.clone(), next));
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::producer::more_jobs;
-use super::Shared;
+use super::{more_jobs, Shared};
 use crate::status::JobStatus;
 
 pub(super) async fn heartbeat_loop(shared: Arc<Shared>) {

@@ -47,23 +47,23 @@ pub use context::{JobContext, MAX_MESSAGE_CHARS};
 pub(crate) use eager::Eager;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::context::CancelSignal;
 use self::writer::Writer;
+use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::notifier::Notifier;
-use crate::registry::{self, Backoff};
-use crate::store::{ClaimedJob, Store};
+use crate::store::{ClaimedJob, Finish, ProgressWrite, StartWrite, Store};
 
 /// How a worker node runs jobs.
 #[derive(Debug, Clone)]
@@ -113,19 +113,15 @@ pub struct Handler {
     pub backoff: Backoff,
 }
 
-/// Handlers for every registered `#[forge::job]`.
-pub fn registered_handlers() -> HashMap<String, Handler> {
-    registry::jobs()
-        .map(|def| {
-            let handler = Handler {
-                run: def.run,
-                timeout: def.options.timeout,
-                backoff: def.options.backoff,
-            };
-            (def.name.to_string(), handler)
-        })
-        .collect()
+/// A write of a job, on its way to the node's writer (or to its held claim).
+pub(crate) enum Write {
+    Start(StartWrite, oneshot::Sender<bool>),
+    Progress(ProgressWrite, oneshot::Sender<()>),
+    Finish(Finish, FinishDone),
 }
+
+/// Called once a finish is written, with whether it took effect.
+pub(crate) type FinishDone = Box<dyn FnOnce(bool) + Send>;
 
 /// How long a job's `running` write waits for the job to end, so that both go out as one
 /// write. Only the publication of `running` is delayed: the handler starts at once.
@@ -209,6 +205,12 @@ struct Shared {
     interrupt: CancellationToken,
     /// The last running job finished.
     idle: Notify,
+}
+
+/// Jobs may have become runnable: claim again even if the last claim found the queue empty.
+fn more_jobs(shared: &Shared) {
+    shared.more.store(true, Ordering::SeqCst);
+    shared.wake.notify_one();
 }
 
 /// A running worker node.

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use super::context::CancelSignal;
-use super::executor::slot;
-use super::{Buffered, Shared, HOLD_FROM_PREFETCH, HOLD_LIMIT, PREFETCH_WINDOW};
+use super::executor::take;
+use super::{more_jobs, Shared, HOLD_FROM_PREFETCH, HOLD_LIMIT, PREFETCH_WINDOW};
 use crate::notifier::Event;
 use crate::status::JobStatus;
 use crate::store::ClaimedJob;
@@ -159,31 +158,6 @@ async fn claim_held(shared: &Arc<Shared>, want: usize) -> Result<Vec<ClaimedJob>
         after.writer.held().closed(&batch, closed.is_ok());
     });
     Ok(jobs)
-}
-
-/// Jobs may have become runnable: claim again even if the last claim found the queue empty.
-pub(super) fn more_jobs(shared: &Shared) {
-    shared.more.store(true, Ordering::SeqCst);
-    shared.wake.notify_one();
-}
-
-/// Buffers claimed jobs and starts slots for as many as there is room for.
-fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
-    let mut local = shared.local.lock().unwrap();
-    for job in jobs {
-        let cancel = Arc::new(CancelSignal::default());
-        local.held.insert(job.id, cancel.clone());
-        local.buffer.push_back(Buffered { job, cancel });
-    }
-    if shared.stop.is_cancelled() {
-        // Shutdown releases them.
-        return;
-    }
-    while local.slots + local.reserved < shared.config.concurrency {
-        let Some(next) = local.pop_live() else { break };
-        local.slots += 1;
-        tokio::spawn(slot(shared.clone(), next));
-    }
 }
 
 /// Wakes the fetch loop on new jobs; flags running jobs whose cancel was requested.

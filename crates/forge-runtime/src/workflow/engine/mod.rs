@@ -34,8 +34,8 @@ use uuid::Uuid;
 
 use super::def::{self, WorkflowDef};
 use super::WorkflowContext;
+use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::registry::Backoff;
 use crate::status::{StepStatus, WorkflowStatus};
 use crate::store::{
     self, Fence, HistoryEntry, Park, StepKind, StepStart, StepUpdate, WorkflowWrite, WriteOutcome,
