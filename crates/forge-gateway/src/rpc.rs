@@ -19,7 +19,7 @@ use crate::auth::Identity;
 use crate::error::{json_body, json_value, ApiError};
 use crate::functions::{Call, Caller};
 use crate::realtime::Follow;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()

@@ -28,6 +28,7 @@ use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
 use crate::functions::{panic_text, Caller, DuplicateName, Functions};
 use crate::realtime::Realtime;
+use crate::state::AppState;
 use crate::{openapi, rpc};
 
 /// Why a gateway or node could not start.
@@ -59,14 +60,6 @@ pub enum GatewayError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
-}
-
-/// What the gateway's routes share.
-pub(crate) struct AppState {
-    pub(crate) caller: Caller,
-    pub(crate) auth: Auth,
-    pub(crate) config: Arc<GatewayConfig>,
-    openapi: Bytes,
 }
 
 /// The HTTP gateway of one node: RPC, realtime delivery, health, the OpenAPI document.

@@ -13,8 +13,11 @@ use uuid::Uuid;
 
 use super::index::{Index, Topic};
 use super::Hub;
-use crate::realtime::feed::{apply_read, deliver, drain, Change, FeedTopic};
+use crate::realtime::feed::{
+    apply_read, deliver, drain, json_string, Change, Feed, FeedTopic, Sub,
+};
 use crate::realtime::jobs::JobChange;
+use crate::realtime::session::{Session, SubId};
 use crate::realtime::workflows::WorkflowChange;
 
 /// A job or workflow as read from its table, with the owner it is checked against.
@@ -49,6 +52,25 @@ pub(crate) trait Followed: Change + Send + Sync + 'static {
         snapshot: DbSnapshot,
         reads: Vec<Read<Self>>,
     ) -> Vec<Uuid>;
+}
+
+impl Index {
+    pub(super) fn add_sub<C: Followed>(
+        &mut self,
+        id: Uuid,
+        session: &Arc<Session>,
+        sub: &SubId,
+        feed: Feed<C>,
+    ) {
+        C::topics(self).entry(id).or_default().subs.insert(
+            (session.id, sub.clone()),
+            Sub {
+                session: session.clone(),
+                sub_json: json_string(sub),
+                feed,
+            },
+        );
+    }
 }
 
 impl Followed for JobChange {

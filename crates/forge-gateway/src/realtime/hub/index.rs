@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::followed::Followed;
 use super::Proof;
-use crate::realtime::feed::{json_string, Feed, FeedTopic, Sub};
+use crate::realtime::feed::FeedTopic;
 use crate::realtime::jobs::JobChange;
 use crate::realtime::queries::{QueryIndex, QueryKey};
 use crate::realtime::session::{Session, SubId};
@@ -43,23 +42,6 @@ impl Index {
             Some(entry) if entry.session.admits(proof.secret, proof.user) => Ok(entry),
             _ => Err(RealtimeError::UnknownSession),
         }
-    }
-
-    pub(super) fn add_sub<C: Followed>(
-        &mut self,
-        id: Uuid,
-        session: &Arc<Session>,
-        sub: &SubId,
-        feed: Feed<C>,
-    ) {
-        C::topics(self).entry(id).or_default().subs.insert(
-            (session.id, sub.clone()),
-            Sub {
-                session: session.clone(),
-                sub_json: json_string(sub),
-                feed,
-            },
-        );
     }
 
     /// Removes subscription `sub` of `session` if it still follows `topic` (the client may

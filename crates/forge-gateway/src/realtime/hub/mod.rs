@@ -12,6 +12,7 @@ mod events;
 mod followed;
 mod guard;
 mod index;
+mod queries;
 
 pub(crate) use followed::Followed;
 pub(crate) use guard::FollowGuard;
@@ -226,7 +227,11 @@ impl Hub {
             sub,
             Topic::Query(key.clone()),
             |index, session, sub| {
-                latest = Some(index.queries.add_sub(self, &key, call, session, sub));
+                let hub = Arc::downgrade(self);
+                let group = key.clone();
+                latest = Some(index.queries.add_sub(&key, session, sub, |id, wake| {
+                    tokio::spawn(queries::run_group(hub, group, id, call, wake));
+                }));
             },
         )?;
         let mut latest = latest.expect("registered");
