@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use forge::prelude::*;
-use forge::store::{Finish, FinishStatus, ProgressWrite, UpdateBatch};
 use forge_runtime::registry::job_handlers;
+use forge_runtime::store::{Finish, FinishStatus, ProgressWrite, UpdateBatch};
 use forge_runtime::worker::Handler;
 use forge_test_support::{wait_for, TestDb};
 use futures::future::BoxFuture;
@@ -336,7 +336,7 @@ fn on_node(node: &'static str) -> Handler {
         ctx: JobContext,
         args: Value,
     ) -> BoxFuture<'static, Result<Value>> {
-        let inner = forge::registry::job("count_once").unwrap().run;
+        let inner = forge_runtime::registry::job("count_once").unwrap().run;
         Box::pin(async move {
             let id = ctx.job_id();
             let out = inner(ctx.clone(), args).await?;

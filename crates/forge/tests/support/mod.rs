@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use forge::prelude::*;
-use forge::store::JobRow;
 use forge::updates::{Event, JobUpdate};
 use forge::Worker;
+use forge_runtime::store::JobRow;
 use forge_test_support::{wait_for, TestDb};
 use sqlx::PgPool;
 use tokio::sync::broadcast;
