@@ -26,10 +26,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
-use crate::functions::{panic_text, Caller, DuplicateName, Functions};
+use crate::functions::{Caller, DuplicateName, Functions};
 use crate::realtime::Realtime;
 use crate::state::AppState;
 use crate::{openapi, rpc};
+use forge_runtime::text::panic_message;
 
 /// Why a gateway or node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +368,6 @@ async fn envelope_errors(State(body_limit): State<usize>, res: Response) -> Resp
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
-    let what = panic_text(&*panic);
+    let what = panic_message(&*panic);
     ApiError::internal(format_args!("a request handler panicked: {what}")).into_response()
 }

@@ -68,6 +68,7 @@ pub mod queue;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod worker;
 pub mod workflow;
 

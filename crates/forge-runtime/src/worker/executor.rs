@@ -13,6 +13,7 @@ use super::context::{CancelSignal, StartGate};
 use super::{more_jobs, Buffered, Handler, JobContext, Shared, START_DEFER};
 use crate::error::{Error, ErrorKind};
 use crate::store::{ClaimedJob, Finish, FinishStatus, StartWrite};
+use crate::text;
 
 /// One of the node's `concurrency` slots: runs jobs from the buffer until it is empty.
 pub(super) async fn slot(shared: Arc<Shared>, mut next: Buffered) {
@@ -148,7 +149,7 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         End::Returned(Ok(Err(e))) => classify(&job, &handler, &cancel, e.kind(), e.to_string()),
         End::Returned(Err(join)) => {
             let msg = if join.is_panic() {
-                format!("job panicked: {}", panic_message(join.into_panic()))
+                format!("job panicked: {}", text::panic_message(&*join.into_panic()))
             } else {
                 "job task was aborted".to_string()
             };
@@ -159,11 +160,11 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             &handler,
             &cancel,
             ErrorKind::Retryable,
-            format!("job timed out after {}", humanize(d)),
+            format!("job timed out after {}", text::duration(d)),
         ),
         End::CancelIgnored => FinishStatus::Cancelled(format!(
             "cancelled: the job did not stop within {} of the cancel request and was aborted",
-            humanize(shared.config.cancel_grace)
+            text::duration(shared.config.cancel_grace)
         )),
         End::Interrupted => FinishStatus::Retry {
             error: "interrupted: the worker shut down".into(),
@@ -207,24 +208,6 @@ fn classify(
     FinishStatus::Retry {
         error: msg,
         delay: handler.backoff.delay(job.attempt as u32),
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".into()
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 

@@ -40,6 +40,7 @@ use crate::status::{StepStatus, WorkflowStatus};
 use crate::store::{
     self, Fence, HistoryEntry, Park, StepKind, StepStart, StepUpdate, WorkflowWrite, WriteOutcome,
 };
+use crate::text::panic_message;
 use crate::worker::JobContext;
 
 mod endings;
@@ -182,16 +183,6 @@ async fn run(job: JobContext, args: Value) -> Result<Value, Error> {
     Ok(json!({ "workflowId": workflow_id, "outcome": outcome }))
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".into()
-    }
-}
-
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     // Far beyond any real deadline, and still a timestamp PostgreSQL and chrono both hold.
     const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -253,7 +244,7 @@ impl Execution {
             (None, Some(Ok(Ok(output)))) => self.complete(output).await,
             (None, Some(Ok(Err(e)))) => self.compensate(Some(e.to_string())).await,
             (None, Some(Err(panic))) => {
-                let why = format!("the workflow panicked: {}", panic_message(panic));
+                let why = format!("the workflow panicked: {}", panic_message(&*panic));
                 self.compensate(Some(why)).await
             }
             (None, None) => unreachable!("the body is only stopped through `abort`"),

@@ -12,8 +12,9 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::status::{StepStatus, WorkflowStatus};
 use crate::store::{HistoryEntry, StepKind, StepStart, StepUpdate};
+use crate::text;
 
-use super::{after, panic_message, Abort, Compensation, CompensationFn, Execution, RetryPolicy};
+use super::{after, Abort, Compensation, CompensationFn, Execution, RetryPolicy};
 
 /// Runs one attempt of a step or a compensation: a panic (in the closure or its future) and
 /// running past `timeout` are failures of the attempt, like an error it returns.
@@ -26,7 +27,9 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    let panicked = |p| Error::msg(format!("{label} panicked: {}", panic_message(p)));
+    let panicked = |p: Box<dyn std::any::Any + Send>| {
+        Error::msg(format!("{label} panicked: {}", text::panic_message(&*p)))
+    };
     let fut = match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind(),
         Err(p) => return Err(panicked(p)),
@@ -34,7 +37,12 @@ where
     let ended = match timeout {
         Some(d) => match tokio::time::timeout(d, fut).await {
             Ok(r) => r,
-            Err(_) => return Err(Error::msg(format!("{label} timed out after {d:?}"))),
+            Err(_) => {
+                return Err(Error::msg(format!(
+                    "{label} timed out after {}",
+                    text::duration(d)
+                )))
+            }
         },
         None => fut.await,
     };
