@@ -43,19 +43,7 @@ const CHILD_DB: &str = "FORGE_JOBS_TEST_CHILD_DB";
 #[tokio::test]
 #[ignore = "run by `a_job_of_a_killed_node_is_run_again_by_another_after_its_lease_runs_out`"]
 async fn crash_child_worker() {
-    let Ok(url) = std::env::var(CHILD_DB) else {
-        return;
-    };
-    let forge = Forge::connect(&url).await.unwrap();
-    let _worker = forge
-        .start_worker(WorkerConfig {
-            lease: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_millis(250),
-            ..worker_config()
-        })
-        .await
-        .unwrap();
-    std::future::pending::<()>().await;
+    support::crash_child(CHILD_DB, worker_config()).await;
 }
 
 async fn lease_expires_at(pool: &PgPool, id: Uuid) -> Option<DateTime<Utc>> {

@@ -5,6 +5,8 @@
 //! Steps record what they do in a table `effects`, so each test can count how often a step or
 //! a compensation really ran and in which order.
 
+mod support;
+
 use std::future::IntoFuture;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -529,19 +531,7 @@ const CHILD_DB: &str = "FORGE_WORKFLOW_TEST_CHILD_DB";
 #[tokio::test]
 #[ignore = "run by `a_killed_process_is_resumed_by_another_without_rerunning_completed_steps`"]
 async fn crash_child_worker() {
-    let Ok(url) = std::env::var(CHILD_DB) else {
-        return;
-    };
-    let forge = Forge::connect(&url).await.unwrap();
-    let _worker = forge
-        .start_worker(WorkerConfig {
-            lease: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_millis(250),
-            ..worker_config()
-        })
-        .await
-        .unwrap();
-    std::future::pending::<()>().await;
+    support::crash_child(CHILD_DB, worker_config()).await;
 }
 
 #[tokio::test]
