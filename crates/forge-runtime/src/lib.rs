@@ -59,6 +59,7 @@
 //! write of an old attempt changes nothing.
 
 pub mod backoff;
+mod definition;
 pub mod error;
 mod forge;
 pub mod function;

@@ -71,13 +71,12 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::error::{DbError, EventError, StartError};
 use crate::function::MutationContext;
-use crate::registry;
 use crate::store::workflow_job_name;
 use crate::worker::Handler;
 
 /// The job handlers that run the registered workflows, one per workflow (`workflow:<name>`).
 pub fn handlers() -> HashMap<String, Handler> {
-    registry::workflows()
+    def::workflows()
         .map(|def| {
             let handler = Handler {
                 run: engine::run_job,
