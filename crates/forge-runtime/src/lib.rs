@@ -41,7 +41,7 @@
 //!    the node already knows them: the insert of an eagerly started job, and the close of a
 //!    held claim, whose jobs its transaction has locked since it read them. The trigger's JSON
 //!    was a third of a close's time in PostgreSQL; the node builds the same payloads instead
-//!    (migration 0010 skips the trigger for it).
+//!    (migration 0010 skips the trigger for it). [`publish`] owns the format both follow.
 //! 4. Each node LISTENs once and fans updates out in-process.
 //!
 //! # From enqueue to start

@@ -23,7 +23,8 @@
 //! ```
 //!
 //! # How it runs
-//! Workflows run on the job workers ([`Forge::start_worker`] runs them along with the jobs).
+//! Workflows run on the job workers ([`Forge::start_worker`](crate::Forge::start_worker)
+//! runs them along with the jobs).
 //! Starting one inserts it, its declared steps (shown `pending` at once) and a job
 //! `workflow:<name>`; claiming, leases, crash recovery and retries are the jobs'. The job
 //! replays the body: steps recorded as completed return their stored output without running
@@ -49,7 +50,7 @@
 //! # Publishing
 //! Every change of a workflow's status, current step, wait or any step's status is published
 //! on `forge_workflow_updates` by triggers, as for jobs (see
-//! [`WorkflowUpdate`](crate::notifier::WorkflowUpdate)).
+//! [`WorkflowUpdate`](crate::publish::WorkflowUpdate)).
 
 mod cancel;
 mod context;
