@@ -35,6 +35,8 @@
 //! idle node; the `claimed` status is still published. An idle worker that found nothing to
 //! claim takes nothing from other nodes' turn this way.
 
+// River's split: `producer` claims, `executor` runs, `leases` renews and rescues; `eager`
+// starts a node's own enqueues, `writer` and `held` write what jobs did. Lifecycle is here.
 mod context;
 mod eager;
 mod executor;

@@ -1,5 +1,9 @@
 //! Job operations. Every write a worker makes is fenced by the attempt number it was given at
 //! claim time, so a worker that lost its lease can no longer change the job.
+//!
+//! Here: the rows and the write types. `insert` (INSERT, COPY, eager start), `claims` (plain
+//! and held claims, release), `updates` (a writer's batch, cancel requests), `leases`
+//! (renewal, reaping).
 
 use std::collections::HashSet;
 use std::time::Duration;
