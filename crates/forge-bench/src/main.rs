@@ -29,8 +29,8 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use forge::notifier::Event;
 use forge::prelude::*;
+use forge::updates::Event;
 use forge_test_support::TestDb;
 use tokio::sync::{broadcast, mpsc};
 

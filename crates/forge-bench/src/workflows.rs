@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use forge::notifier::{Event, WorkflowUpdate, WORKFLOW_UPDATES};
 use forge::prelude::*;
+use forge::updates::Event;
 use forge_test_support::TestDb;
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
@@ -274,8 +274,8 @@ async fn wait_all_completed(
             return Err(format!("{} workflows did not complete in time", pending.len()).into());
         }
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-            Ok(Ok(Event::Other { channel, payload })) if &*channel == WORKFLOW_UPDATES => {
-                for u in WorkflowUpdate::parse(&payload)? {
+            Ok(Ok(Event::WorkflowUpdates(updates))) => {
+                for u in updates.decode()? {
                     match u.status {
                         WorkflowStatus::Completed => {
                             pending.remove(&u.workflow_id);

@@ -1,3 +1,5 @@
+//! (Over 500 lines with its unit tests, which are a fifth of it; the configuration is one table.)
+//!
 //! Configuration of a node: `forge.toml`, with environment variables overriding it.
 //!
 //! ```toml

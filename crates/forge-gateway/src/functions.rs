@@ -11,6 +11,7 @@ use std::time::Duration;
 use forge_runtime::error::{ArgsError, EnqueueError, StartError};
 use forge_runtime::registry::{self, Access, JobDef, MutationDef, QueryDef, WorkflowDef};
 use forge_runtime::store;
+use forge_runtime::text::{self, panic_message};
 use forge_runtime::{
     Error, Forge, JobRequest, JobState, MutationContext, QueryContext, Refusal, User,
     WorkflowRequest,
@@ -343,35 +344,18 @@ async fn guarded(
         Err(_) => Err(timed_out(name, timeout)),
         Ok(Err(panic)) => Err(ApiError::internal(format_args!(
             "function `{name}` panicked: {}",
-            panic_text(&*panic)
+            panic_message(&*panic)
         ))),
         Ok(Ok(out)) => out.map_err(|e| function_error(name, e)),
     }
-}
-
-/// The message a panic was raised with.
-pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
 }
 
 fn timed_out(name: &str, timeout: Duration) -> ApiError {
     tracing::warn!(function = name, ?timeout, "function timed out");
     ApiError::timeout(format!(
         "`{name}` ran past its timeout of {}",
-        human(timeout)
+        text::duration(timeout)
     ))
-}
-
-fn human(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 fn args_error(e: ArgsError) -> ApiError {

@@ -19,6 +19,7 @@ mod openapi;
 pub mod realtime;
 mod rpc;
 mod server;
+mod state;
 
 pub use config::{Config, GatewayConfig};
 pub use functions::DuplicateName;

@@ -2,6 +2,7 @@
 //! (`POST /_api/rpc/batch`), and cancelling a job or workflow (`POST /_api/cancel-job`,
 //! `POST /_api/cancel-workflow`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -11,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use forge_runtime::error::{CancelError, WorkflowCancelError};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -19,7 +21,7 @@ use crate::auth::Identity;
 use crate::error::{json_body, json_value, ApiError};
 use crate::functions::{Call, Caller};
 use crate::realtime::Follow;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub(crate) fn routes(state: Arc<AppState>) -> Router {
     Router::new()
@@ -188,26 +190,26 @@ async fn cancel_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(identity) = s.auth.from_headers(&headers)? else {
-        return Err(ApiError::unauthenticated(
-            "cancelling a job needs a signed-in user",
-        ));
-    };
-    let req: CancelJob = json_body(&headers, &body)?;
-    let owner = cancel_owner(&s, &identity);
-    match s.caller.forge.cancel_job(req.job_id, owner).await {
-        Ok(status) => Ok(json_response(&json!({ "data": { "status": status } }))),
-        Err(CancelError::NotFound) => Err(ApiError::not_found("no such job").with_field("jobId")),
-        Err(e @ CancelError::AlreadyFinished(status)) => {
-            let mut err = ApiError::conflict(e.to_string());
-            err.details = Some(json!({ "field": "jobId", "status": status }));
-            Err(err)
-        }
-        Err(e) => Err(ApiError::internal(format_args!(
-            "cancelling job {}: {e}",
-            req.job_id
-        ))),
-    }
+    let forge = s.caller.forge.clone();
+    cancel(
+        &s,
+        &headers,
+        &body,
+        JOB,
+        |req: CancelJob, owner| async move {
+            forge
+                .cancel_job(req.job_id, owner.as_deref())
+                .await
+                .map_err(|e| match e {
+                    CancelError::NotFound => Refused::NotFound,
+                    CancelError::AlreadyFinished(status) => {
+                        Refused::Finished(e.to_string(), status)
+                    }
+                    e => Refused::Failed(format!("cancelling job {}: {e}", req.job_id)),
+                })
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -222,27 +224,85 @@ async fn cancel_workflow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(identity) = s.auth.from_headers(&headers)? else {
-        return Err(ApiError::unauthenticated(
-            "cancelling a workflow needs a signed-in user",
-        ));
+    let forge = s.caller.forge.clone();
+    cancel(
+        &s,
+        &headers,
+        &body,
+        WORKFLOW,
+        |req: CancelWorkflow, owner| async move {
+            forge
+                .cancel_workflow(req.workflow_id, owner.as_deref())
+                .await
+                .map_err(|e| match e {
+                    WorkflowCancelError::NotFound => Refused::NotFound,
+                    WorkflowCancelError::AlreadyFinished(status) => {
+                        Refused::Finished(e.to_string(), status)
+                    }
+                    e => Refused::Failed(format!("cancelling workflow {}: {e}", req.workflow_id)),
+                })
+        },
+    )
+    .await
+}
+
+/// What is cancelled, as the answers name it.
+struct Cancellable {
+    what: &'static str,
+    field: &'static str,
+}
+
+const JOB: Cancellable = Cancellable {
+    what: "job",
+    field: "jobId",
+};
+const WORKFLOW: Cancellable = Cancellable {
+    what: "workflow",
+    field: "workflowId",
+};
+
+/// Why a cancel was not accepted.
+enum Refused<S> {
+    NotFound,
+    /// Already in a terminal status: the message, and the status.
+    Finished(String, S),
+    Failed(String),
+}
+
+/// The one path of both cancel routes: a signed-in caller, the request, the owner it is
+/// restricted to, and the answer.
+async fn cancel<R, S, F, Fut>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    kind: Cancellable,
+    run: F,
+) -> Result<Response, ApiError>
+where
+    R: DeserializeOwned,
+    S: Serialize,
+    F: FnOnce(R, Option<String>) -> Fut,
+    Fut: Future<Output = Result<S, Refused<S>>>,
+{
+    let Some(identity) = s.auth.from_headers(headers)? else {
+        return Err(ApiError::unauthenticated(format!(
+            "cancelling a {} needs a signed-in user",
+            kind.what
+        )));
     };
-    let req: CancelWorkflow = json_body(&headers, &body)?;
-    let owner = cancel_owner(&s, &identity);
-    match s.caller.forge.cancel_workflow(req.workflow_id, owner).await {
+    let req: R = json_body(headers, body)?;
+    let owner = cancel_owner(s, &identity).map(str::to_string);
+    match run(req, owner).await {
         Ok(status) => Ok(json_response(&json!({ "data": { "status": status } }))),
-        Err(WorkflowCancelError::NotFound) => {
-            Err(ApiError::not_found("no such workflow").with_field("workflowId"))
+        Err(Refused::NotFound) => {
+            Err(ApiError::not_found(format!("no such {}", kind.what)).with_field(kind.field))
         }
-        Err(e @ WorkflowCancelError::AlreadyFinished(status)) => {
-            let mut err = ApiError::conflict(e.to_string());
-            err.details = Some(json!({ "field": "workflowId", "status": status }));
+        Err(Refused::Finished(message, status)) => {
+            let mut err = ApiError::conflict(message);
+            err.details = Some(json!({ "field": kind.field, "status": status }));
             Err(err)
         }
-        Err(e) => Err(ApiError::internal(format_args!(
-            "cancelling workflow {}: {e}",
-            req.workflow_id
-        ))),
+        Err(Refused::Failed(message)) => Err(ApiError::internal(message)),
     }
 }
 

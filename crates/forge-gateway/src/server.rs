@@ -26,9 +26,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::Auth;
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
-use crate::functions::{panic_text, Caller, DuplicateName, Functions};
+use crate::functions::{Caller, DuplicateName, Functions};
 use crate::realtime::Realtime;
+use crate::state::AppState;
 use crate::{openapi, rpc};
+use forge_runtime::text::panic_message;
 
 /// Why a gateway or node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +61,6 @@ pub enum GatewayError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
-}
-
-/// What the gateway's routes share.
-pub(crate) struct AppState {
-    pub(crate) caller: Caller,
-    pub(crate) auth: Auth,
-    pub(crate) config: Arc<GatewayConfig>,
-    openapi: Bytes,
 }
 
 /// The HTTP gateway of one node: RPC, realtime delivery, health, the OpenAPI document.
@@ -374,6 +368,6 @@ async fn envelope_errors(State(body_limit): State<usize>, res: Response) -> Resp
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
-    let what = panic_text(&*panic);
+    let what = panic_message(&*panic);
     ApiError::internal(format_args!("a request handler panicked: {what}")).into_response()
 }

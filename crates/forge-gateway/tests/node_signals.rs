@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use forge::prelude::*;
-use forge::store::JobRow;
+use forge_runtime::store::JobRow;
 use forge_test_support::{gates, wait_for, TestDb};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};

@@ -6,8 +6,8 @@ use std::time::Duration;
 mod realtime_support;
 
 use forge::prelude::*;
-use forge::store::Store;
 use forge_gateway::realtime::{Follow, Realtime, RealtimeConfig};
+use forge_runtime::store::Store;
 use forge_test_support::sse::{SseItem, SseParser};
 use forge_test_support::{gates, wait_for, TestDb};
 use futures::StreamExt;

@@ -7,8 +7,8 @@ use std::time::Duration;
 mod realtime_support;
 
 use forge::prelude::*;
-use forge::store::Store;
 use forge_gateway::{Gateway, GatewayConfig};
+use forge_runtime::store::Store;
 use forge_test_support::{gates, wait_for, TestDb};
 use realtime_support::{token, Client, TestRole};
 use serde_json::{json, Value};

@@ -944,7 +944,9 @@ async fn health_readiness_and_the_openapi_document() {
 #[tokio::test]
 async fn readiness_fails_without_migrations() {
     let db = TestDb::new().await;
-    let store = forge::store::Store::connect(&db.url, 4).await.unwrap();
+    let store = forge_runtime::store::Store::connect(&db.url, 4)
+        .await
+        .unwrap();
     let forge = Forge::from_store(store);
     let base = serve(&forge, |_| {}).await;
     let res = reqwest::get(format!("{base}/_api/ready")).await.unwrap();

@@ -5,7 +5,8 @@ use quote::{quote, ToTokens};
 use syn::ItemFn;
 
 use crate::attr::{self, AccessOpt};
-use crate::signature::{self, type_string};
+use crate::runnable::{self, Kind};
+use crate::signature;
 
 struct Options {
     max_attempts: u32,
@@ -92,16 +93,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let func: ItemFn = syn::parse2(item)?;
     let sig = signature::parse(&func, "job", "JobContext")?;
 
-    let vis = &func.vis;
-    let name = &func.sig.ident;
-    let name_str = name.to_string();
-    let arg_idents: Vec<_> = sig.args.iter().map(|a| &a.ident).collect();
-    let arg_types: Vec<_> = sig.args.iter().map(|a| &a.ty).collect();
-    let output = &sig.output;
-    let output_str = type_string(output);
-    let fn_doc = signature::doc_string(&func.attrs);
-    let wire_checks = signature::wire_assertions(&sig);
-
     let max_attempts = opts.max_attempts;
     let timeout = match opts.timeout_ms {
         Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
@@ -112,73 +103,25 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let backoff_ms = opts.backoff_ms;
     let max_backoff_ms = opts.max_backoff_ms;
     let access = opts.access.tokens();
-    let doc = format!("Typed handle of the `{name_str}` job: `{name_str}::request(..)` builds a request to enqueue it.");
-    let args_struct = signature::args_struct_ident();
-    let args_struct_def = signature::args_struct(&sig);
-    let arg_defs = signature::arg_defs(&sig);
-
-    Ok(quote! {
-        #func
-
-        #[doc = #doc]
-        #[allow(non_camel_case_types)]
-        #vis struct #name {}
-
-        const _: () = {
-            use ::forge::__private as __f;
-
-            #wire_checks
-
-            #args_struct_def
-
-            impl #name {
-                /// A request to enqueue this job with these arguments.
-                #[allow(clippy::too_many_arguments)]
-                #vis fn request(#( #arg_idents: #arg_types ),*) -> ::forge::JobRequest<#output> {
-                    let args = #args_struct { #( #arg_idents ),* };
-                    let args = __f::serde_json::to_value(&args)
-                        .expect("the arguments of a forge job serialize to JSON");
-                    ::forge::JobRequest::new(#name_str, args)
-                }
-            }
-
-            fn __run(
-                ctx: ::forge::JobContext,
-                args: __f::serde_json::Value,
-            ) -> __f::BoxFuture<'static, ::forge::Result<__f::serde_json::Value>> {
-                ::std::boxed::Box::pin(async move {
-                    // Arguments were checked at enqueue time; failing here means the stored
-                    // row no longer fits the code (changed since), which retrying won't fix.
-                    let #args_struct { #( #arg_idents ),* } =
-                        __f::decode_args::<#args_struct>(args).map_err(::forge::Error::fatal)?;
-                    let output = #name(&ctx, #( #arg_idents ),*).await?;
-                    __f::serde_json::to_value(&output).map_err(::forge::Error::fatal)
-                })
-            }
-
-            __f::inventory::submit! {
-                __f::JobDef {
-                    name: #name_str,
-                    args: #arg_defs,
-                    doc: #fn_doc,
-                    output_type: #output_str,
-                    options: __f::JobOptions {
-                        max_attempts: #max_attempts,
-                        timeout: #timeout,
-                        priority: #priority,
-                        queue: #queue,
-                        backoff: __f::Backoff {
-                            base: ::core::time::Duration::from_millis(#backoff_ms),
-                            max: ::core::time::Duration::from_millis(#max_backoff_ms),
-                        },
-                        access: #access,
-                    },
-                    parse_args: __f::parse_args::<#args_struct>,
-                    run: __run,
-                    args_schema: <#args_struct as __f::schemars::JsonSchema>::json_schema,
-                    output_schema: __f::schema_for::<#output>,
-                }
-            }
-        };
-    })
+    let options = quote! {
+        __f::JobOptions {
+            max_attempts: #max_attempts,
+            timeout: #timeout,
+            priority: #priority,
+            queue: #queue,
+            backoff: __f::Backoff {
+                base: ::core::time::Duration::from_millis(#backoff_ms),
+                max: ::core::time::Duration::from_millis(#max_backoff_ms),
+            },
+            access: #access,
+        }
+    };
+    let kind = Kind {
+        noun: "job",
+        verb: "enqueue",
+        request: quote!(::forge::JobRequest),
+        context: quote!(::forge::JobContext),
+        def: quote!(JobDef),
+    };
+    Ok(runnable::expand(&func, &sig, kind, options))
 }

@@ -4,6 +4,7 @@
 mod attr;
 mod job;
 mod query;
+mod runnable;
 mod signature;
 mod workflow;
 

@@ -9,7 +9,8 @@
 //!
 //! * [`store`] holds all SQL. Nothing else in Forge writes SQL.
 //! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
-//! * [`notifier`] is the node's single LISTEN connection.
+//! * [`publish`] owns the notification channels and their payloads; [`notifier`] is the
+//!   node's single LISTEN connection, which decodes them.
 //! * [`workflow`] runs durable workflows on the same workers: each run (and each resume after a
 //!   wait) is a job that replays the workflow's recorded steps.
 //!
@@ -40,7 +41,7 @@
 //!    the node already knows them: the insert of an eagerly started job, and the close of a
 //!    held claim, whose jobs its transaction has locked since it read them. The trigger's JSON
 //!    was a third of a close's time in PostgreSQL; the node builds the same payloads instead
-//!    (migration 0010 skips the trigger for it).
+//!    (migration 0010 skips the trigger for it). [`publish`] owns the format both follow.
 //! 4. Each node LISTENs once and fans updates out in-process.
 //!
 //! # From enqueue to start
@@ -57,20 +58,24 @@
 //! should be idempotent. Every write of an attempt is fenced by its attempt number: a late
 //! write of an old attempt changes nothing.
 
+pub mod backoff;
+mod definition;
 pub mod error;
+mod forge;
 pub mod function;
-pub mod node;
 pub mod notifier;
+pub mod publish;
 pub mod queue;
 pub mod registry;
 pub mod status;
 pub mod store;
+pub mod text;
 pub mod worker;
 pub mod workflow;
 
 pub use error::{Error, ErrorKind, Refusal, Result, ResultExt};
+pub use forge::Forge;
 pub use function::{MutationContext, QueryContext, User};
-pub use node::Forge;
 pub use queue::{EnqueueOptions, JobRequest};
 pub use status::{JobState, JobStatus, StepStatus, WorkflowState, WorkflowStatus};
 pub use worker::{JobContext, Worker, WorkerConfig};

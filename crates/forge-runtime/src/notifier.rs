@@ -1,58 +1,18 @@
-//! The node's one LISTEN connection. It turns PostgreSQL notifications into [`Event`]s and
-//! broadcasts them inside the process: workers wake on new jobs and learn of cancel requests
+//! The node's one LISTEN connection. It turns PostgreSQL notifications into typed [`Event`]s
+//! (decoded as [`crate::publish`] defines them) and broadcasts them inside the process: workers wake on new jobs and learn of cancel requests
 //! from it, and the gateway fans job and workflow updates out to its SSE sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
-use uuid::Uuid;
 
-use crate::status::{JobStatus, WorkflowStatus};
-
-pub const JOBS_AVAILABLE: &str = "forge_jobs_available";
-pub const JOB_UPDATES: &str = "forge_job_updates";
-pub const WORKFLOW_UPDATES: &str = "forge_workflow_updates";
-/// A watched table changed; the payload is its oid (see `Store::watch_table`).
-pub const TABLE_CHANGES: &str = "forge_table_changes";
-
-/// One changed job, as published on `forge_job_updates`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobUpdate {
-    pub job_id: Uuid,
-    pub status: JobStatus,
-    pub attempt: i32,
-    pub progress: Option<f64>,
-    pub message: Option<String>,
-    /// The transaction that made the change (xid8). A reader that took a snapshot can tell
-    /// with [`DbSnapshot::sees`](crate::store::DbSnapshot::sees) whether this update is
-    /// already reflected in what it read.
-    pub xid: u64,
-}
-
-/// One changed workflow, as published on `forge_workflow_updates` (the notifier passes these
-/// payloads on as [`Event::Other`]; read them with [`WorkflowUpdate::parse`]). The steps are not
-/// in it: read the state with `Store::get_workflows_with_snapshot`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct WorkflowUpdate {
-    pub workflow_id: Uuid,
-    pub status: WorkflowStatus,
-    /// The current step (cut to 200 characters).
-    pub step: Option<String>,
-    pub waiting_for: Option<String>,
-    /// The transaction that made the change, as on [`JobUpdate`].
-    pub xid: u64,
-}
-
-impl WorkflowUpdate {
-    /// The updates of one `forge_workflow_updates` payload.
-    pub fn parse(payload: &str) -> Result<Vec<WorkflowUpdate>, serde_json::Error> {
-        serde_json::from_str(payload)
-    }
-}
+use crate::publish::{
+    decode_job_updates, JobUpdate, WorkflowUpdates, JOBS_AVAILABLE, JOB_UPDATES, TABLE_CHANGES,
+    WORKFLOW_UPDATES,
+};
 
 /// What the notifier broadcasts.
 #[derive(Debug, Clone)]
@@ -60,6 +20,9 @@ pub enum Event {
     /// New jobs were inserted (any queue).
     JobsAvailable,
     JobUpdates(Arc<[JobUpdate]>),
+    WorkflowUpdates(WorkflowUpdates),
+    /// A watched table changed (its oid).
+    TableChanged(u32),
     /// A raw payload of another channel the notifier was asked to listen on.
     Other {
         channel: Arc<str>,
@@ -158,10 +121,18 @@ async fn reconnect_probe(listener: &mut PgListener) -> Result<(), sqlx::Error> {
 fn parse(channel: &str, payload: &str) -> Option<Event> {
     match channel {
         JOBS_AVAILABLE => Some(Event::JobsAvailable),
-        JOB_UPDATES => match serde_json::from_str::<Vec<JobUpdate>>(payload) {
+        JOB_UPDATES => match decode_job_updates(payload) {
             Ok(updates) => Some(Event::JobUpdates(updates.into())),
             Err(e) => {
                 tracing::error!(error = %e, "unreadable job update payload");
+                None
+            }
+        },
+        WORKFLOW_UPDATES => Some(Event::WorkflowUpdates(WorkflowUpdates::new(payload))),
+        TABLE_CHANGES => match payload.parse::<u32>() {
+            Ok(oid) => Some(Event::TableChanged(oid)),
+            Err(_) => {
+                tracing::error!(%payload, "unreadable table change payload");
                 None
             }
         },

@@ -2,7 +2,7 @@
 //! definition each through `inventory`; the runtime, the gateway and the TypeScript generator
 //! all read this one list, so there is no hand-written registration anywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -10,54 +10,12 @@ use futures::future::BoxFuture;
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
+pub use crate::backoff::Backoff;
+use crate::definition::function_registry;
+pub use crate::definition::{Access, ArgDef};
 use crate::error::{ArgsError, Error};
 use crate::function::{MutationContext, QueryContext};
-use crate::worker::JobContext;
-
-/// Who may call a function through the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone, signed in or not.
-    Public,
-    /// Any signed-in user (the default).
-    Authenticated,
-    /// A signed-in user with this role.
-    Role(&'static str),
-}
-
-/// One parameter of a registered function.
-#[derive(Debug, Clone, Copy)]
-pub struct ArgDef {
-    /// The name on the wire and in TypeScript (camelCase).
-    pub name: &'static str,
-    /// The name in the Rust source.
-    pub rust_name: &'static str,
-    /// The Rust type, as written.
-    pub rust_type: &'static str,
-}
-
-/// Retry backoff: `base * 2^(attempt-1)`, capped at `max`, with ±25% jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    pub const DEFAULT: Backoff = Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(600),
-    };
-
-    /// The delay before the attempt after `attempt` (1-based) failed.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
-        // Jitter spreads retries of jobs that failed together (a database restart, say) so
-        // they do not all come back in the same instant.
-        raw.mul_f64(0.75 + fastrand::f64() * 0.5)
-    }
-}
+use crate::worker::{Handler, JobContext};
 
 /// Options of `#[forge::job(...)]`.
 #[derive(Debug, Clone, Copy)]
@@ -195,52 +153,6 @@ pub struct MutationDef {
     pub output_schema: fn(&mut SchemaGenerator) -> Schema,
 }
 
-macro_rules! function_registry {
-    ($def:ty, $attr:literal, $by_name:ident, $one:ident, $all:ident) => {
-        impl std::fmt::Debug for $def {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($def))
-                    .field("name", &self.name)
-                    .field("args", &self.args)
-                    .field("output_type", &self.output_type)
-                    .field("options", &self.options)
-                    .finish_non_exhaustive()
-            }
-        }
-
-        inventory::collect!($def);
-
-        fn $by_name() -> &'static BTreeMap<&'static str, &'static $def> {
-            static DEFS: OnceLock<BTreeMap<&'static str, &'static $def>> = OnceLock::new();
-            DEFS.get_or_init(|| {
-                let mut map = BTreeMap::new();
-                for def in inventory::iter::<$def> {
-                    if map.insert(def.name, def).is_some() {
-                        panic!(
-                            concat!("two ", $attr, " functions are named `{}`"),
-                            def.name
-                        );
-                    }
-                }
-                map
-            })
-        }
-
-        #[doc = concat!("The ", $attr, " registered under `name`.")]
-        pub fn $one(name: &str) -> Option<&'static $def> {
-            $by_name().get(name).copied()
-        }
-
-        #[doc = concat!("Every registered ", $attr, ", ordered by name.")]
-        pub fn $all() -> impl Iterator<Item = &'static $def> {
-            $by_name().values().copied()
-        }
-    };
-}
-
-// The workflow registry (`workflow::def`) is built the same way.
-pub(crate) use function_registry;
-
 pub use crate::workflow::def::{workflow, workflows, WorkflowDef, WorkflowOptions, WorkflowRunFn};
 
 function_registry!(QueryDef, "#[forge::query]", queries_by_name, query, queries);
@@ -310,6 +222,20 @@ fn json_kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The worker handlers of every registered `#[forge::job]`.
+pub fn job_handlers() -> HashMap<String, Handler> {
+    jobs()
+        .map(|def| {
+            let handler = Handler {
+                run: def.run,
+                timeout: def.options.timeout,
+                backoff: def.options.backoff,
+            };
+            (def.name.to_string(), handler)
+        })
+        .collect()
 }
 
 #[cfg(test)]

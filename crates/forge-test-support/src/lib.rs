@@ -56,24 +56,29 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside any runtime guarantees (maybe during a panic), so the clean-up gets
-        // its own thread and runtime. WITH (FORCE) ends connections still open.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = PgConnection::connect(&server_url()).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        // WITH (FORCE) ends connections still open.
+        clean_up(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
+}
+
+/// Runs `statement` on the server, for a `Drop` that removes what a test made. Drop runs
+/// outside any runtime guarantees (maybe during a panic), so the clean-up gets its own thread
+/// and runtime, and its failure is ignored.
+pub fn clean_up(statement: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let mut admin = PgConnection::connect(&server_url()).await.ok()?;
+            sqlx::query(&statement).execute(&mut admin).await.ok()
+        })
+    })
+    .join();
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, for at most `timeout`; panics with

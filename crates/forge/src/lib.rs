@@ -68,19 +68,32 @@
 //! ```
 //!
 //! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
-//! queue, workers, notifier). This crate re-exports what users need.
+//! queue, workers, notifier). This crate re-exports what users need, and no more: the
+//! engine's internals are not part of its API.
 
 pub use forge_macros::workflow;
 pub use forge_macros::{job, mutation, query};
 pub use forge_runtime::workflow;
+// What users write against: jobs, workflows, functions, their contexts, errors and
+// configuration. The engine's internals (store, worker, registry, notifier) stay in
+// `forge-runtime`, for Forge's own crates; they are not API.
 pub use forge_runtime::{
-    error, function, notifier, queue, registry, status, store, worker, EnqueueOptions, Error,
-    ErrorKind, Forge, JobContext, JobRequest, JobState, JobStatus, MutationContext, QueryContext,
-    Refusal, Result, ResultExt, User, Worker, WorkerConfig,
+    error, function, queue, status, EnqueueOptions, Error, ErrorKind, Forge, JobContext,
+    JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, Result, ResultExt,
+    User, Worker, WorkerConfig,
 };
 pub use forge_runtime::{
     StepStatus, WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus,
 };
+
+/// Following updates inside the process: [`Forge::notifier`] hands out the node's stream of
+/// job and workflow updates as [`Event`](updates::Event)s. Read-only: it only listens.
+pub mod updates {
+    pub use forge_runtime::notifier::{Event, Notifier};
+    pub use forge_runtime::publish::{
+        JobUpdate, WorkflowUpdate, WorkflowUpdates, JOB_UPDATES, WORKFLOW_UPDATES,
+    };
+}
 
 /// `use forge::prelude::*;` brings what job code needs.
 pub mod prelude {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use forge::error::CancelError;
 use forge::prelude::*;
-use forge::store::{StartWrite, UpdateBatch};
+use forge_runtime::store::{StartWrite, UpdateBatch};
 use forge_test_support::{wait_for, TestDb};
 use serde_json::json;
 use support::*;

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use forge::prelude::*;
-use forge::store::{Finish, FinishStatus, ProgressWrite, UpdateBatch};
-use forge::worker::{registered_handlers, Handler};
+use forge_runtime::registry::job_handlers;
+use forge_runtime::store::{Finish, FinishStatus, ProgressWrite, UpdateBatch};
+use forge_runtime::worker::Handler;
 use forge_test_support::{wait_for, TestDb};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
@@ -42,19 +43,7 @@ const CHILD_DB: &str = "FORGE_JOBS_TEST_CHILD_DB";
 #[tokio::test]
 #[ignore = "run by `a_job_of_a_killed_node_is_run_again_by_another_after_its_lease_runs_out`"]
 async fn crash_child_worker() {
-    let Ok(url) = std::env::var(CHILD_DB) else {
-        return;
-    };
-    let forge = Forge::connect(&url).await.unwrap();
-    let _worker = forge
-        .start_worker(WorkerConfig {
-            lease: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_millis(250),
-            ..worker_config()
-        })
-        .await
-        .unwrap();
-    std::future::pending::<()>().await;
+    support::crash_child(CHILD_DB, worker_config()).await;
 }
 
 async fn lease_expires_at(pool: &PgPool, id: Uuid) -> Option<DateTime<Utc>> {
@@ -335,7 +324,7 @@ fn on_node(node: &'static str) -> Handler {
         ctx: JobContext,
         args: Value,
     ) -> BoxFuture<'static, Result<Value>> {
-        let inner = forge::registry::job("count_once").unwrap().run;
+        let inner = forge_runtime::registry::job("count_once").unwrap().run;
         Box::pin(async move {
             let id = ctx.job_id();
             let out = inner(ctx.clone(), args).await?;
@@ -355,7 +344,7 @@ fn on_node(node: &'static str) -> Handler {
     }
     Handler {
         run: if node == "a" { run_a } else { run_b },
-        ..registered_handlers()["count_once"]
+        ..job_handlers()["count_once"]
     }
 }
 

@@ -7,9 +7,9 @@ mod support;
 use std::time::Duration;
 
 use forge::error::{EnqueueError, ProgressError};
-use forge::notifier::{Event, JobUpdate};
 use forge::prelude::*;
-use forge::store::{FinishStatus, HeldEnd, HeldWrite, MIGRATIONS};
+use forge::updates::{Event, JobUpdate};
+use forge_runtime::store::{FinishStatus, HeldEnd, HeldWrite, MIGRATIONS};
 use forge_test_support::TestDb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -223,7 +223,7 @@ async fn a_long_progress_message_is_cut_to_fit_a_notification() {
     let r = wait_status(&forge, id, JobStatus::Completed).await;
     assert_eq!(
         r.message.as_deref().map(|m| m.chars().count()),
-        Some(forge::worker::MAX_MESSAGE_CHARS)
+        Some(forge_runtime::worker::MAX_MESSAGE_CHARS)
     );
     let published = updates.until_status(id, JobStatus::Completed).await;
     assert!(published
@@ -914,7 +914,7 @@ async fn updates_are_batched_below_the_payload_limit_and_never_carry_the_output(
     let mut listener = sqlx::postgres::PgListener::connect_with(forge.pool())
         .await
         .unwrap();
-    listener.listen(forge::notifier::JOB_UPDATES).await.unwrap();
+    listener.listen(forge::updates::JOB_UPDATES).await.unwrap();
     let ids = forge
         .enqueue_many((0..200).map(big_output::request))
         .await
@@ -949,7 +949,7 @@ async fn updates_are_batched_below_the_payload_limit_and_never_carry_the_output(
 
 #[tokio::test]
 async fn the_registry_describes_each_job_from_its_signature_and_options() {
-    let def = forge::registry::job("typed_args").expect("registered by the attribute");
+    let def = forge_runtime::registry::job("typed_args").expect("registered by the attribute");
     let args: Vec<_> = def
         .args
         .iter()
@@ -965,9 +965,9 @@ async fn the_registry_describes_each_job_from_its_signature_and_options() {
         ]
     );
     assert_eq!(def.output_type, "String");
-    let o = forge::registry::job("special").unwrap().options;
+    let o = forge_runtime::registry::job("special").unwrap().options;
     assert_eq!((o.priority, o.queue, o.max_attempts), (-5, "special", 3));
-    let names: Vec<_> = forge::registry::jobs().map(|d| d.name).collect();
+    let names: Vec<_> = forge_runtime::registry::jobs().map(|d| d.name).collect();
     assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
     for name in ["gated_echo", "quick", "stamp", "typed_args", "special"] {
         assert!(names.contains(&name), "{name} missing from {names:?}");

@@ -5,14 +5,16 @@
 //! Steps record what they do in a table `effects`, so each test can count how often a step or
 //! a compensation really ran and in which order.
 
+mod support;
+
 use std::future::IntoFuture;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use forge::error::{EventError, StartError, WaitError, WorkflowCancelError};
-use forge::notifier::{Event, WorkflowUpdate, WORKFLOW_UPDATES};
 use forge::prelude::*;
+use forge::updates::Event;
 use forge::{StepStatus, Worker};
 use forge_test_support::{wait_for, TestDb};
 use serde::{Deserialize, Serialize};
@@ -205,14 +207,12 @@ async fn every_change_is_published_on_forge_workflow_updates() {
             .await
             .expect("the completed update arrives in time")
             .unwrap();
-        if let Event::Other { channel, payload } = event {
-            if &*channel == WORKFLOW_UPDATES {
-                assert!(payload.len() < 8000);
-                for u in WorkflowUpdate::parse(&payload).unwrap() {
-                    assert!(u.xid > 0);
-                    if u.workflow_id == id {
-                        seen.push((u.status, u.step));
-                    }
+        if let Event::WorkflowUpdates(updates) = event {
+            assert!(updates.as_str().len() < 8000);
+            for u in updates.decode().unwrap() {
+                assert!(u.xid > 0);
+                if u.workflow_id == id {
+                    seen.push((u.status, u.step));
                 }
             }
         }
@@ -531,19 +531,7 @@ const CHILD_DB: &str = "FORGE_WORKFLOW_TEST_CHILD_DB";
 #[tokio::test]
 #[ignore = "run by `a_killed_process_is_resumed_by_another_without_rerunning_completed_steps`"]
 async fn crash_child_worker() {
-    let Ok(url) = std::env::var(CHILD_DB) else {
-        return;
-    };
-    let forge = Forge::connect(&url).await.unwrap();
-    let _worker = forge
-        .start_worker(WorkerConfig {
-            lease: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_millis(250),
-            ..worker_config()
-        })
-        .await
-        .unwrap();
-    std::future::pending::<()>().await;
+    support::crash_child(CHILD_DB, worker_config()).await;
 }
 
 #[tokio::test]

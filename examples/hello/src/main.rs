@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use forge::notifier::Event;
 use forge::prelude::*;
+use forge::updates::Event;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]

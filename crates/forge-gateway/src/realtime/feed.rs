@@ -1,4 +1,5 @@
-//! The order of one job's or workflow's updates as one subscription sees them.
+//! Delivery: the order of one job's or workflow's updates as one subscription sees them,
+//! and the fan-out of a change to a topic's subscriptions (straight to their outboxes).
 //!
 //! Updates reach a node in commit order (one LISTEN connection; PostgreSQL queues
 //! notifications in commit order). What needs care is where the stream meets a read of the
@@ -14,10 +15,15 @@
 //! status, and an update of an earlier generation (a job's attempt) never follows one of a
 //! later generation.
 
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use forge_runtime::store::DbSnapshot;
+use uuid::Uuid;
+
+use super::session::{Session, SubId};
 
 /// One state of a job or workflow on its way to subscribers.
 pub(crate) trait Change: Clone + PartialEq + std::fmt::Debug {
@@ -172,4 +178,121 @@ impl<C: Change> Feed<C> {
         }
         out
     }
+}
+
+/// One subscription to a job or workflow.
+pub(crate) struct Sub<C> {
+    pub(super) session: Arc<Session>,
+    /// The subscription id as a JSON string, escaped once.
+    pub(super) sub_json: Arc<str>,
+    pub(super) feed: Feed<C>,
+}
+
+/// The subscriptions to one job or workflow.
+pub(crate) struct FeedTopic<C> {
+    pub(super) subs: HashMap<(Uuid, SubId), Sub<C>>,
+    /// While the row of the front change is being read, the later changes wait here behind
+    /// it.
+    pub(super) waiting: Option<VecDeque<C>>,
+}
+
+impl<C> Default for FeedTopic<C> {
+    fn default() -> Self {
+        Self {
+            subs: HashMap::new(),
+            waiting: None,
+        }
+    }
+}
+
+/// Takes a change of a followed topic: delivers it, or queues it behind a change waiting for
+/// its row. Returns true when the change itself must wait for its row (fetch it).
+pub(super) fn accept<C: Change>(topic: &mut FeedTopic<C>, change: C) -> bool {
+    if let Some(waiting) = &mut topic.waiting {
+        waiting.push_back(change);
+        false
+    } else if change.needs_row() {
+        topic.waiting = Some(VecDeque::from([change]));
+        true
+    } else {
+        deliver(topic, &change);
+        false
+    }
+}
+
+/// Delivers the changes that queued behind a change whose row was read, up to the next one
+/// that needs its row: that one waits again, and true is returned (read its row). Changes a
+/// read made with `seen_by` already reflects are dropped.
+pub(super) fn drain<C: Change>(
+    topic: &mut FeedTopic<C>,
+    mut waiting: VecDeque<C>,
+    seen_by: Option<&DbSnapshot>,
+) -> bool {
+    while let Some(change) = waiting.pop_front() {
+        if seen_by.is_some_and(|s| change.xid().is_some_and(|x| s.sees(x))) {
+            continue;
+        }
+        if change.needs_row() {
+            waiting.push_front(change);
+            topic.waiting = Some(waiting);
+            return true;
+        }
+        deliver(topic, &change);
+    }
+    false
+}
+
+/// Applies a read of a topic's state to each of its subscriptions, as a re-read: whatever
+/// changed since the client's last state is pushed.
+pub(super) fn apply_read<C: Change>(
+    topic: &mut FeedTopic<C>,
+    snapshot: &Arc<DbSnapshot>,
+    owner: Option<&str>,
+    read: &C,
+) {
+    let mut json: Option<String> = None;
+    for ((_, sub), s) in topic.subs.iter_mut() {
+        // A subscription still being checked by its subscribe call may belong to someone
+        // who must not see this: that call decides.
+        if !s.session.viewer.may_see(owner) {
+            continue;
+        }
+        for change in s.feed.apply_read(snapshot, Some(read), true) {
+            let state = if change == *read {
+                json.get_or_insert_with(|| change.state_json()).clone()
+            } else {
+                change.state_json()
+            };
+            push(s, sub, &change, &state);
+        }
+    }
+}
+
+pub(super) fn deliver<C: Change>(topic: &mut FeedTopic<C>, change: &C) {
+    // Serialized at most once, and only if some subscription takes it.
+    let mut json: Option<String> = None;
+    for ((_, sub), s) in topic.subs.iter_mut() {
+        if s.feed.offer(change) {
+            let json = json.get_or_insert_with(|| change.state_json());
+            push(s, sub, change, json);
+        }
+    }
+}
+
+pub(super) fn push<C: Change>(s: &Sub<C>, sub: &SubId, change: &C, state_json: &str) {
+    let frame = format!(
+        "event: {}\ndata: {{\"subscriptionId\":{},\"state\":{}}}\n\n",
+        C::EVENT,
+        s.sub_json,
+        state_json
+    );
+    s.session
+        .outbox
+        .push(sub, change.phase(), Bytes::from(frame));
+}
+
+pub(crate) fn json_string(s: &str) -> Arc<str> {
+    serde_json::to_string(s)
+        .expect("a string always serializes")
+        .into()
 }

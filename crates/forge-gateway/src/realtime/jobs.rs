@@ -1,7 +1,7 @@
 //! A job's updates: what a notification on `forge_job_updates` carries and what must be read
 //! from its row. Their order is [`feed`](super::feed)'s.
 
-use forge_runtime::notifier::JobUpdate;
+use forge_runtime::publish::JobUpdate;
 use forge_runtime::store::JobRow;
 use forge_runtime::{JobState, JobStatus};
 

@@ -12,9 +12,11 @@
 //!
 //! * `session`: a session (id, secret, user) and its outbox, the bounded buffer that
 //!   coalesces when its client reads too slowly.
-//! * `hub`: the index of sessions and subscriptions, and the fan-out of the node's
-//!   notifications to them; `feed` holds the ordering rules of one job's or workflow's
-//!   updates, `jobs` and `workflows` what their notifications carry.
+//! * `hub`: the node's fan-out of notifications: `hub/index` (sessions and subscriptions),
+//!   `hub/followed` (jobs and workflows, and how each is read), `hub/events` (the event loop),
+//!   `hub/guard` (a subscription made before its job exists). `feed` holds the delivery rules
+//!   (the order of one job's or workflow's updates, and the push to outboxes); `jobs` and
+//!   `workflows` what their notifications carry.
 //! * `queries`: query subscriptions: which tables a query read, found by PostgreSQL's
 //!   per-transaction scan counters, change triggers on them, debounced re-runs.
 //! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.

@@ -27,17 +27,16 @@
 //! changed since the run started (the hub numbers table changes as they arrive).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use forge_runtime::store::TableWatch;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::PgConnection;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use super::hub::{json_string, Hub};
+use super::feed::json_string;
 use super::session::{Session, SubId};
 use crate::auth::Identity;
 use crate::error::ApiError;
@@ -82,13 +81,13 @@ struct QuerySub {
     sub_json: Arc<str>,
 }
 
-struct QueryGroup {
+pub(super) struct QueryGroup {
     /// Tells this group from a later one with the same key.
-    id: u64,
+    pub(super) id: u64,
     subs: HashMap<(Uuid, SubId), QuerySub>,
     /// The oids the changes of the tables the last successful run read are announced under.
-    tables: Vec<u32>,
-    latest: watch::Sender<Latest>,
+    pub(super) tables: Vec<u32>,
+    pub(super) latest: watch::Sender<Latest>,
     /// Wakes the group's runner.
     wake: Arc<Notify>,
 }
@@ -96,17 +95,17 @@ struct QueryGroup {
 /// The query part of the hub's index.
 #[derive(Default)]
 pub(crate) struct QueryIndex {
-    groups: HashMap<Arc<QueryKey>, QueryGroup>,
+    pub(super) groups: HashMap<Arc<QueryKey>, QueryGroup>,
     next_group: u64,
     /// Groups by the oid their tables' changes are announced under.
-    by_table: HashMap<u32, HashSet<Arc<QueryKey>>>,
+    pub(super) by_table: HashMap<u32, HashSet<Arc<QueryKey>>>,
     /// Table changes are numbered as they arrive; the number of each table's latest change.
-    change_seq: u64,
-    last_change: HashMap<u32, u64>,
+    pub(super) change_seq: u64,
+    pub(super) last_change: HashMap<u32, u64>,
     /// Tables of Forge's own schema that queries read: oid to name.
-    forge_tables: HashMap<u32, String>,
+    pub(super) forge_tables: HashMap<u32, String>,
     /// How each table read so far is watched, so each is set up once.
-    watched: HashMap<u32, Option<u32>>,
+    pub(super) watched: HashMap<u32, Option<u32>>,
 }
 
 impl QueryIndex {
@@ -114,11 +113,10 @@ impl QueryIndex {
     /// the query at once) if there is none. Returns the group's outcomes.
     pub(crate) fn add_sub(
         &mut self,
-        hub: &Arc<Hub>,
         key: &Arc<QueryKey>,
-        call: Arc<dyn LiveQuery>,
         session: &Arc<Session>,
         sub: &SubId,
+        start_runner: impl FnOnce(u64, Arc<Notify>),
     ) -> watch::Receiver<Latest> {
         if !self.groups.contains_key(key) {
             self.next_group += 1;
@@ -126,13 +124,7 @@ impl QueryIndex {
             let (latest, _) = watch::channel(None);
             let wake = Arc::new(Notify::new());
             wake.notify_one();
-            tokio::spawn(run_group(
-                Arc::downgrade(hub),
-                key.clone(),
-                id,
-                call,
-                wake.clone(),
-            ));
+            start_runner(id, wake.clone());
             self.groups.insert(
                 key.clone(),
                 QueryGroup {
@@ -177,7 +169,7 @@ impl QueryIndex {
         }
     }
 
-    fn unlink(&mut self, table: u32, key: &Arc<QueryKey>) {
+    pub(super) fn unlink(&mut self, table: u32, key: &Arc<QueryKey>) {
         if let Some(keys) = self.by_table.get_mut(&table) {
             keys.remove(key);
             if keys.is_empty() {
@@ -220,80 +212,9 @@ impl QueryIndex {
     }
 }
 
-/// Runs a group's query each time it is woken, until the group is gone.
-async fn run_group(
-    hub: Weak<Hub>,
-    key: Arc<QueryKey>,
-    id: u64,
-    call: Arc<dyn LiveQuery>,
-    wake: Arc<Notify>,
-) {
-    let mut runs = 0u64;
-    loop {
-        wake.notified().await;
-        if runs > 0 {
-            // A burst of changes is served by one run.
-            let Some(debounce) = hub.upgrade().map(|h| h.config().query_debounce) else {
-                return;
-            };
-            tokio::time::sleep(debounce).await;
-        }
-        let Some(h) = hub.upgrade() else { return };
-        let Some(seq0) = h.with_queries(|q| {
-            let alive = q.groups.get(&key).is_some_and(|g| g.id == id);
-            alive.then_some(q.change_seq)
-        }) else {
-            return;
-        };
-        runs += 1;
-        let (outcome, tables, installed) = match run_tracked(&h, &*call).await {
-            Ok((data, read)) => match watch_tables(&h, &read).await {
-                Ok((tables, installed)) => (Ok(Arc::from(data.to_string())), tables, installed),
-                Err(failure) => (Err(failure), Vec::new(), false),
-            },
-            Err(failure) => (Err(failure), Vec::new(), false),
-        };
-        let alive = h.with_queries(|q| {
-            let Some(group) = q.groups.get_mut(&key).filter(|g| g.id == id) else {
-                return false;
-            };
-            let changed = match &*group.latest.borrow() {
-                Some((_, previous)) => *previous != outcome,
-                None => true,
-            };
-            if changed {
-                push(group, &outcome);
-            }
-            group.latest.send_replace(Some((runs, outcome.clone())));
-            if outcome.is_err() {
-                // Keep following the tables of the last good run: a change may fix it.
-                return true;
-            }
-            let old = std::mem::replace(&mut group.tables, tables.clone());
-            let missed = installed
-                || tables
-                    .iter()
-                    .any(|t| q.last_change.get(t).is_some_and(|&s| s > seq0));
-            if missed {
-                wake.notify_one();
-            }
-            for t in old.iter().filter(|t| !tables.contains(t)) {
-                q.unlink(*t, &key);
-            }
-            for t in &tables {
-                q.by_table.entry(*t).or_default().insert(key.clone());
-            }
-            true
-        });
-        if !alive {
-            return;
-        }
-    }
-}
-
 /// Pushes an outcome to the subscriptions of a group. The first outcome is not pushed: the
 /// subscribe calls that wait for it answer with it.
-fn push(group: &QueryGroup, outcome: &Outcome) {
+pub(super) fn push(group: &QueryGroup, outcome: &Outcome) {
     if group.latest.borrow().is_none() {
         return;
     }
@@ -311,69 +232,4 @@ fn push(group: &QueryGroup, outcome: &Outcome) {
         };
         qs.session.outbox.push(sub, 0, Bytes::from(frame));
     }
-}
-
-/// Runs a query in a tracked read; returns its result and the oids of the tables it read.
-async fn run_tracked(hub: &Hub, query: &dyn LiveQuery) -> Result<(Value, Vec<u32>), ApiError> {
-    let mut read = hub
-        .store()
-        .begin_tracked_read()
-        .await
-        .map_err(ApiError::internal)?;
-    let data = query.run(read.conn()).await?;
-    let tables = read.finish().await.map_err(ApiError::internal)?;
-    Ok((data, tables))
-}
-
-/// Makes sure every table read is watched. Returns the oids to follow and whether a trigger
-/// had to be installed.
-async fn watch_tables(hub: &Arc<Hub>, read: &[u32]) -> Result<(Vec<u32>, bool), ApiError> {
-    let mut follow = Vec::with_capacity(read.len());
-    let mut installed = false;
-    for &oid in read {
-        let watched = match hub.with_queries(|q| q.watched.get(&oid).copied()) {
-            Some(w) => w,
-            None => {
-                let w = match hub.store().watch_table(oid).await {
-                    Ok(TableWatch::Trigger {
-                        announced_as,
-                        created,
-                    }) => {
-                        installed |= created;
-                        Some(announced_as)
-                    }
-                    Ok(TableWatch::Forge { name }) => {
-                        hub.with_queries(|q| q.forge_tables.insert(oid, name));
-                        Some(oid)
-                    }
-                    Ok(TableWatch::Unwatchable { name }) => {
-                        tracing::warn!(
-                            table = %name,
-                            "a subscribed query reads a relation whose changes cannot be \
-                             watched; changing it does not re-run the query"
-                        );
-                        None
-                    }
-                    Ok(other) => {
-                        tracing::warn!(?other, "unknown kind of table watch");
-                        None
-                    }
-                    Err(e) => {
-                        return Err(ApiError::internal(format!(
-                            "cannot watch table {oid}, which a subscribed query reads, for \
-                             changes (creating a trigger on it needs its ownership): {e}"
-                        )));
-                    }
-                };
-                hub.with_queries(|q| q.watched.insert(oid, w));
-                w
-            }
-        };
-        if let Some(announced) = watched {
-            if !follow.contains(&announced) {
-                follow.push(announced);
-            }
-        }
-    }
-    Ok((follow, installed))
 }

@@ -6,9 +6,9 @@
 //! possibly hiding a status. A `completed` change (for its output) and a change published
 //! without its state are replaced by a read of the workflow; see the hub.
 
+use forge_runtime::publish::WorkflowUpdate;
 use forge_runtime::store::WorkflowRow;
 use forge_runtime::{WorkflowState, WorkflowStatus};
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::feed::Change;
@@ -23,42 +23,24 @@ pub(crate) struct WorkflowChange {
     partial: bool,
 }
 
-/// One update as `forge.notify_workflow_updates` publishes it.
-#[derive(Deserialize)]
-struct Published {
-    workflow_id: Uuid,
-    status: WorkflowStatus,
-    step: Option<String>,
-    waiting_for: Option<String>,
-    xid: u64,
-    #[serde(default)]
-    state: Option<WorkflowState>,
-}
-
 impl WorkflowChange {
-    /// The updates of one `forge_workflow_updates` payload.
-    pub(crate) fn parse(payload: &str) -> Result<Vec<WorkflowChange>, serde_json::Error> {
-        let published: Vec<Published> = serde_json::from_str(payload)?;
-        Ok(published
-            .into_iter()
-            .map(|p| {
-                let partial = p.state.is_none();
-                let state = p.state.unwrap_or(WorkflowState {
-                    workflow_id: p.workflow_id,
-                    status: p.status,
-                    step: p.step,
-                    waiting_for: p.waiting_for,
-                    steps: Vec::new(),
-                    output: None,
-                    error: None,
-                });
-                WorkflowChange {
-                    state,
-                    xid: Some(p.xid),
-                    partial,
-                }
-            })
-            .collect())
+    /// A change as published on `forge_workflow_updates`.
+    pub(crate) fn from_update(u: WorkflowUpdate) -> Self {
+        let partial = u.state.is_none();
+        let state = u.state.unwrap_or(WorkflowState {
+            workflow_id: u.workflow_id,
+            status: u.status,
+            step: u.step,
+            waiting_for: u.waiting_for,
+            steps: Vec::new(),
+            output: None,
+            error: None,
+        });
+        WorkflowChange {
+            state,
+            xid: Some(u.xid),
+            partial,
+        }
     }
 
     pub(crate) fn from_row(row: &WorkflowRow) -> Self {
@@ -109,6 +91,7 @@ impl Change for WorkflowChange {
 
 #[cfg(test)]
 mod tests {
+    use forge_runtime::publish::WorkflowUpdates;
     use forge_runtime::StepStatus;
 
     use super::*;
@@ -128,7 +111,12 @@ mod tests {
                        "steps": [{"name": "a", "status": "completed", "error": null}],
                        "output": null, "error": null}}
         ]);
-        let changes = WorkflowChange::parse(&payload.to_string()).unwrap();
+        let changes: Vec<WorkflowChange> = WorkflowUpdates::new(&payload.to_string())
+            .decode()
+            .unwrap()
+            .into_iter()
+            .map(WorkflowChange::from_update)
+            .collect();
         assert_eq!(changes.len(), 3);
         assert_eq!(changes[0].state.steps[0].status, StepStatus::Running);
         assert_eq!(changes[0].xid, Some(7));

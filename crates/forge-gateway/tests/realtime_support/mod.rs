@@ -10,7 +10,6 @@ use forge_gateway::auth::Auth;
 use forge_gateway::realtime::{Realtime, RealtimeConfig};
 use forge_test_support::sse::SseStream;
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 pub(crate) const SECRET: &[u8] = b"realtime-test-secret";
 
@@ -147,23 +146,6 @@ impl TestRole {
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        // As `TestDb` does: its own thread and runtime, since this may run during a panic.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&forge_test_support::server_url())
-                    .await
-                    .ok()?;
-                sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        forge_test_support::clean_up(format!("DROP ROLE IF EXISTS {}", self.0));
     }
 }

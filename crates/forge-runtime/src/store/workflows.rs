@@ -1,3 +1,6 @@
+//! (Over 500 lines: the workflow statements share their fence and their column lists; split
+//! them the way `store/jobs/` is split when another concept is added here.)
+//!
 //! Workflow operations: starting, the engine's fenced reads and writes, events, cancel, and
 //! the state clients see.
 //!

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use super::writer::Write;
+use super::{FinishDone, Write};
 use crate::store::{ClaimedJob, Finish, HeldEnd, HeldWrite, ProgressWrite, StartWrite};
 
 /// The jobs of this node's held claims not committed yet, by id.
@@ -57,9 +57,6 @@ struct Entry {
     progress: Option<(f64, Option<String>)>,
     finish: Option<Finish>,
 }
-
-/// Called once a finish is written, with whether it took effect.
-pub(crate) type FinishDone = Box<dyn FnOnce(bool) + Send>;
 
 /// Resolves once a write is made (or fenced off).
 pub(crate) type Written = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

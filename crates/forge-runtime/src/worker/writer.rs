@@ -9,17 +9,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::held::{FinishDone, HeldJobs, Routed};
+use super::held::{HeldJobs, Routed};
+use super::Write;
 use crate::store::{Finish, ProgressWrite, StartWrite, Store, UpdateBatch};
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 2_000;
-
-pub(crate) enum Write {
-    Start(StartWrite, oneshot::Sender<bool>),
-    Progress(ProgressWrite, oneshot::Sender<()>),
-    Finish(Finish, FinishDone),
-}
 
 /// Unbounded because every write's sender waits for its acknowledgement (except a start,
 /// which its job's finish waits behind): what is queued is bounded by the jobs running.

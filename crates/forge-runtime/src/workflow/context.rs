@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::engine::{CompensationFn, Execution, RetryPolicy};
+use crate::backoff::Backoff;
 use crate::error::{Error, WaitError};
-use crate::registry::Backoff;
 
 /// The first argument of every `#[forge::workflow]`.
 ///

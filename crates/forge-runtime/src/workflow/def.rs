@@ -1,16 +1,13 @@
 //! The workflow registry: `#[forge::workflow]` submits one [`WorkflowDef`] per function through
 //! `inventory`, like the other function macros.
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
 use futures::future::BoxFuture;
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 
 use super::WorkflowContext;
+use crate::definition::{function_registry, Access, ArgDef};
 use crate::error::{ArgsError, Error};
-use crate::registry::{function_registry, Access, ArgDef};
 
 /// Options of `#[forge::workflow(...)]`.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,8 @@
 //! ```
 //!
 //! # How it runs
-//! Workflows run on the job workers ([`Forge::start_worker`] runs them along with the jobs).
+//! Workflows run on the job workers ([`Forge::start_worker`](crate::Forge::start_worker)
+//! runs them along with the jobs).
 //! Starting one inserts it, its declared steps (shown `pending` at once) and a job
 //! `workflow:<name>`; claiming, leases, crash recovery and retries are the jobs'. The job
 //! replays the body: steps recorded as completed return their stored output without running
@@ -49,7 +50,7 @@
 //! # Publishing
 //! Every change of a workflow's status, current step, wait or any step's status is published
 //! on `forge_workflow_updates` by triggers, as for jobs (see
-//! [`WorkflowUpdate`](crate::notifier::WorkflowUpdate)).
+//! [`WorkflowUpdate`](crate::publish::WorkflowUpdate)).
 
 mod cancel;
 mod context;
@@ -68,17 +69,15 @@ use std::collections::HashMap;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::error::{DbError, EventError, StartError, WorkflowCancelError};
+use crate::backoff::Backoff;
+use crate::error::{DbError, EventError, StartError};
 use crate::function::MutationContext;
-use crate::node::Forge;
-use crate::registry::{self, Backoff};
-use crate::status::{WorkflowState, WorkflowStatus};
-use crate::store::{workflow_job_name, WorkflowRow};
+use crate::store::workflow_job_name;
 use crate::worker::Handler;
 
 /// The job handlers that run the registered workflows, one per workflow (`workflow:<name>`).
 pub fn handlers() -> HashMap<String, Handler> {
-    registry::workflows()
+    def::workflows()
         .map(|def| {
             let handler = Handler {
                 run: engine::run_job,
@@ -89,52 +88,6 @@ pub fn handlers() -> HashMap<String, Handler> {
             (workflow_job_name(def.name), handler)
         })
         .collect()
-}
-
-impl Forge {
-    /// Starts a workflow. `my_workflow::request(args..)` builds a typed request.
-    pub async fn start_workflow<O>(&self, req: WorkflowRequest<O>) -> Result<Uuid, StartError> {
-        start(self.pool(), req).await
-    }
-
-    /// Starts a workflow by name with JSON arguments (as the gateway does). Arguments that do
-    /// not fit are rejected with the field named, and nothing is written.
-    pub async fn start_workflow_json(
-        &self,
-        name: &str,
-        args: Value,
-        owner: Option<String>,
-    ) -> Result<Uuid, StartError> {
-        start_json(self.pool(), name, args, owner).await
-    }
-
-    /// See [`cancel`].
-    pub async fn cancel_workflow(
-        &self,
-        id: Uuid,
-        owner: Option<&str>,
-    ) -> Result<WorkflowStatus, WorkflowCancelError> {
-        cancel(self.pool(), id, owner).await
-    }
-
-    /// See [`send_event`].
-    pub async fn send_workflow_event(
-        &self,
-        id: Uuid,
-        name: &str,
-        payload: Value,
-    ) -> Result<(), EventError> {
-        send_event(self.pool(), id, name, payload).await
-    }
-
-    /// The state clients see of a workflow, if it exists.
-    pub async fn workflow_state(&self, id: Uuid) -> Result<Option<WorkflowState>, sqlx::Error> {
-        self.store().workflow_state(id).await
-    }
-
-    pub async fn workflow(&self, id: Uuid) -> Result<Option<WorkflowRow>, sqlx::Error> {
-        self.store().get_workflow(id).await
-    }
 }
 
 impl MutationContext {

@@ -1,4 +1,4 @@
-//! What the job test files (`jobs_*.rs`) share: a node per test on its own database, handlers
+//! What the test files of the facade (`jobs_*.rs`, `workflows.rs`) share: a node per test on its own database, handlers
 //! that record what they do in a table (`effects`) and stop at gates the test opens, bounded
 //! waits on stored states, and a recorder of what `forge_job_updates` published.
 //!
@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use forge::notifier::{Event, JobUpdate};
 use forge::prelude::*;
-use forge::store::JobRow;
+use forge::updates::{Event, JobUpdate};
 use forge::Worker;
+use forge_runtime::store::JobRow;
 use forge_test_support::{wait_for, TestDb};
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -34,6 +34,25 @@ pub(crate) fn worker_config() -> WorkerConfig {
         shutdown_grace: Duration::from_secs(5),
         ..WorkerConfig::default()
     }
+}
+
+/// The body of a crash test's child process: a node on the database named by `env` whose
+/// worker (`config`, with a one-second lease) runs until the parent kills it. Returns at once
+/// when `env` is not set: the child test is ignored, and only a crash test starts it.
+pub(crate) async fn crash_child(env: &str, config: WorkerConfig) {
+    let Ok(url) = std::env::var(env) else {
+        return;
+    };
+    let forge = Forge::connect(&url).await.unwrap();
+    let _worker = forge
+        .start_worker(WorkerConfig {
+            lease: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(250),
+            ..config
+        })
+        .await
+        .unwrap();
+    std::future::pending::<()>().await;
 }
 
 /// A node on `db`, with the tables the handlers of the tests write to.

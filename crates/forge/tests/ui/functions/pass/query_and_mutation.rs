@@ -25,6 +25,6 @@ async fn add_todo(ctx: &MutationContext, title: String) -> forge::Result<()> {
 }
 
 fn main() {
-    assert!(forge::registry::query("todos").is_some());
-    assert!(forge::registry::mutation("add_todo").is_some());
+    assert!(forge_runtime::registry::query("todos").is_some());
+    assert!(forge_runtime::registry::mutation("add_todo").is_some());
 }

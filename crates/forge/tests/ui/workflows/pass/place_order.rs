@@ -48,7 +48,7 @@ async fn place_order(ctx: &WorkflowContext, order_id: uuid::Uuid, amount: u64) -
 }
 
 fn main() {
-    let def = forge::registry::workflow("place_order").unwrap();
+    let def = forge_runtime::registry::workflow("place_order").unwrap();
     assert_eq!(def.options.steps, ["reserve", "charge", "wait_shipped"]);
     assert_eq!(def.options.queue, "orders");
     let _req: WorkflowRequest<Receipt> = place_order::request(uuid::Uuid::nil(), 5);

@@ -1,4 +1,5 @@
-//! A Forge node: the pool, the migrations, the node's one listener, and its workers.
+//! [`Forge`], the whole API of a node in one place: the pool and migrations, the node's one
+//! listener, its workers, and starting and following jobs and workflows.
 
 use std::collections::HashMap;
 
@@ -6,12 +7,16 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::error::{CancelError, EnqueueError, RuntimeError};
+use crate::error::{
+    CancelError, EnqueueError, EventError, RuntimeError, StartError, WorkflowCancelError,
+};
 use crate::notifier::Notifier;
 use crate::queue::{self, JobRequest};
-use crate::status::JobStatus;
-use crate::store::{JobRow, NewJob, Store};
+use crate::registry;
+use crate::status::{JobStatus, WorkflowState, WorkflowStatus};
+use crate::store::{JobRow, NewJob, Store, WorkflowRow};
 use crate::worker::{self, Handler, Worker, WorkerConfig};
+use crate::workflow::{self, WorkflowRequest};
 
 /// Entry point of the runtime. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -127,8 +132,8 @@ impl Forge {
 
     /// Starts this node's workers for every registered job and workflow.
     pub async fn start_worker(&self, config: WorkerConfig) -> Result<Worker, RuntimeError> {
-        let mut handlers = worker::registered_handlers();
-        handlers.extend(crate::workflow::handlers());
+        let mut handlers = registry::job_handlers();
+        handlers.extend(workflow::handlers());
         self.start_worker_with(config, handlers).await
     }
 
@@ -150,5 +155,50 @@ impl Forge {
         workers.retain(worker::Eager::is_alive);
         workers.push(worker.eager());
         Ok(worker)
+    }
+
+    // Workflows.
+    /// Starts a workflow. `my_workflow::request(args..)` builds a typed request.
+    pub async fn start_workflow<O>(&self, req: WorkflowRequest<O>) -> Result<Uuid, StartError> {
+        workflow::start(self.pool(), req).await
+    }
+
+    /// Starts a workflow by name with JSON arguments (as the gateway does). Arguments that do
+    /// not fit are rejected with the field named, and nothing is written.
+    pub async fn start_workflow_json(
+        &self,
+        name: &str,
+        args: Value,
+        owner: Option<String>,
+    ) -> Result<Uuid, StartError> {
+        workflow::start_json(self.pool(), name, args, owner).await
+    }
+
+    /// See [`workflow::cancel`].
+    pub async fn cancel_workflow(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<WorkflowStatus, WorkflowCancelError> {
+        workflow::cancel(self.pool(), id, owner).await
+    }
+
+    /// See [`workflow::send_event`].
+    pub async fn send_workflow_event(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: Value,
+    ) -> Result<(), EventError> {
+        workflow::send_event(self.pool(), id, name, payload).await
+    }
+
+    /// The state clients see of a workflow, if it exists.
+    pub async fn workflow_state(&self, id: Uuid) -> Result<Option<WorkflowState>, sqlx::Error> {
+        self.store().workflow_state(id).await
+    }
+
+    pub async fn workflow(&self, id: Uuid) -> Result<Option<WorkflowRow>, sqlx::Error> {
+        self.store().get_workflow(id).await
     }
 }
