@@ -1,12 +1,16 @@
 //! Writing `api.ts`: the named types, then per function its typed entry points.
+//!
+//! (Over 500 lines with its unit tests, a sixth of it: what each generated export looks like
+//! is kept in one place.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use crate::collect::{Api, Function, Kind};
+use crate::doc::{self, doc_block, schema_doc};
 use crate::error::CodegenError;
-use crate::ts::{self, doc_block, is_identifier, schema_doc, Renderer};
+use crate::ts::{is_identifier, Renderer};
 use crate::Adapter;
 
 /// What the generated code may import from the framework-free core, `@forge/client`.
@@ -371,12 +375,12 @@ fn function(f: &Function, adapter: Adapter) -> String {
     let mut notes: Vec<String> = Vec::new();
     if let Some(props) = f.args_schema.get("properties").and_then(Value::as_object) {
         for (name, schema) in props {
-            for note in ts::notes(schema) {
+            for note in doc::notes(schema) {
                 notes.push(format!("`{name}`: {note}"));
             }
         }
     }
-    for note in ts::notes(&f.output_schema) {
+    for note in doc::notes(&f.output_schema) {
         notes.push(format!("Output: {note}"));
     }
     // The function's own doc comment first, then what the generated function does.

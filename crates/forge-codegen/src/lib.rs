@@ -86,6 +86,7 @@
 //! `@forge/react`), are refused.
 
 mod collect;
+mod doc;
 mod emit;
 mod error;
 mod ts;
