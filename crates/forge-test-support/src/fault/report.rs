@@ -1,0 +1,235 @@
+//! The invariants of issue 14, checked after a scenario: from the database (statuses, leases),
+//! the nodes' effects file (attempts actually run, and when), and what the SSE clients saw.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use super::follower::{Follower, JOB_TERMINAL, WORKFLOW_TERMINAL};
+use super::HarnessError;
+
+/// What one scenario measured. [`Report::violations`] says which invariants it broke.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub scenario: String,
+    /// Jobs and workflows started before and during the fault (recovery probes excluded).
+    pub started: usize,
+    /// Of those, how many reached a final status.
+    pub terminal: usize,
+    /// Not final at the end; with their statuses.
+    pub stuck: usize,
+    pub stuck_statuses: BTreeMap<String, usize>,
+    /// Jobs whose handler started more than once (per the effects file).
+    pub rerun: usize,
+    /// Jobs two of whose attempts ran at the same time: the second started before the first
+    /// ended.
+    pub overlapping: usize,
+    /// (job, attempt) pairs whose handler started twice.
+    pub duplicate_attempts: usize,
+    /// SSE clients that missed the final status of something they followed, and how many
+    /// such misses there were in all.
+    pub clients_missed: usize,
+    pub missed: usize,
+    /// Times a client saw progress go down within one attempt.
+    pub progress_backwards: usize,
+    /// From the end of the fault to the first job started after it reaching `completed`;
+    /// `None` if none did.
+    pub recovery: Option<Duration>,
+    /// Calls that failed during the scenario (start, events), by error text, for the notes.
+    pub failed_calls: BTreeMap<String, usize>,
+}
+
+impl Report {
+    /// The invariants that do not hold, in words; empty when all hold. Re-runs are not a
+    /// violation here: their bound depends on the fault (see each scenario).
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.stuck > 0 {
+            v.push(format!(
+                "{} of {} not final: {:?}",
+                self.stuck, self.started, self.stuck_statuses
+            ));
+        }
+        if self.overlapping > 0 {
+            v.push(format!(
+                "{} jobs ran two attempts at the same time",
+                self.overlapping
+            ));
+        }
+        if self.duplicate_attempts > 0 {
+            v.push(format!(
+                "{} attempts started twice",
+                self.duplicate_attempts
+            ));
+        }
+        if self.missed > 0 {
+            v.push(format!(
+                "{} clients missed {} final statuses",
+                self.clients_missed, self.missed
+            ));
+        }
+        if self.progress_backwards > 0 {
+            v.push(format!(
+                "progress went backwards {} times",
+                self.progress_backwards
+            ));
+        }
+        if self.recovery.is_none() {
+            v.push("no job completed after the fault".into());
+        }
+        v
+    }
+
+    /// The table's header, matching [`Report`]'s `Display`.
+    pub fn header() -> String {
+        format!(
+            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9}",
+            "scenario", "started", "terminal", "stuck", "re-run", "overlap", "missed", "recovery"
+        )
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let recovery = self
+            .recovery
+            .map_or("none".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+        write!(
+            f,
+            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9}",
+            self.scenario,
+            self.started,
+            self.terminal,
+            self.stuck,
+            self.rerun,
+            self.overlapping,
+            self.clients_missed,
+            recovery
+        )
+    }
+}
+
+/// One line of the effects file: `start|end job attempt node unix_ms`.
+struct Effect {
+    start: bool,
+    job: String,
+    attempt: u32,
+    ms: u64,
+}
+
+fn read_effects(text: &str) -> Vec<Effect> {
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            let kind = p.next()?;
+            let job = p.next()?.to_string();
+            let attempt = p.next()?.parse().ok()?;
+            let _node = p.next()?;
+            let ms = p.next()?.parse().ok()?;
+            Some(Effect {
+                start: kind == "start",
+                job,
+                attempt,
+                ms,
+            })
+        })
+        .collect()
+}
+
+/// Fills in the invariants of `report` for `jobs` and `workflows` (ids as text).
+pub async fn check(
+    report: &mut Report,
+    db: &PgPool,
+    effects_file: &std::path::Path,
+    jobs: &[String],
+    workflows: &[String],
+    followers: &[Follower],
+) -> Result<(), HarnessError> {
+    report.started = jobs.len() + workflows.len();
+    let job_rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id::text, status FROM forge.jobs WHERE id::text = ANY($1)")
+            .bind(jobs)
+            .fetch_all(db)
+            .await?;
+    let wf_rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id::text, status FROM forge.workflows WHERE id::text = ANY($1)")
+            .bind(workflows)
+            .fetch_all(db)
+            .await?;
+    let mut terminal_in_db = std::collections::HashSet::new();
+    for (id, status) in &job_rows {
+        if JOB_TERMINAL.contains(&status.as_str()) {
+            terminal_in_db.insert(id.clone());
+        } else {
+            *report
+                .stuck_statuses
+                .entry(format!("job {status}"))
+                .or_default() += 1;
+        }
+    }
+    for (id, status) in &wf_rows {
+        if WORKFLOW_TERMINAL.contains(&status.as_str()) {
+            terminal_in_db.insert(id.clone());
+        } else {
+            *report
+                .stuck_statuses
+                .entry(format!("workflow {status}"))
+                .or_default() += 1;
+        }
+    }
+    let missing = report.started - job_rows.len() - wf_rows.len();
+    if missing > 0 {
+        report
+            .stuck_statuses
+            .insert("not in the database".into(), missing);
+    }
+    report.terminal = terminal_in_db.len();
+    report.stuck = report.started - report.terminal;
+
+    let text = std::fs::read_to_string(effects_file).unwrap_or_default();
+    let ours: std::collections::HashSet<&String> = jobs.iter().collect();
+    let mut per_job: BTreeMap<String, Vec<Effect>> = BTreeMap::new();
+    for e in read_effects(&text)
+        .into_iter()
+        .filter(|e| ours.contains(&e.job))
+    {
+        per_job.entry(e.job.clone()).or_default().push(e);
+    }
+    for effects in per_job.values() {
+        let starts: Vec<&Effect> = effects.iter().filter(|e| e.start).collect();
+        let mut attempts: Vec<u32> = starts.iter().map(|e| e.attempt).collect();
+        attempts.sort_unstable();
+        let all = attempts.len();
+        attempts.dedup();
+        report.duplicate_attempts += all - attempts.len();
+        if starts.len() > 1 {
+            report.rerun += 1;
+        }
+        // An attempt that ended after a later one started: both ran at once.
+        let overlaps = effects.iter().filter(|e| !e.start).any(|end| {
+            starts
+                .iter()
+                .any(|s| s.attempt != end.attempt && s.ms < end.ms && s.attempt > end.attempt)
+        });
+        if overlaps {
+            report.overlapping += 1;
+        }
+    }
+
+    for f in followers {
+        let mut missed = 0;
+        for (id, followed) in f.followed() {
+            if terminal_in_db.contains(&id) && !followed.saw_terminal() {
+                missed += 1;
+            }
+            report.progress_backwards += followed.progress_backwards();
+        }
+        if missed > 0 {
+            report.clients_missed += 1;
+            report.missed += missed;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The fault scenarios of issue 14, short versions (see `forge_test_support::fault`): each
+//! runs a private PostgreSQL cluster and three `fault-node` processes behind TCP proxies, loads
+//! them, injects one fault and checks the invariants. Slow-ish (10 to 30 s each); nextest runs
+//! them one at a time (`.config/nextest.toml`). `forge-bench faults` runs the full versions.
+//!
+//! The scenarios today's runtime fails are ignored with what they showed; the fixes of issue
+//! 14 item 4 turn them on.
+
+use std::path::Path;
+
+use forge_test_support::fault::report::Report;
+use forge_test_support::fault::scenarios::{run, Scenario, Size};
+
+async fn scenario(s: Scenario) -> Report {
+    let bin = Path::new(env!("CARGO_BIN_EXE_fault-node"));
+    let report = run(s, bin, &Size::short())
+        .await
+        .expect("the scenario runs");
+    println!("{}\n{report}\n{report:?}", Report::header());
+    report
+}
+
+/// Faults shorter than the lease: every invariant holds and nothing runs twice.
+async fn nothing_lost_nothing_rerun(s: Scenario) {
+    let report = scenario(s).await;
+    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(
+        report.rerun, 0,
+        "re-runs after a fault shorter than the lease"
+    );
+}
+
+/// Longer faults may re-run jobs (within the documented bound), but lose nothing.
+async fn nothing_lost(s: Scenario) {
+    let report = scenario(s).await;
+    assert_eq!(report.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_fast_restart() {
+    nothing_lost_nothing_rerun(Scenario::DbRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_crash() {
+    nothing_lost_nothing_rerun(Scenario::DbCrash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_longer_than_the_lease() {
+    nothing_lost(Scenario::DbOutage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_connection_terminated() {
+    nothing_lost_nothing_rerun(Scenario::ListenTerminated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_connection_half_open() {
+    nothing_lost_nothing_rerun(Scenario::ListenHalfOpen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_and_restarted() {
+    nothing_lost(Scenario::NodeKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_partitioned_longer_than_the_lease() {
+    nothing_lost(Scenario::NodePartitioned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_terminated_under_load() {
+    nothing_lost(Scenario::NodeTerminated).await;
+}
