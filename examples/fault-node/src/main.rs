@@ -19,16 +19,18 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Appends `kind job attempt node unix_ms` to the effects file. One `write` of a short line
+/// Appends `kind job attempt node unix_ms mode` (`kind`: start, step, end; `mode`: quiet or
+/// progress) to the effects file. One `write` of a short line
 /// with `O_APPEND`: lines of several nodes never interleave, and a SIGKILL loses none.
-fn effect(kind: &str, job: Uuid, attempt: u32) {
+fn effect(kind: &str, job: Uuid, attempt: u32, quiet: bool) {
     let (Ok(path), Ok(node)) = (std::env::var("FAULT_EFFECTS"), std::env::var("FAULT_NODE")) else {
         return;
     };
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let line = format!("{kind} {job} {attempt} {node} {ms}\n");
+    let mode = if quiet { "quiet" } else { "progress" };
+    let line = format!("{kind} {job} {attempt} {node} {ms} {mode}\n");
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -39,19 +41,25 @@ fn effect(kind: &str, job: Uuid, attempt: u32) {
     }
 }
 
-/// An export: `steps` steps of `step_ms` each, reporting progress after each.
+/// An export: `steps` steps of `step_ms` each, each recorded as an effect (so that the harness
+/// sees an attempt that keeps working after another attempt of the job started). Reports
+/// progress after each step unless `quiet`: a quiet job never waits on the database, as a job
+/// busy with work of its own would not.
 #[forge::job(max_attempts = 5, timeout = "10m")]
-async fn fault_export(ctx: &JobContext, steps: u32, step_ms: u64) -> Result<u32> {
-    effect("start", ctx.job_id(), ctx.attempt());
+async fn fault_export(ctx: &JobContext, steps: u32, step_ms: u64, quiet: bool) -> Result<u32> {
+    effect("start", ctx.job_id(), ctx.attempt(), quiet);
     for i in 1..=steps {
         tokio::time::sleep(Duration::from_millis(step_ms)).await;
-        ctx.progress(
-            f64::from(i) * 100.0 / f64::from(steps.max(1)),
-            format!("step {i} of {steps}"),
-        )
-        .await?;
+        effect("step", ctx.job_id(), ctx.attempt(), quiet);
+        if !quiet {
+            ctx.progress(
+                f64::from(i) * 100.0 / f64::from(steps.max(1)),
+                format!("step {i} of {steps}"),
+            )
+            .await?;
+        }
     }
-    effect("end", ctx.job_id(), ctx.attempt());
+    effect("end", ctx.job_id(), ctx.attempt(), quiet);
     Ok(steps)
 }
 

@@ -64,7 +64,8 @@ impl Node {
 }
 
 /// A private database and the nodes running against it. Dropping it kills the nodes, stops the
-/// database and removes its folder.
+/// database and removes its folder (kept, and its path printed, when `FAULT_KEEP_DIR` is set:
+/// the nodes' logs and the effects file are in it).
 pub struct Harness {
     dir: PathBuf,
     config: HarnessConfig,
@@ -84,7 +85,11 @@ impl Drop for Harness {
                 let _ = child.start_kill();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("FAULT_KEEP_DIR").is_some() {
+            eprintln!("fault harness: kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -23,8 +23,8 @@ pub struct Report {
     pub stuck_statuses: BTreeMap<String, usize>,
     /// Jobs whose handler started more than once (per the effects file).
     pub rerun: usize,
-    /// Jobs two of whose attempts ran at the same time: the second started before the first
-    /// ended.
+    /// Jobs two of whose attempts ran at the same time: an attempt still did a step (or ended)
+    /// after a later one had started.
     pub overlapping: usize,
     /// (job, attempt) pairs whose handler started twice.
     pub duplicate_attempts: usize,
@@ -111,7 +111,7 @@ impl fmt::Display for Report {
     }
 }
 
-/// One line of the effects file: `start|end job attempt node unix_ms`.
+/// One line of the effects file: `start|step|end job attempt node unix_ms`.
 struct Effect {
     start: bool,
     job: String,
@@ -207,11 +207,11 @@ pub async fn check(
         if starts.len() > 1 {
             report.rerun += 1;
         }
-        // An attempt that ended after a later one started: both ran at once.
-        let overlaps = effects.iter().filter(|e| !e.start).any(|end| {
+        // An attempt that worked after a later one started: both ran at once.
+        let overlaps = effects.iter().filter(|e| !e.start).any(|work| {
             starts
                 .iter()
-                .any(|s| s.attempt != end.attempt && s.ms < end.ms && s.attempt > end.attempt)
+                .any(|s| s.attempt > work.attempt && s.ms < work.ms)
         });
         if overlaps {
             report.overlapping += 1;
