@@ -50,7 +50,15 @@ pub(crate) async fn faults(mut args: impl Iterator<Item = String>) -> Result<(),
     println!("{}", Report::header());
     let mut broken = Vec::new();
     for scenario in Scenario::ALL {
-        match run(scenario, &bin, &size).await {
+        // On Ctrl-C the scenario is dropped, and with it its nodes and database.
+        let outcome = tokio::select! {
+            r = run(scenario, &bin, &size) => r,
+            _ = tokio::signal::ctrl_c() => {
+                println!("interrupted");
+                return Ok(());
+            }
+        };
+        match outcome {
             Ok(report) => {
                 println!("{report}");
                 let v = report.violations();

@@ -85,6 +85,8 @@ impl Drop for Harness {
                 let _ = child.start_kill();
             }
         }
+        // Before the folder goes: a server whose data folder vanished lingers for a minute.
+        let _ = self.pg.stop(StopMode::Immediate);
         if std::env::var_os("FAULT_KEEP_DIR").is_some() {
             eprintln!("fault harness: kept {}", self.dir.display());
         } else {

@@ -34,8 +34,8 @@ pub struct Report {
     pub missed: usize,
     /// Times a client saw progress go down within one attempt.
     pub progress_backwards: usize,
-    /// From the end of the fault to the first job started after it reaching `completed`;
-    /// `None` if none did.
+    /// From the end of the fault to the first job started after it, through the node the
+    /// fault hit, reaching `completed`; `None` if none did.
     pub recovery: Option<Duration>,
     /// Calls that failed during the scenario (start, events), by error text, for the notes.
     pub failed_calls: BTreeMap<String, usize>,
