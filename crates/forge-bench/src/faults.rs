@@ -1,6 +1,8 @@
 //! `forge-bench faults`: every fault scenario of issue 14 in its full size (see
 //! `forge_test_support::fault::scenarios`), against a private PostgreSQL cluster and three
-//! `fault-node` processes; prints one table, then the invariants each scenario broke.
+//! `fault-node` processes; prints one table, then how job starts were answered during each
+//! fault and the invariants each scenario broke. "slowest call" is the longest a job start
+//! through the faulted node waited for its answer while the fault lasted.
 //!
 //! The node binary is `fault-node` next to this one (build both with the same profile:
 //! `cargo build --release -p forge-bench -p fault-node`), or the one `FORGE_FAULT_NODE` names.
@@ -49,6 +51,7 @@ pub(crate) async fn faults(mut args: impl Iterator<Item = String>) -> Result<(),
     );
     println!("{}", Report::header());
     let mut broken = Vec::new();
+    let mut answers = Vec::new();
     for scenario in Scenario::ALL {
         // On Ctrl-C the scenario is dropped, and with it its nodes and database.
         let outcome = tokio::select! {
@@ -61,6 +64,10 @@ pub(crate) async fn faults(mut args: impl Iterator<Item = String>) -> Result<(),
         match outcome {
             Ok(report) => {
                 println!("{report}");
+                answers.push(format!(
+                    "{}: {:?}",
+                    report.scenario, report.answers_during_fault
+                ));
                 let v = report.violations();
                 if !v.is_empty() {
                     broken.push(format!("{}: {}", report.scenario, v.join("; ")));
@@ -70,6 +77,10 @@ pub(crate) async fn faults(mut args: impl Iterator<Item = String>) -> Result<(),
                 println!("{:<28} could not run: {e}", scenario.name());
             }
         }
+    }
+    println!("\njob starts through the faulted node during the fault, by answer:");
+    for a in answers {
+        println!("- {a}");
     }
     if !broken.is_empty() {
         println!("\nbroken invariants:");

@@ -68,8 +68,6 @@ impl Followed {
 struct State {
     session: Option<(String, String)>,
     followed: BTreeMap<String, Followed>,
-    /// Streams opened, the first included.
-    connects: u32,
 }
 
 /// A client of one node's event stream. Stops when dropped.
@@ -104,10 +102,6 @@ impl Follower {
             state,
             task,
         }
-    }
-
-    pub fn user(&self) -> &str {
-        &self.user
     }
 
     /// Waits (at most `within`) until the stream is open.
@@ -150,11 +144,6 @@ impl Follower {
     /// What the client saw so far.
     pub fn followed(&self) -> BTreeMap<String, Followed> {
         self.state.lock().unwrap().followed.clone()
-    }
-
-    /// Streams opened so far.
-    pub fn connects(&self) -> u32 {
-        self.state.lock().unwrap().connects
     }
 }
 
@@ -230,7 +219,6 @@ async fn run(http: reqwest::Client, base: String, user: String, state: Arc<Mutex
                         let pending: Vec<(String, Kind)> = {
                             let mut s = state.lock().unwrap();
                             s.session = Some(session.clone());
-                            s.connects += 1;
                             s.followed
                                 .iter()
                                 .filter(|(_, f)| !f.saw_terminal())

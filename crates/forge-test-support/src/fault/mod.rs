@@ -14,7 +14,7 @@ pub mod follower;
 pub mod report;
 pub mod scenarios;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,12 +55,6 @@ pub struct Node {
     /// Everything between this node and PostgreSQL passes through it.
     pub proxy: Proxy,
     child: Option<Child>,
-}
-
-impl Node {
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
 }
 
 /// A private database and the nodes running against it. Dropping it kills the nodes, stops the
@@ -141,15 +135,10 @@ impl Harness {
                 .build()?,
         };
         h.start_node(0).await?;
-        let rest = (1..h.nodes.len()).collect::<Vec<_>>();
-        for i in rest {
+        for i in 1..h.nodes.len() {
             h.start_node(i).await?;
         }
         Ok(h)
-    }
-
-    pub fn lease(&self) -> Duration {
-        self.config.lease
     }
 
     /// Starts node `i` (again), on the port it had before; waits until it serves.
@@ -294,10 +283,6 @@ impl Harness {
         args: Value,
     ) -> Result<Value, HarnessError> {
         call(&self.http, &self.nodes[i].url, user, function, args).await
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

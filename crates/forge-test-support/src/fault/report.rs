@@ -37,8 +37,14 @@ pub struct Report {
     /// From the end of the fault to the first job started after it, through the node the
     /// fault hit, reaching `completed`; `None` if none did.
     pub recovery: Option<Duration>,
-    /// Calls that failed during the scenario (start, events), by error text, for the notes.
+    /// Calls sending the workflows their event that failed and were retried, by error text.
     pub failed_calls: BTreeMap<String, usize>,
+    /// Job starts made through the faulted node while the fault lasted, one after another:
+    /// how many, how they were answered (`HTTP 200`, `HTTP 503`, `network error`), and the
+    /// longest any took to be answered.
+    pub calls_during_fault: usize,
+    pub answers_during_fault: BTreeMap<String, usize>,
+    pub slowest_answer_during_fault: Duration,
 }
 
 impl Report {
@@ -85,8 +91,16 @@ impl Report {
     /// The table's header, matching [`Report`]'s `Display`.
     pub fn header() -> String {
         format!(
-            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9}",
-            "scenario", "started", "terminal", "stuck", "re-run", "overlap", "missed", "recovery"
+            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9} {:>12}",
+            "scenario",
+            "started",
+            "terminal",
+            "stuck",
+            "re-run",
+            "overlap",
+            "missed",
+            "recovery",
+            "slowest call"
         )
     }
 }
@@ -98,7 +112,7 @@ impl fmt::Display for Report {
             .map_or("none".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
         write!(
             f,
-            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9}",
+            "{:<28} {:>7} {:>8} {:>6} {:>6} {:>7} {:>7} {:>9} {:>12}",
             self.scenario,
             self.started,
             self.terminal,
@@ -106,7 +120,8 @@ impl fmt::Display for Report {
             self.rerun,
             self.overlapping,
             self.clients_missed,
-            recovery
+            recovery,
+            format!("{:.1} s", self.slowest_answer_during_fault.as_secs_f64())
         )
     }
 }

@@ -200,8 +200,21 @@ pub async fn run(scenario: Scenario, node_bin: &Path, size: &Size) -> Result<Rep
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let (stop_calls, stopped) = tokio::sync::oneshot::channel();
+    let calls = tokio::spawn(calls_during_fault(
+        h.http.clone(),
+        h.nodes[scenario.faulted_node()].url.clone(),
+        stopped,
+    ));
     inject(scenario, &mut h, size).await?;
     let fault_over = Instant::now();
+    let _ = stop_calls.send(());
+    let answers = calls.await?;
+    report.calls_during_fault = answers.len();
+    for (answer, took) in answers {
+        *report.answers_during_fault.entry(answer).or_default() += 1;
+        report.slowest_answer_during_fault = report.slowest_answer_during_fault.max(took);
+    }
 
     report.recovery = recovery(&h, scenario.faulted_node(), size.settle).await;
 
@@ -315,6 +328,40 @@ async fn inject(scenario: Scenario, h: &mut Harness, size: &Size) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Starts one-step jobs through `base`, one after another, until `stop`: how each start was
+/// answered and how long the answer took.
+async fn calls_during_fault(
+    http: reqwest::Client,
+    base: String,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<(String, Duration)> {
+    let mut answers = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        let call = http
+            .post(format!("{base}/_api/rpc/fault_export"))
+            .bearer_auth(Harness::token("probe"))
+            .json(&json!({ "steps": 1, "stepMs": 1, "quiet": false }))
+            .send();
+        let answer = tokio::select! {
+            r = call => match r {
+                Ok(res) => format!("HTTP {}", res.status().as_u16()),
+                Err(_) => "network error".to_string(),
+            },
+            // A call still waiting when the fault ends counts for as long as it waited.
+            _ = &mut stop => {
+                answers.push(("still waiting when the fault ended".to_string(), t0.elapsed()));
+                return answers;
+            }
+        };
+        answers.push((answer, t0.elapsed()));
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = &mut stop => return answers,
+        }
+    }
 }
 
 /// Starts a one-step job on node `node` (again and again until one is accepted) and waits
