@@ -36,6 +36,9 @@ pub struct Seen {
 pub struct Followed {
     pub kind: Kind,
     pub seen: Vec<Seen>,
+    /// Pushed events received: a subscribe answer is dropped when an event came while it was
+    /// on its way, since the answer is then the older state (docs/protocol.md, ordering).
+    events: u64,
 }
 
 impl Followed {
@@ -124,6 +127,7 @@ impl Follower {
             s.followed.entry(id.to_string()).or_insert(Followed {
                 kind,
                 seen: Vec::new(),
+                events: 0,
             });
             s.session.clone()
         };
@@ -147,12 +151,19 @@ impl Follower {
     }
 }
 
-fn record(state: &Mutex<State>, id: &str, job_state: &Value) {
+/// Records a state: from a pushed event (`answer_after` `None`), or from a subscribe answer
+/// sent when `answer_after` events had been received.
+fn record(state: &Mutex<State>, id: &str, job_state: &Value, answer_after: Option<u64>) {
     let Some(status) = job_state["status"].as_str() else {
         return;
     };
     let mut s = state.lock().unwrap();
     if let Some(f) = s.followed.get_mut(id) {
+        match answer_after {
+            Some(n) if f.events > n => return,
+            Some(_) => {}
+            None => f.events += 1,
+        }
         f.seen.push(Seen {
             at: Instant::now(),
             status: status.to_string(),
@@ -176,6 +187,12 @@ async fn subscribe(
         Kind::Job => ("subscribe-job", "jobId"),
         Kind::Workflow => ("subscribe-workflow", "workflowId"),
     };
+    let events_before = state
+        .lock()
+        .unwrap()
+        .followed
+        .get(id)
+        .map_or(0, |f| f.events);
     let body = json!({
         "sessionId": session.0, "sessionSecret": session.1, "subscriptionId": id, field: id,
     });
@@ -188,7 +205,7 @@ async fn subscribe(
     if let Ok(res) = res {
         if res.status().is_success() {
             if let Ok(v) = res.json::<Value>().await {
-                record(state, id, &v["data"]);
+                record(state, id, &v["data"], Some(events_before));
             }
         }
     }
@@ -236,7 +253,7 @@ async fn run(http: reqwest::Client, base: String, user: String, state: Arc<Mutex
                     }
                     "job" | "workflow" if opened => {
                         if let Some(id) = v["subscriptionId"].as_str() {
-                            record(&state, id, &v["state"]);
+                            record(&state, id, &v["state"], None);
                         }
                     }
                     _ => {}
