@@ -153,6 +153,39 @@ fn read_effects(text: &str) -> Vec<Effect> {
         .collect()
 }
 
+/// Counts, from the effects file's `text`, the jobs of `jobs` that ran again, that ran two
+/// attempts at once, and the attempts that started twice.
+fn count_effects(report: &mut Report, text: &str, jobs: &[String]) {
+    let ours: std::collections::HashSet<&String> = jobs.iter().collect();
+    let mut per_job: BTreeMap<String, Vec<Effect>> = BTreeMap::new();
+    for e in read_effects(text)
+        .into_iter()
+        .filter(|e| ours.contains(&e.job))
+    {
+        per_job.entry(e.job.clone()).or_default().push(e);
+    }
+    for effects in per_job.values() {
+        let starts: Vec<&Effect> = effects.iter().filter(|e| e.start).collect();
+        let mut attempts: Vec<u32> = starts.iter().map(|e| e.attempt).collect();
+        attempts.sort_unstable();
+        let all = attempts.len();
+        attempts.dedup();
+        report.duplicate_attempts += all - attempts.len();
+        if starts.len() > 1 {
+            report.rerun += 1;
+        }
+        // An attempt that worked after a later one started: both ran at once.
+        let overlaps = effects.iter().filter(|e| !e.start).any(|work| {
+            starts
+                .iter()
+                .any(|s| s.attempt > work.attempt && s.ms < work.ms)
+        });
+        if overlaps {
+            report.overlapping += 1;
+        }
+    }
+}
+
 /// Fills in the invariants of `report` for `jobs` and `workflows` (ids as text).
 pub async fn check(
     report: &mut Report,
@@ -204,34 +237,7 @@ pub async fn check(
     report.stuck = report.started - report.terminal;
 
     let text = std::fs::read_to_string(effects_file).unwrap_or_default();
-    let ours: std::collections::HashSet<&String> = jobs.iter().collect();
-    let mut per_job: BTreeMap<String, Vec<Effect>> = BTreeMap::new();
-    for e in read_effects(&text)
-        .into_iter()
-        .filter(|e| ours.contains(&e.job))
-    {
-        per_job.entry(e.job.clone()).or_default().push(e);
-    }
-    for effects in per_job.values() {
-        let starts: Vec<&Effect> = effects.iter().filter(|e| e.start).collect();
-        let mut attempts: Vec<u32> = starts.iter().map(|e| e.attempt).collect();
-        attempts.sort_unstable();
-        let all = attempts.len();
-        attempts.dedup();
-        report.duplicate_attempts += all - attempts.len();
-        if starts.len() > 1 {
-            report.rerun += 1;
-        }
-        // An attempt that worked after a later one started: both ran at once.
-        let overlaps = effects.iter().filter(|e| !e.start).any(|work| {
-            starts
-                .iter()
-                .any(|s| s.attempt > work.attempt && s.ms < work.ms)
-        });
-        if overlaps {
-            report.overlapping += 1;
-        }
-    }
+    count_effects(report, &text, jobs);
 
     for f in followers {
         let mut missed = 0;
@@ -247,4 +253,36 @@ pub async fn check(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effects_tell_reruns_overlaps_and_twice_started_attempts() {
+        let text = "\
+start a 1 node1 1000 quiet
+step a 1 node1 1250 quiet
+start a 2 node0 3000 quiet
+step a 1 node1 3100 quiet
+end a 2 node0 5000 quiet
+start b 1 node1 1000 progress
+start b 2 node0 4000 progress
+end b 2 node0 6000 progress
+start c 1 node0 1000 progress
+start c 1 node2 1500 progress
+end c 1 node2 2000 progress
+start d 1 node0 1000 progress
+end d 1 node0 2000 progress
+start e 1 node0 1000 progress
+start e 2 node0 1000 progress
+";
+        let mut r = Report::default();
+        let jobs: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        count_effects(&mut r, text, &jobs);
+        // a: attempt 1 still worked after attempt 2 started; b: ran again after attempt 1
+        // stopped; c: attempt 1 started on two nodes; e is not one of the jobs.
+        assert_eq!((r.rerun, r.overlapping, r.duplicate_attempts), (3, 1, 1));
+    }
 }
