@@ -5,7 +5,11 @@
 //! cargo run --release -p forge-bench -- jobs                # 50,000 jobs, 500 latency samples
 //! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
 //! cargo run --release -p forge-bench -- workflows --count 5000 --samples 200
+//! cargo build --release -p fault-node && cargo run --release -p forge-bench -- faults
 //! ```
+//!
+//! `faults` runs every fault scenario (database restart, crash, outage, LISTEN loss, killed,
+//! partitioned and terminated nodes) and prints one table (see `faults.rs`).
 //!
 //! `workflows` prints the SQL statements one 3-step no-op workflow costs and workflows/s (see
 //! `workflows.rs`).
@@ -22,6 +26,7 @@
 //! `RUST_LOG=forge_runtime=debug,forge_bench=trace` logs each claim and write batch of the
 //! worker and the steps of each latency probe, to stderr (statements are then not counted).
 
+mod faults;
 mod workflows;
 
 use std::collections::{BTreeMap, HashSet};
@@ -62,7 +67,7 @@ struct Settings {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]"
+        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]\n       forge-bench faults [--short]"
     );
     std::process::exit(2);
 }
@@ -118,6 +123,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             };
             workflows::workflows(settings).await
         }
+        Some("faults") => faults::faults(args).await,
         _ => usage(),
     }
 }

@@ -13,6 +13,9 @@
 //!
 //! `FORGE_DEV_DB=private` skips the server on 127.0.0.1:5432; `FORGE_DEV_DB=embedded` skips it
 //! and the machine's binaries too.
+//!
+//! [`PrivateCluster`] is the same private cluster on its own, for tests that stop, crash and
+//! restart their database without touching the machine's server.
 
 mod embedded;
 
@@ -106,7 +109,7 @@ pub async fn ensure(db_name: &str, state_dir: &Path) -> Result<DevDatabase, DevD
             state_dir.join("pgdata-embedded"),
         ),
     };
-    let cluster = Cluster::start(&bin, &data).await?;
+    let cluster = Cluster::start(&bin, &data, &[])?;
     let admin = PgConnection::connect(&cluster.url("postgres")).await?;
     create_database(admin, db_name).await?;
     Ok(DevDatabase {
@@ -171,10 +174,76 @@ struct Cluster {
     port: u16,
     /// PostgreSQL refuses to run as root; then every command runs as this user.
     run_as: Option<String>,
+    /// Extra `-c name=value` options of every start.
+    settings: String,
+}
+
+/// How [`PrivateCluster::stop`] stops the server (`pg_ctl stop -m ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Ends every session, checkpoints and exits: a clean restart.
+    Fast,
+    /// Kills the server without a checkpoint, as a crash would; the next start runs recovery.
+    Immediate,
+}
+
+/// A cluster of its own, made with the machine's `initdb`/`pg_ctl` in a folder of the caller's
+/// choosing, on a free port that stays the same across stops and starts. Stopped (fast) when
+/// dropped; the folder is left to the caller.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    cluster: Cluster,
+}
+
+impl PrivateCluster {
+    /// Makes (if needed) and starts a cluster in `data`; `settings` are extra server settings
+    /// (`"fsync=off"`), each passed as `-c`.
+    pub fn start(data: &Path, settings: &[&str]) -> Result<PrivateCluster, DevDbError> {
+        let bin = find_binaries().ok_or_else(|| DevDbError::Cluster {
+            step: "find initdb and pg_ctl",
+            detail: "looked in PATH and /usr/lib/postgresql/*/bin".into(),
+        })?;
+        Ok(PrivateCluster {
+            cluster: Cluster::start(&bin, data, settings)?,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.cluster.port
+    }
+
+    /// The URL of database `db` (user `postgres`, trust authentication).
+    pub fn url(&self, db: &str) -> String {
+        self.cluster.url(db)
+    }
+
+    /// Stops the server and waits until it is gone.
+    pub fn stop(&self, mode: StopMode) -> Result<(), DevDbError> {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        self.cluster.run(
+            "pg_ctl",
+            &["-D", &self.cluster.data_str(), "-m", mode, "-w", "stop"],
+            "stop the private cluster",
+        )
+    }
+
+    /// Starts the server again on the same port and waits until it accepts connections.
+    pub fn restart(&self) -> Result<(), DevDbError> {
+        self.cluster.boot()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.cluster.stop();
+    }
 }
 
 impl Cluster {
-    async fn start(bin: &Path, data: &Path) -> Result<Cluster, DevDbError> {
+    fn start(bin: &Path, data: &Path, settings: &[&str]) -> Result<Cluster, DevDbError> {
         let run_as = is_root().then(|| "postgres".to_string());
         if let Some(user) = &run_as {
             let exists = Command::new("id")
@@ -198,6 +267,7 @@ impl Cluster {
             data,
             port,
             run_as,
+            settings: settings.iter().map(|s| format!(" -c {s}")).collect(),
         };
         if !cluster.data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&cluster.data)
@@ -218,16 +288,24 @@ impl Cluster {
                 "initialize the private cluster (initdb)",
             )?;
         }
+        cluster.boot()?;
+        tracing::info!(data = %cluster.data.display(), port, "started a private PostgreSQL cluster");
+        Ok(cluster)
+    }
+
+    fn boot(&self) -> Result<(), DevDbError> {
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {}",
-            cluster.data_str()
+            "-p {} -c listen_addresses=127.0.0.1 -k {}{}",
+            self.port,
+            self.data_str(),
+            self.settings
         );
-        let log = cluster.data.join("server.log");
-        cluster.run(
+        let log = self.data.join("server.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
-                &cluster.data_str(),
+                &self.data_str(),
                 "-o",
                 &opts,
                 "-l",
@@ -238,9 +316,7 @@ impl Cluster {
                 "start",
             ],
             "start the private cluster (pg_ctl start)",
-        )?;
-        tracing::info!(data = %cluster.data.display(), port, "started a private PostgreSQL cluster");
-        Ok(cluster)
+        )
     }
 
     fn url(&self, db: &str) -> String {

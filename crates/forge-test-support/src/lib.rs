@@ -3,7 +3,9 @@
 //! bounded: a condition that never comes true fails the test with its description instead of
 //! hanging it.
 
+pub mod fault;
 pub mod gates;
+pub mod proxy;
 pub mod sse;
 
 use std::future::Future;

@@ -1,0 +1,109 @@
+//! The fault scenarios of issue 14, short versions (see `forge_test_support::fault`): each
+//! runs a private PostgreSQL cluster and three `fault-node` processes behind TCP proxies, loads
+//! them, injects one fault and checks the invariants. Slow-ish (10 to 30 s each); nextest runs
+//! them one at a time (`.config/nextest.toml`). `forge-bench faults` runs the full versions.
+//!
+//! The scenarios today's runtime fails are ignored with what they showed; the fixes of issue
+//! 14 item 4 turn them on.
+
+use std::path::Path;
+use std::time::Duration;
+
+use forge_test_support::fault::report::Report;
+use forge_test_support::fault::scenarios::{run, Scenario, Size};
+
+async fn scenario(s: Scenario) -> Report {
+    let bin = Path::new(env!("CARGO_BIN_EXE_fault-node"));
+    let report = run(s, bin, &Size::short())
+        .await
+        .expect("the scenario runs");
+    println!("{}\n{report}\n{report:?}", Report::header());
+    report
+}
+
+/// Faults shorter than the lease: every invariant holds and nothing runs twice.
+async fn nothing_lost_nothing_rerun(s: Scenario) {
+    let report = scenario(s).await;
+    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(
+        report.rerun, 0,
+        "re-runs after a fault shorter than the lease"
+    );
+}
+
+/// Longer faults may re-run jobs (within the documented bound), but lose nothing.
+async fn nothing_lost(s: Scenario) -> Report {
+    let report = scenario(s).await;
+    assert_eq!(report.violations(), Vec::<String>::new());
+    report
+}
+
+/// While a node cannot reach the database, a job start through it is refused at once (503),
+/// not failed (500) or left hanging (issue 14 item 3).
+fn refused_quickly_while_the_database_is_unreachable(report: &Report) {
+    let bad: Vec<_> = report
+        .answers_during_fault
+        .keys()
+        .filter(|a| *a != "HTTP 200" && *a != "HTTP 503")
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "answers during the fault: {:?}",
+        report.answers_during_fault
+    );
+    assert!(
+        report.slowest_answer_during_fault <= Duration::from_secs(2),
+        "a call waited {:?}",
+        report.slowest_answer_during_fault
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_fast_restart() {
+    nothing_lost_nothing_rerun(Scenario::DbRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_crash() {
+    nothing_lost_nothing_rerun(Scenario::DbCrash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: after a 5 s outage (lease 2 s) all 45 jobs re-ran, 2 to 3 of them ran \
+            two attempts at the same time (no self-fencing), and job starts during the outage \
+            got 500, not 503; fixed by issue 14 item 4"]
+async fn database_outage_longer_than_the_lease() {
+    let report = nothing_lost(Scenario::DbOutage).await;
+    refused_quickly_while_the_database_is_unreachable(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_connection_terminated() {
+    nothing_lost_nothing_rerun(Scenario::ListenTerminated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: the half-open LISTEN connection is never replaced, node 0's client \
+            missed 17 final statuses, fixed by issue 14 item 4 (issue 13 item 5)"]
+async fn listen_connection_half_open() {
+    nothing_lost_nothing_rerun(Scenario::ListenHalfOpen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_and_restarted() {
+    nothing_lost(Scenario::NodeKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: the partitioned node's 5 quiet jobs kept working after their leases \
+            were reaped and re-run elsewhere (two attempts at once), and a job start through it \
+            hung for the whole 5 s partition; fixed by issue 14 item 4"]
+async fn node_partitioned_longer_than_the_lease() {
+    let report = nothing_lost(Scenario::NodePartitioned).await;
+    refused_quickly_while_the_database_is_unreachable(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_terminated_under_load() {
+    nothing_lost(Scenario::NodeTerminated).await;
+}
