@@ -63,6 +63,7 @@ pub mod node;
 pub mod notifier;
 pub mod queue;
 pub mod registry;
+pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod worker;
