@@ -70,8 +70,10 @@
 //! The layers, each its own crate: `forge-macros` (the attributes), `forge-runtime` (store,
 //! queue, workers, notifier). This crate re-exports what users need.
 
+pub use forge_macros::cron;
 pub use forge_macros::workflow;
 pub use forge_macros::{job, mutation, query};
+pub use forge_runtime::schedule;
 pub use forge_runtime::workflow;
 pub use forge_runtime::{
     error, function, notifier, queue, registry, status, store, worker, EnqueueOptions, Error,
@@ -100,6 +102,7 @@ pub mod __private {
         MutationDef, QueryDef,
     };
     pub use forge_runtime::registry::{WorkflowDef, WorkflowOptions};
+    pub use forge_runtime::schedule::{CronDef, Missed, Overlap};
     pub use futures::future::BoxFuture;
     pub use inventory;
     pub use schemars;
