@@ -191,3 +191,24 @@ by_id_route!(get, schedule);
 by_id_route!(pause, pause_schedule);
 by_id_route!(resume, resume_schedule);
 by_id_route!(delete, delete_schedule);
+
+/// Marks the operation of each job declared with `#[forge::cron]` in the OpenAPI document
+/// with its schedule (`x-forge-schedule`). Run-time schedules are data, not API: they are read
+/// through `/_api/schedules/list`.
+pub(crate) fn annotate_openapi(paths: &mut serde_json::Map<String, Value>) {
+    for def in forge_runtime::schedule::declared() {
+        let path = format!("/_api/rpc/{}", def.function);
+        if let Some(Value::Object(op)) = paths.get_mut(&path).and_then(|p| p.get_mut("post")) {
+            op.insert(
+                "x-forge-schedule".into(),
+                json!({
+                    "cron": def.cron,
+                    "timezone": def.timezone,
+                    "missed": def.missed.as_str(),
+                    "backfill": def.missed.backfill(),
+                    "overlap": def.overlap.as_str(),
+                }),
+            );
+        }
+    }
+}

@@ -181,3 +181,30 @@ async fn bad_requests_name_the_field() {
         .await;
     assert_eq!(status, 403);
 }
+
+#[forge::cron("0 3 * * *", timezone = "Europe/Berlin", overlap = "skip")]
+#[forge::job]
+async fn sched_nightly(_ctx: &JobContext) -> Result<()> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn declared_schedules_are_in_the_openapi_document() {
+    let s = Server::start().await;
+    let doc: Value = s
+        .http
+        .get(format!("{}/_api/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["paths"]["/_api/rpc/sched_nightly"]["post"]["x-forge-schedule"],
+        json!({ "cron": "0 3 * * *", "timezone": "Europe/Berlin", "missed": "skip", "backfill": 0, "overlap": "skip" })
+    );
+    assert!(doc["paths"]["/_api/rpc/sched_digest"]["post"]
+        .get("x-forge-schedule")
+        .is_none());
+}
