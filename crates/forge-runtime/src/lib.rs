@@ -10,6 +10,7 @@
 //! * [`store`] holds all SQL. Nothing else in Forge writes SQL.
 //! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
 //! * [`notifier`] is the node's single LISTEN connection.
+//! * [`schedule`] enqueues a job at each tick of a cron schedule, once across all nodes.
 //! * [`workflow`] runs durable workflows on the same workers: each run (and each resume after a
 //!   wait) is a job that replays the workflow's recorded steps.
 //!
