@@ -5,6 +5,7 @@
 //! * `rpc`: calls (`/_api/rpc/{fn}`, `/_api/rpc`, `/_api/rpc/batch`) and `/_api/cancel-job`;
 //!   `functions`: the registry's queries, mutations and jobs as one namespace, the access
 //!   check and the call itself; `openapi`: the OpenAPI document of them.
+//! * `schedules`: run-time schedules (`/_api/schedules/...`), each user's own.
 //! * [`error`]: the JSON error envelope every route answers failures with.
 //! * [`auth`]: bearer tokens (JWT) and the caller's identity.
 //! * [`config`]: `forge.toml` and its environment overrides.
@@ -18,6 +19,7 @@ mod functions;
 mod openapi;
 pub mod realtime;
 mod rpc;
+mod schedules;
 mod server;
 mod state;
 

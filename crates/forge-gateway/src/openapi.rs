@@ -36,6 +36,7 @@ pub(crate) fn document(functions: &Functions, batch_limit: usize) -> Value {
     for f in functions.iter() {
         paths.insert(format!("/_api/rpc/{}", f.name()), operation(&mut gen, f));
     }
+    crate::schedules::annotate_openapi(&mut paths);
     paths.insert("/_api/rpc".into(), generic_call());
     paths.insert("/_api/rpc/batch".into(), batch(batch_limit));
     let job_status = gen.subschema_for::<JobStatus>();

@@ -130,6 +130,7 @@ impl Gateway {
             .with_state(self.state.clone());
         let app = Router::new()
             .merge(rpc::routes(self.state.clone()))
+            .merge(crate::schedules::routes(self.state.clone()))
             .merge(self.realtime.routes())
             .merge(ops)
             .fallback(unknown_route)

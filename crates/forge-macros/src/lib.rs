@@ -2,6 +2,7 @@
 //! expander of its kind, and errors become `compile_error!`s pointing at the offending code.
 
 mod attr;
+mod cron;
 mod job;
 mod query;
 mod runnable;
@@ -41,6 +42,15 @@ pub fn mutation(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     workflow::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Runs the `#[forge::job]` it is stacked on at each tick of a cron expression:
+/// `#[forge::cron("0 9 * * MON-FRI", timezone = "Europe/Berlin")]`. See `docs/schedules.md`.
+#[proc_macro_attribute]
+pub fn cron(attr: TokenStream, item: TokenStream) -> TokenStream {
+    cron::expand(attr.into(), item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -130,11 +130,17 @@ impl Forge {
         self.store.get_job(id).await
     }
 
-    /// Starts this node's workers for every registered job and workflow.
+    /// Starts this node's workers for every registered job and workflow, and its scheduler.
     pub async fn start_worker(&self, config: WorkerConfig) -> Result<Worker, RuntimeError> {
         let mut handlers = registry::job_handlers();
         handlers.extend(workflow::handlers());
-        self.start_worker_with(config, handlers).await
+        let worker = self.start_worker_with(config, handlers).await?;
+        // Every worker node handles due schedules too (see `schedule`), until it stops.
+        if let Err(e) = self.start_scheduler_until(worker.stop_token()).await {
+            worker.shutdown().await;
+            return Err(e);
+        }
+        Ok(worker)
     }
 
     /// Starts workers with an explicit set of handlers.

@@ -71,8 +71,10 @@
 //! queue, workers, notifier). This crate re-exports what users need, and no more: the
 //! engine's internals are not part of its API.
 
+pub use forge_macros::cron;
 pub use forge_macros::workflow;
 pub use forge_macros::{job, mutation, query};
+pub use forge_runtime::schedule;
 pub use forge_runtime::workflow;
 // What users write against: jobs, workflows, functions, their contexts, errors and
 // configuration. The engine's internals (store, worker, registry, notifier) stay in
@@ -113,6 +115,7 @@ pub mod __private {
         MutationDef, QueryDef,
     };
     pub use forge_runtime::registry::{WorkflowDef, WorkflowOptions};
+    pub use forge_runtime::schedule::{CronDef, Missed, Overlap};
     pub use futures::future::BoxFuture;
     pub use inventory;
     pub use schemars;

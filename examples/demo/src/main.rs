@@ -12,6 +12,7 @@
 
 mod accounts;
 mod activity;
+mod digest;
 mod export;
 mod report;
 mod server;

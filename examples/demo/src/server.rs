@@ -28,6 +28,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     let db = forge_devdb::ensure(DB_NAME, &settings.data_dir).await?;
     let forge = Forge::connect(&db.url).await?;
     set_up_tables(&forge).await?;
+    crate::digest::ensure_digests(&forge).await?;
 
     let worker = forge
         .start_worker(WorkerConfig {

@@ -39,3 +39,13 @@ export {
   type BatchResult,
   type BatchResults,
 } from "./client.js";
+export {
+  createSchedule,
+  listSchedules,
+  getSchedule,
+  pauseSchedule,
+  resumeSchedule,
+  deleteSchedule,
+  type Schedule,
+  type CreateScheduleArgs,
+} from "./schedules.js";

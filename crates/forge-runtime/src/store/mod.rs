@@ -4,6 +4,7 @@
 mod jobs;
 mod migrate;
 mod realtime;
+mod schedules;
 mod transactions;
 mod workflows;
 
@@ -13,6 +14,7 @@ pub use jobs::{
 };
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
+pub use schedules::*;
 pub use workflows::{
     cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
     take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,

@@ -266,6 +266,11 @@ impl Worker {
         Eager(Arc::downgrade(&self.shared))
     }
 
+    /// Cancelled when this worker begins to shut down.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.shared.stop.clone()
+    }
+
     /// Jobs running on this node now.
     pub fn running_jobs(&self) -> usize {
         self.shared.local.lock().unwrap().running
