@@ -313,18 +313,23 @@ async fn handle(
     grace: Duration,
     handled: &mut Vec<TickRun>,
 ) -> Result<(), sqlx::Error> {
-    let cron = match CronSchedule::parse(&s.cron, &s.timezone) {
-        Ok(c) => c,
+    let policies = Missed::parse(&s.missed, s.backfill)
+        .and_then(|missed| Ok((missed, Overlap::parse(&s.overlap)?)));
+    let (cron, (missed, overlap)) = match CronSchedule::parse(&s.cron, &s.timezone)
+        .map_err(|e| e.to_string())
+        .and_then(|c| Ok((c, policies.map_err(|e| e.to_string())?)))
+    {
+        Ok(parsed) => parsed,
         Err(e) => {
             // Only an operator's hand-written row gets here: every API checks first.
             tracing::error!(schedule = %s.id, error = %e, "pausing a schedule that cannot run");
             return store::pause_broken_schedule(tx, s.id).await;
         }
     };
-    let plan = cron::plan(&cron, s.next_tick, now, grace, s.missed);
+    let plan = cron::plan(&cron, s.next_tick, now, grace, missed);
     let mut last_job = s.last_job_id;
     for tick in plan.run {
-        let busy = match (s.overlap, last_job) {
+        let busy = match (overlap, last_job) {
             (Overlap::Skip, Some(job)) => store::job_is_unfinished(&mut *tx, job).await?,
             _ => false,
         };
@@ -394,8 +399,9 @@ pub async fn sync_declared(store: &Store, now: DateTime<Utc>) -> Result<(), Runt
                 args: job.args,
                 cron: def.cron.to_string(),
                 timezone: def.timezone.to_string(),
-                missed: def.missed,
-                overlap: def.overlap,
+                missed: def.missed.as_str(),
+                backfill: def.missed.backfill(),
+                overlap: def.overlap.as_str(),
                 owner: None,
             },
             next,

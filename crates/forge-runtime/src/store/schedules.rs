@@ -6,8 +6,6 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::schedule::{Missed, Overlap};
-
 /// The cursor of a schedule that has no next tick: far enough never to come due.
 pub fn never() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).unwrap()
@@ -22,8 +20,10 @@ pub struct ScheduleWrite {
     pub args: Value,
     pub cron: String,
     pub timezone: String,
-    pub missed: Missed,
-    pub overlap: Overlap,
+    /// The policies as stored (`schedule::Missed` and `Overlap` parse and print them).
+    pub missed: &'static str,
+    pub backfill: u32,
+    pub overlap: &'static str,
     pub owner: Option<String>,
 }
 
@@ -37,8 +37,9 @@ pub struct ScheduleRow {
     pub args: Value,
     pub cron: String,
     pub timezone: String,
-    pub missed: Missed,
-    pub overlap: Overlap,
+    pub missed: String,
+    pub backfill: u32,
+    pub overlap: String,
     pub owner: Option<String>,
     pub paused: bool,
     pub next_tick: DateTime<Utc>,
@@ -50,10 +51,6 @@ const COLUMNS: &str = "id, name, declared, function_name, args, cron, timezone, 
                        backfill, overlap, owner, paused, next_tick, last_job_id, created_at";
 
 fn schedule_row(r: &PgRow) -> Result<ScheduleRow, sqlx::Error> {
-    let decode = |column: &str, e: crate::schedule::ScheduleError| sqlx::Error::ColumnDecode {
-        index: column.into(),
-        source: e.to_string().into(),
-    };
     let backfill: i32 = r.try_get("backfill")?;
     Ok(ScheduleRow {
         id: r.try_get("id")?,
@@ -63,9 +60,9 @@ fn schedule_row(r: &PgRow) -> Result<ScheduleRow, sqlx::Error> {
         args: r.try_get("args")?,
         cron: r.try_get("cron")?,
         timezone: r.try_get("timezone")?,
-        missed: Missed::parse(r.try_get("missed")?, backfill.max(0) as u32)
-            .map_err(|e| decode("missed", e))?,
-        overlap: Overlap::parse(r.try_get("overlap")?).map_err(|e| decode("overlap", e))?,
+        missed: r.try_get("missed")?,
+        backfill: backfill.max(0) as u32,
+        overlap: r.try_get("overlap")?,
         owner: r.try_get("owner")?,
         paused: r.try_get("paused")?,
         next_tick: r.try_get("next_tick")?,
@@ -109,9 +106,9 @@ pub async fn upsert_declared_schedule<'e, E: PgExecutor<'e>>(
     .bind(&s.args)
     .bind(&s.cron)
     .bind(&s.timezone)
-    .bind(s.missed.as_str())
-    .bind(s.missed.backfill() as i32)
-    .bind(s.overlap.as_str())
+    .bind(s.missed)
+    .bind(s.backfill as i32)
+    .bind(s.overlap)
     .bind(next)
     .execute(exec)
     .await?;
@@ -136,9 +133,9 @@ pub async fn insert_schedule<'e, E: PgExecutor<'e>>(
     .bind(&s.args)
     .bind(&s.cron)
     .bind(&s.timezone)
-    .bind(s.missed.as_str())
-    .bind(s.missed.backfill() as i32)
-    .bind(s.overlap.as_str())
+    .bind(s.missed)
+    .bind(s.backfill as i32)
+    .bind(s.overlap)
     .bind(&s.owner)
     .bind(next)
     .fetch_one(exec)
