@@ -46,6 +46,17 @@ async fn crash_child_worker() {
     support::crash_child(CHILD_DB, worker_config()).await;
 }
 
+/// Ends the lease of `id` in the database now, as a node that stalled past it would leave it.
+async fn expire_lease(pool: &PgPool, id: Uuid) {
+    sqlx::query(
+        "UPDATE forge.jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn lease_expires_at(pool: &PgPool, id: Uuid) -> Option<DateTime<Utc>> {
     sqlx::query_scalar("SELECT lease_expires_at FROM forge.jobs WHERE id = $1")
         .bind(id)
@@ -132,11 +143,12 @@ async fn a_node_that_lost_its_lease_cannot_change_the_job_of_the_next_attempt() 
     let db = TestDb::new().await;
     let forge = connect(&db).await;
     let id = forge.enqueue(overtaken::request()).await.unwrap();
-    // Node A: a short lease it does not renew in time (as if it were stalled), one slot.
+    // Node A: one slot, no renewal during the test, a lease long enough that it does not stop
+    // the attempt itself (self-fencing) before the test ends.
     let node_a = forge
         .start_worker(WorkerConfig {
             concurrency: 1,
-            lease: Duration::from_millis(500),
+            lease: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(3_600),
             ..worker_config()
         })
@@ -147,6 +159,8 @@ async fn a_node_that_lost_its_lease_cannot_change_the_job_of_the_next_attempt() 
         r.progress == Some(40.0)
     })
     .await;
+    // As the database sees a node that stalled (a long pause of its process) past its lease.
+    expire_lease(forge.pool(), id).await;
 
     // Its lease runs out; node B reaps the job and runs attempt 2, which starts clean.
     let node_b = forge.start_worker(worker_config()).await.unwrap();
@@ -625,17 +639,19 @@ async fn a_node_whose_heartbeat_finds_the_lease_gone_stops_the_attempt() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
     let id = forge.enqueue(outlived::request()).await.unwrap();
-    // Node A renews less often than its lease lasts (a long pause, say).
+    // Node A's lease runs out in the database before its next renewal (a long pause, say),
+    // and node B takes the job meanwhile.
     let node_a = forge
         .start_worker(WorkerConfig {
             concurrency: 1,
-            lease: Duration::from_millis(300),
-            heartbeat_interval: Duration::from_millis(1_500),
+            lease: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(3),
             ..worker_config()
         })
         .await
         .unwrap();
     wait_effect(forge.pool(), id, "start 1").await;
+    expire_lease(forge.pool(), id).await;
     let node_b = forge.start_worker(worker_config()).await.unwrap();
     wait_effect(forge.pool(), id, "start 2").await;
 
@@ -736,4 +752,46 @@ async fn a_job_running_longer_than_its_lease_keeps_it_while_its_node_lives() {
     assert_eq!(effects(forge.pool(), id).await, ["start 1"]);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[forge::job(max_attempts = 3)]
+async fn cannot_renew(ctx: &JobContext) -> Result<()> {
+    let _guard = AttemptGuard(ctx.job_id(), ctx.attempt());
+    effect(ctx.db(), ctx.job_id(), &format!("start {}", ctx.attempt())).await?;
+    std::future::pending().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_renew_a_lease_stops_the_attempt_before_the_lease_runs_out() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let id = forge.enqueue(cannot_renew::request()).await.unwrap();
+    // No renewal (as when the database cannot be reached): the node must stop the attempt
+    // itself, so that no other node's attempt can overlap it in time (self-fencing).
+    let worker = forge
+        .start_worker(WorkerConfig {
+            concurrency: 1,
+            lease: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(3_600),
+            reap_interval: Duration::from_secs(3_600),
+            ..worker_config()
+        })
+        .await
+        .unwrap();
+    wait_effect(forge.pool(), id, "start 1").await;
+    wait_for("the attempt to stop itself", WAIT, || async {
+        DROPPED.lock().unwrap().contains(&(id, 1)).then_some(())
+    })
+    .await;
+    let lease_left: bool =
+        sqlx::query_scalar("SELECT lease_expires_at > now() FROM forge.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(forge.pool())
+            .await
+            .unwrap();
+    assert!(
+        lease_left,
+        "the attempt stopped only after its lease ran out"
+    );
+    worker.shutdown().await;
 }

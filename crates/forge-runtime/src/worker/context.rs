@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{oneshot, Notify};
@@ -17,16 +18,42 @@ pub const MAX_MESSAGE_CHARS: usize = 500;
 
 /// Set when a cancel was requested for a running job. Read on every `check_cancelled` call,
 /// so it is a plain atomic: the node learns of cancel requests by notification and flips it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CancelSignal {
     requested: AtomicBool,
     /// The attempt no longer owns the job (cancelled before it started, or its lease was
     /// lost): stop, and write nothing more.
     lost: AtomicBool,
     notify: Notify,
+    /// When the lease the database holds for this attempt was last set, as seen from here: no
+    /// later than the database's own time of the write (made when the claim returned, or when
+    /// a renewal that succeeded was sent), so a lease judged from it runs out here first.
+    leased_at: Mutex<Instant>,
+}
+
+impl Default for CancelSignal {
+    fn default() -> Self {
+        Self {
+            requested: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            notify: Notify::new(),
+            leased_at: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl CancelSignal {
+    /// A lease renewal sent at `sent` succeeded.
+    pub(crate) fn renewed(&self, sent: Instant) {
+        let mut at = self.leased_at.lock().unwrap();
+        *at = (*at).max(sent);
+    }
+
+    /// How long ago the lease was last set.
+    pub(crate) fn lease_age(&self) -> Duration {
+        self.leased_at.lock().unwrap().elapsed()
+    }
+
     pub(crate) fn lose(&self) {
         self.lost.store(true, Ordering::SeqCst);
         self.request();

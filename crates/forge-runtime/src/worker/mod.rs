@@ -252,6 +252,7 @@ impl Worker {
             tokio::spawn(producer::fetch_loop(shared.clone())),
             tokio::spawn(producer::event_loop(shared.clone(), notifier.subscribe())),
             tokio::spawn(leases::heartbeat_loop(shared.clone())),
+            tokio::spawn(leases::fence_loop(shared.clone())),
             tokio::spawn(leases::reap_loop(shared.clone())),
         ];
         Worker { shared, tasks }
