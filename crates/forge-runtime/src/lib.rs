@@ -70,6 +70,7 @@ pub mod registry;
 pub mod status;
 pub mod store;
 pub mod text;
+pub mod value;
 pub mod worker;
 pub mod workflow;
 
