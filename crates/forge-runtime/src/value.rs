@@ -197,7 +197,10 @@ pub fn cut_message(message: &mut String) {
 /// An error message as it is stored: NUL (which PostgreSQL cannot store) becomes U+FFFD, and
 /// past [`MAX_ERROR_CHARS`] characters it is cut, ending with [`TRUNCATED`].
 pub fn error_text(message: String) -> String {
-    let long = message.char_indices().nth(MAX_ERROR_CHARS).map(|(at, _)| at);
+    let long = message
+        .char_indices()
+        .nth(MAX_ERROR_CHARS)
+        .map(|(at, _)| at);
     if long.is_none() && !message.contains('\0') {
         return message;
     }
@@ -244,10 +247,7 @@ mod tests {
             Err(Unstorable::TooDeep(_))
         ));
         let big = json!({ "s": "x".repeat(MAX_VALUE_BYTES) });
-        assert!(matches!(
-            check_json(&big),
-            Err(Unstorable::TooLarge { .. })
-        ));
+        assert!(matches!(check_json(&big), Err(Unstorable::TooLarge { .. })));
         let v = json!({"a": [1, "b\"\u{1}", null, true, {"c": 2.5}]});
         assert_eq!(
             json_string_len("b\"\u{1}"),
@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(error_text("a\0b".into()), "a\u{FFFD}b");
         let long = error_text("é".repeat(MAX_ERROR_CHARS + 5));
         assert!(long.ends_with(TRUNCATED));
-        assert_eq!(long.chars().count(), MAX_ERROR_CHARS + TRUNCATED.chars().count());
+        assert_eq!(
+            long.chars().count(),
+            MAX_ERROR_CHARS + TRUNCATED.chars().count()
+        );
         let mut m = "\u{1}".repeat(500);
         cut_message(&mut m);
         assert!(serde_json::to_string(&m).unwrap().len() <= MAX_MESSAGE_JSON_BYTES);

@@ -245,7 +245,10 @@ impl Execution {
             (None, Some(Ok(Ok(output)))) => match value::check_json(&output) {
                 Ok(()) => self.complete(output).await,
                 // As if the body had failed: the same output would come back on a retry.
-                Err(e) => self.compensate(Some(format!("the workflow's output {e}"))).await,
+                Err(e) => {
+                    self.compensate(Some(format!("the workflow's output {e}")))
+                        .await
+                }
             },
             (None, Some(Ok(Err(e)))) => self.compensate(Some(e.to_string())).await,
             (None, Some(Err(panic))) => {
