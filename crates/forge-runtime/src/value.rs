@@ -64,6 +64,9 @@ impl Path {
     }
 }
 
+/// Longest key shown in a [`Path`], in characters.
+const MAX_PATH_KEY_CHARS: usize = 40;
+
 enum Step<'a> {
     Key(&'a str),
     Index(usize),
@@ -75,8 +78,16 @@ fn path(steps: &[Step<'_>]) -> Path {
         match s {
             Step::Key(k) => {
                 p.push('.');
-                // The path names a key that cannot be stored: show it escaped.
-                p.extend(k.chars().flat_map(char::escape_debug));
+                // The path names a key that cannot be stored: show it escaped, and a long
+                // one cut, so that the message stays short.
+                p.extend(
+                    k.chars()
+                        .take(MAX_PATH_KEY_CHARS)
+                        .flat_map(char::escape_debug),
+                );
+                if k.chars().nth(MAX_PATH_KEY_CHARS).is_some() {
+                    p.push('…');
+                }
             }
             Step::Index(i) => {
                 p.push('[');
@@ -165,7 +176,7 @@ pub fn check_args(args: &Value) -> Result<(), ArgsError> {
         };
         ArgsError {
             field: field.to_string(),
-            message: format!("the arguments {e}"),
+            message: e.to_string(),
         }
     })
 }

@@ -148,7 +148,7 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         // Deterministic: another attempt would return the same output, so it is not retried.
         End::Returned(Ok(Ok(output))) => match value::check_json(&output) {
             Ok(()) => FinishStatus::Completed(output),
-            Err(e) => FinishStatus::Failed(format!("output {e}")),
+            Err(e) => FinishStatus::Failed(value::error_text(format!("output {e}"))),
         },
         End::Returned(Ok(Err(e))) => classify(&job, &handler, &cancel, e.kind(), e.to_string()),
         End::Returned(Err(join)) => {
