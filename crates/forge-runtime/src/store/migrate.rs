@@ -52,6 +52,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "held_close_publishes",
         include_str!("../../migrations/0010_held_close_publishes.sql"),
     ),
+    (
+        11,
+        "held_claim_log",
+        include_str!("../../migrations/0011_held_claim_log.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

@@ -34,19 +34,23 @@ fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
 /// 50,000 jobs waiting). Rows a queue's scan locks but the final LIMIT drops stay locked until
 /// the claim's transaction ends.
 macro_rules! runnable_jobs {
-    () => {
-        "FROM unnest($1::text[]) AS q(name)
+    ($filter:literal) => {
+        concat!(
+            "FROM unnest($1::text[]) AS q(name)
          CROSS JOIN LATERAL (
              SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
              FROM forge.jobs
              WHERE status IN ('pending', 'retry') AND queue = q.name
-               AND run_at <= now() AND function_name = ANY($3)
+               AND run_at <= now() AND function_name = ANY($3) ",
+            $filter,
+            "
              ORDER BY priority, run_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED
          ) p
          ORDER BY p.priority, p.run_at
          LIMIT $2"
+        )
     };
 }
 
@@ -64,6 +68,34 @@ impl Store {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        self.claim_plain(worker_id, queues, functions, limit, lease, false)
+            .await
+    }
+
+    /// Claims like [`claim_jobs`](Self::claim_jobs) only jobs whose held claim was lost
+    /// (`no_hold`, see [`Store::reap_lost_held_claims`]): a node in held-claim mode takes
+    /// them this way now and then, so that they are not left waiting while it holds claims.
+    pub async fn claim_no_hold_jobs(
+        &self,
+        worker_id: Uuid,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        self.claim_plain(worker_id, queues, functions, limit, lease, true)
+            .await
+    }
+
+    async fn claim_plain(
+        &self,
+        worker_id: Uuid,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+        lease: Duration,
+        no_hold_only: bool,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
         // The claimed rows are looked up by primary key from an array of their ids. Joined to
         // `picked` instead, the UPDATE was planned as a hash join over a sequential scan of
         // the whole table (it expects `picked` to be large), which made a claim of 500 jobs
@@ -77,7 +109,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
              picked AS (SELECT p.id ",
-            runnable_jobs!(),
+            runnable_jobs!("AND ($6::bool IS NOT TRUE OR no_hold)"),
             ")
              UPDATE forge.jobs j
              SET status = 'claimed', attempts = j.attempts + 1, worker_id = $4,
@@ -92,6 +124,7 @@ impl Store {
         .bind(functions)
         .bind(worker_id)
         .bind(millis(lease))
+        .bind(no_hold_only)
         .fetch_all(&self.pool)
         .await?;
         // RETURNING gives the rows in the order the UPDATE found them, not the claim's.
@@ -121,7 +154,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
                     p.owner, pg_current_xact_id()::text AS xid ",
-            runnable_jobs!()
+            runnable_jobs!("AND NOT no_hold")
         ))
         .bind(queues)
         .bind(limit as i64)
@@ -139,9 +172,27 @@ impl Store {
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             None => 0,
         };
+        let log = Uuid::now_v7();
+        if !jobs.is_empty() {
+            // Committed before any job starts, on another connection (see migration 0011), so
+            // that it outlives this node. Without waiting for the WAL flush: only a crash of
+            // the database loses it, and that rolls back the claim too.
+            let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+            sqlx::query(
+                "WITH settings AS (SELECT set_config('synchronous_commit', 'off', true))
+                 INSERT INTO forge.held_claims (id, xid, job_ids)
+                 SELECT $1, $2::text::xid8, $3 FROM settings",
+            )
+            .bind(log)
+            .bind(xid.to_string())
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+        }
         let claim = HeldClaim {
             tx,
             xid,
+            log,
             pool: self.pool.clone(),
         };
         Ok((claim, jobs))
@@ -194,6 +245,8 @@ pub struct HeldClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     /// The transaction's id (xid8), which its updates carry when they are published.
     xid: u64,
+    /// Its row in `forge.held_claims`, deleted by the close.
+    log: Uuid,
     /// For a close whose data the database refuses (see [`HeldClaim::close`]).
     pool: sqlx::PgPool,
 }
@@ -241,12 +294,14 @@ impl HeldClaim {
         writes: &[HeldWrite],
     ) -> Result<(), sqlx::Error> {
         let n = writes.len();
-        let updated = match write_held(&mut self.tx, worker_id, lease, writes, self.xid).await {
+        let updated = match write_held(&mut self.tx, worker_id, lease, writes, self.xid, self.log)
+            .await
+        {
             Ok(updated) => updated,
             Err(e) => match refused_data(&e) {
                 Some(_) => {
                     drop(self.tx);
-                    return rewrite_refused(&self.pool, worker_id, lease, writes).await;
+                    return rewrite_refused(&self.pool, worker_id, lease, writes, self.log).await;
                 }
                 None => return Err(e),
             },
@@ -268,6 +323,7 @@ async fn write_held(
     lease: Duration,
     writes: &[HeldWrite],
     xid: u64,
+    log: Uuid,
 ) -> Result<i64, sqlx::Error> {
     let n = writes.len();
     let mut ids = Vec::with_capacity(n);
@@ -351,6 +407,7 @@ async fn write_held(
     .bind(millis(lease))
     .bind(durable)
     .bind(&payloads)
+    .bind(log)
     .fetch_one(&mut *conn)
     .await?;
     Ok(updated)
@@ -365,6 +422,7 @@ async fn rewrite_refused(
     worker_id: Uuid,
     lease: Duration,
     writes: &[HeldWrite],
+    log: Uuid,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
@@ -377,7 +435,7 @@ async fn rewrite_refused(
         sqlx::query("SAVEPOINT forge_held_part")
             .execute(&mut *tx)
             .await?;
-        let Err(e) = write_held(&mut tx, worker_id, lease, &part, xid).await else {
+        let Err(e) = write_held(&mut tx, worker_id, lease, &part, xid, log).await else {
             continue;
         };
         sqlx::query("ROLLBACK TO SAVEPOINT forge_held_part")
