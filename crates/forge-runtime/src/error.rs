@@ -277,6 +277,8 @@ pub enum CancelError {
 pub enum ProgressError {
     #[error("progress must be a number from 0 to 100, got {0}")]
     OutOfRange(f64),
+    #[error("the progress message {0}")]
+    Unstorable(crate::value::Unstorable),
 }
 
 /// Errors of the runtime's set-up and store operations.
@@ -344,6 +346,9 @@ pub enum EventError {
     /// Event names are not empty.
     #[error("an event name cannot be empty")]
     EmptyName,
+    /// The payload cannot be stored (see `docs/operations.md`).
+    #[error("the event payload {0}")]
+    Unstorable(crate::value::Unstorable),
     /// The connection of the mutation is held by a value its `ctx.db()` returned; drop that
     /// first.
     #[error("{}", DbError::InUse)]

@@ -112,6 +112,7 @@ impl<O> JobRequest<O> {
         let def =
             registry::job(&self.name).ok_or_else(|| EnqueueError::UnknownJob(self.name.clone()))?;
         let args = (def.parse_args)(self.args)?;
+        crate::value::check_args(&args)?;
         let o = self.options;
         let max_attempts = o.max_attempts.unwrap_or(def.options.max_attempts);
         if max_attempts == 0 || max_attempts > i32::MAX as u32 {

@@ -57,6 +57,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "schedules",
         include_str!("../../migrations/0011_schedules.sql"),
     ),
+    (
+        12,
+        "held_claim_log",
+        include_str!("../../migrations/0012_held_claim_log.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

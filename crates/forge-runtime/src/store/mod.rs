@@ -65,3 +65,31 @@ impl Store {
         migrate::is_current(&self.pool).await.unwrap_or(false)
     }
 }
+
+/// The SQLSTATE name of `e` when the database refused the data of a statement (class 22
+/// "data exception", say a NUL in `jsonb` or a NOTIFY payload too long, or class 54 "program
+/// limit exceeded"): the same statement would be refused again, so retrying it is useless.
+/// `None` for every other error (a lost connection: try again).
+pub fn refused_data(e: &sqlx::Error) -> Option<String> {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code()?.into_owned(),
+        // Values that could not even be encoded would fail again the same way.
+        sqlx::Error::Encode(_) => return Some("encode_error".into()),
+        _ => return None,
+    };
+    if !(code.starts_with("22") || code.starts_with("54")) {
+        return None;
+    }
+    let name = match code.as_str() {
+        "22001" => "string_data_right_truncation",
+        "22003" => "numeric_value_out_of_range",
+        "22021" => "character_not_in_repertoire",
+        "22023" => "invalid_parameter_value",
+        "22P02" => "invalid_text_representation",
+        "22P05" => "untranslatable_character",
+        "54000" => "program_limit_exceeded",
+        "54001" => "statement_too_complex",
+        _ => return Some(format!("SQLSTATE {code}")),
+    };
+    Some(name.into())
+}

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::realtime::DbSnapshot;
 use super::Store;
 use crate::status::{StepState, StepStatus, WorkflowState, WorkflowStatus};
+use crate::value;
 
 /// The `function_name` of the jobs that run the workflow `name`.
 pub fn workflow_job_name(name: &str) -> String {
@@ -427,14 +428,14 @@ pub async fn write_workflow<'e, E: PgExecutor<'e>>(
     let mut seqs = Vec::with_capacity(n);
     let mut statuses = Vec::with_capacity(n);
     let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
-    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(n);
     let mut comp_attempts = Vec::with_capacity(n);
     let mut wake_ats = Vec::with_capacity(n);
     for u in &w.updates {
         seqs.push(u.run_seq);
         statuses.push(u.status.as_str());
         outputs.push(u.output.as_ref());
-        errors.push(u.error.as_deref());
+        errors.push(u.error.clone().map(value::error_text));
         comp_attempts.push(u.compensation_attempts);
         wake_ats.push(u.wake_at);
     }
@@ -530,7 +531,7 @@ pub async fn write_workflow<'e, E: PgExecutor<'e>>(
     .bind(s.map(|s| s.kind.as_str()))
     .bind(s.map(|s| s.status.as_str()))
     .bind(s.and_then(|s| s.output.as_ref()))
-    .bind(s.and_then(|s| s.error.as_deref()))
+    .bind(s.and_then(|s| s.error.clone()).map(value::error_text))
     .bind(s.map(|s| s.attempts))
     .bind(s.map(|s| s.has_compensation))
     .bind(s.and_then(|s| s.wake_at))
@@ -538,7 +539,7 @@ pub async fn write_workflow<'e, E: PgExecutor<'e>>(
     .bind(w.step.as_deref())
     .bind(w.waiting_for.as_deref())
     .bind(w.output.as_ref())
-    .bind(w.error.as_deref())
+    .bind(w.error.clone().map(value::error_text))
     .bind(w.park.map(|p| p.job_id))
     .bind(w.park.map(|p| p.run_at))
     .bind(w.finish)

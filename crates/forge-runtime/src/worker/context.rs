@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::writer::Writer;
 use crate::error::{Error, ProgressError};
 use crate::store::{ProgressWrite, StartWrite};
+use crate::value;
 
 /// Longest progress message kept; longer ones are cut (at a character boundary) so that one
 /// update always fits in a notification.
@@ -207,8 +208,10 @@ impl JobContext {
 
     /// Reports progress: `percent` from 0 to 100 and a message. Stored on the job and
     /// published to whoever follows it; resolves once written. Messages longer than
-    /// [`MAX_MESSAGE_CHARS`] characters are cut. A call that comes after the attempt lost the
-    /// job (cancelled, or re-claimed after a lost lease) changes nothing.
+    /// [`MAX_MESSAGE_CHARS`] characters, or than 2,000 bytes as JSON, are cut. A message with
+    /// a NUL character, which PostgreSQL cannot store, is refused with a fatal error and
+    /// nothing is written. A call that comes after the attempt lost the job (cancelled, or
+    /// re-claimed after a lost lease) changes nothing.
     pub async fn progress(
         &self,
         percent: impl Into<f64>,
@@ -223,6 +226,9 @@ impl JobContext {
         if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
             message.truncate(cut);
         }
+        value::cut_message(&mut message);
+        // The message is the user's: refused rather than changed, and the job decides.
+        value::check_text(&message).map_err(|e| Error::fatal(ProgressError::Unstorable(e)))?;
         self.inner.start.open();
         self.inner
             .writer

@@ -13,7 +13,7 @@ use super::context::{CancelSignal, StartGate};
 use super::{more_jobs, Buffered, Handler, JobContext, Shared, START_DEFER};
 use crate::error::{Error, ErrorKind};
 use crate::store::{ClaimedJob, Finish, FinishStatus, StartWrite};
-use crate::text;
+use crate::{text, value};
 
 /// One of the node's `concurrency` slots: runs jobs from the buffer until it is empty.
 pub(super) async fn slot(shared: Arc<Shared>, mut next: Buffered) {
@@ -145,7 +145,11 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         return;
     }
     let status = match end {
-        End::Returned(Ok(Ok(output))) => FinishStatus::Completed(output),
+        // Deterministic: another attempt would return the same output, so it is not retried.
+        End::Returned(Ok(Ok(output))) => match value::check_json(&output) {
+            Ok(()) => FinishStatus::Completed(output),
+            Err(e) => FinishStatus::Failed(value::error_text(format!("output {e}"))),
+        },
         End::Returned(Ok(Err(e))) => classify(&job, &handler, &cancel, e.kind(), e.to_string()),
         End::Returned(Err(join)) => {
             let msg = if join.is_panic() {
@@ -196,6 +200,7 @@ fn classify(
     kind: ErrorKind,
     msg: String,
 ) -> FinishStatus {
+    let msg = value::error_text(msg);
     if kind == ErrorKind::Cancelled || cancel.is_requested() {
         return FinishStatus::Cancelled(msg);
     }

@@ -117,5 +117,16 @@ pub(super) async fn reap_loop(shared: Arc<Shared>) {
             }
             Err(e) => tracing::error!(error = %e, "reaping expired leases failed"),
         }
+        match shared.store.reap_lost_held_claims().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    jobs = n,
+                    "jobs of a held claim that was lost go to plain claims"
+                );
+                more_jobs(&shared);
+            }
+            Err(e) => tracing::error!(error = %e, "reaping lost held claims failed"),
+        }
     }
 }

@@ -56,6 +56,7 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>) {
     // The last claim found fewer jobs than it asked for.
     let mut exhausted = false;
     let mut polled = false;
+    let mut no_hold_at = Instant::now();
     while !shared.stop.is_cancelled() {
         let wake = shared.wake.notified();
         let per_sec = pace.update(shared.started.load(Ordering::Relaxed));
@@ -84,6 +85,16 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>) {
             // Cleared before the claim: a notification that comes during it sets it again.
             shared.more.store(false, Ordering::SeqCst);
             let claimed = if prefetch >= HOLD_FROM_PREFETCH {
+                if no_hold_at.elapsed() >= shared.config.poll_interval {
+                    // Jobs of lost held claims are never held again (migration 0011): a node
+                    // that keeps holding its claims takes them with a plain claim now and then.
+                    // Only as many as start at once: a claimed job waiting in the buffer
+                    // when one of them kills the node would be charged an attempt unused.
+                    no_hold_at = Instant::now();
+                    if free > 0 {
+                        claim_no_hold(&shared, free).await;
+                    }
+                }
                 claim_held(&shared, want).await
             } else {
                 shared
@@ -125,6 +136,25 @@ pub(super) async fn fetch_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(sleep_for) => polled = true,
             _ = shared.stop.cancelled() => {}
         }
+    }
+}
+
+/// Claims up to `want` jobs whose held claim was lost, the plain way, and starts them.
+async fn claim_no_hold(shared: &Arc<Shared>, want: usize) {
+    let claimed = shared
+        .store
+        .claim_no_hold_jobs(
+            shared.worker_id,
+            &shared.config.queues,
+            &shared.names,
+            want,
+            shared.config.lease,
+        )
+        .await;
+    match claimed {
+        Ok(jobs) if !jobs.is_empty() => take(shared, jobs),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "claiming jobs of lost held claims failed"),
     }
 }
 

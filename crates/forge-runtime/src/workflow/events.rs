@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::error::EventError;
 use crate::store::{self, DeliverOutcome};
+use crate::value;
 
 /// Sends the event `name` with `payload` to the workflow `workflow_id`. A workflow waiting for
 /// it (`ctx.wait_for_event(name, ..)`) resumes at once; otherwise the event is kept until a
@@ -23,6 +24,7 @@ pub async fn send_event<'e, E: PgExecutor<'e>>(
     if name.is_empty() {
         return Err(EventError::EmptyName);
     }
+    value::check_json(&payload).map_err(EventError::Unstorable)?;
     match store::deliver_event(exec, workflow_id, name, &payload, Uuid::now_v7()).await? {
         DeliverOutcome::Delivered { .. } => Ok(()),
         DeliverOutcome::NotFound => Err(EventError::NotFound),

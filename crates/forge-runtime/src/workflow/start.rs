@@ -64,6 +64,7 @@ impl<O> WorkflowRequest<O> {
         let def = def::workflow(&self.name)
             .ok_or_else(|| StartError::UnknownWorkflow(self.name.clone()))?;
         let args = (def.parse_args)(self.args)?;
+        crate::value::check_args(&args)?;
         Ok(NewWorkflow {
             id: Uuid::now_v7(),
             name: def.name.to_string(),

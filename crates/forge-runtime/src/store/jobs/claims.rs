@@ -12,6 +12,7 @@ use super::updates::finish_columns;
 use super::{millis, ClaimedJob, FinishStatus, Store};
 use crate::publish::{encode_job_updates, JobUpdate};
 use crate::status::JobStatus;
+use crate::store::refused_data;
 
 /// A claimed job from a row of a claim: `id`, `function_name`, `args`, `attempt` (the one the
 /// claim starts), `max_attempts`, `owner`.
@@ -33,19 +34,23 @@ fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
 /// 50,000 jobs waiting). Rows a queue's scan locks but the final LIMIT drops stay locked until
 /// the claim's transaction ends.
 macro_rules! runnable_jobs {
-    () => {
-        "FROM unnest($1::text[]) AS q(name)
+    ($filter:literal) => {
+        concat!(
+            "FROM unnest($1::text[]) AS q(name)
          CROSS JOIN LATERAL (
              SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
              FROM forge.jobs
              WHERE status IN ('pending', 'retry') AND queue = q.name
-               AND run_at <= now() AND function_name = ANY($3)
+               AND run_at <= now() AND function_name = ANY($3) ",
+            $filter,
+            "
              ORDER BY priority, run_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED
          ) p
          ORDER BY p.priority, p.run_at
          LIMIT $2"
+        )
     };
 }
 
@@ -63,6 +68,34 @@ impl Store {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        self.claim_plain(worker_id, queues, functions, limit, lease, false)
+            .await
+    }
+
+    /// Claims like [`claim_jobs`](Self::claim_jobs) only jobs whose held claim was lost
+    /// (`no_hold`, see [`Store::reap_lost_held_claims`]): a node in held-claim mode takes
+    /// them this way now and then, so that they are not left waiting while it holds claims.
+    pub async fn claim_no_hold_jobs(
+        &self,
+        worker_id: Uuid,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        self.claim_plain(worker_id, queues, functions, limit, lease, true)
+            .await
+    }
+
+    async fn claim_plain(
+        &self,
+        worker_id: Uuid,
+        queues: &[String],
+        functions: &[String],
+        limit: usize,
+        lease: Duration,
+        no_hold_only: bool,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
         // The claimed rows are looked up by primary key from an array of their ids. Joined to
         // `picked` instead, the UPDATE was planned as a hash join over a sequential scan of
         // the whole table (it expects `picked` to be large), which made a claim of 500 jobs
@@ -76,7 +109,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)),
              picked AS (SELECT p.id ",
-            runnable_jobs!(),
+            runnable_jobs!("AND ($6::bool IS NOT TRUE OR no_hold)"),
             ")
              UPDATE forge.jobs j
              SET status = 'claimed', attempts = j.attempts + 1, worker_id = $4,
@@ -91,6 +124,7 @@ impl Store {
         .bind(functions)
         .bind(worker_id)
         .bind(millis(lease))
+        .bind(no_hold_only)
         .fetch_all(&self.pool)
         .await?;
         // RETURNING gives the rows in the order the UPDATE found them, not the claim's.
@@ -120,7 +154,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
                     p.owner, pg_current_xact_id()::text AS xid ",
-            runnable_jobs!()
+            runnable_jobs!("AND NOT no_hold")
         ))
         .bind(queues)
         .bind(limit as i64)
@@ -138,7 +172,30 @@ impl Store {
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             None => 0,
         };
-        Ok((HeldClaim { tx, xid }, jobs))
+        let log = Uuid::now_v7();
+        if !jobs.is_empty() {
+            // Committed before any job starts, on another connection (see migration 0011), so
+            // that it outlives this node. Without waiting for the WAL flush: only a crash of
+            // the database loses it, and that rolls back the claim too.
+            let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+            sqlx::query(
+                "WITH settings AS (SELECT set_config('synchronous_commit', 'off', true))
+                 INSERT INTO forge.held_claims (id, xid, job_ids)
+                 SELECT $1, $2::text::xid8, $3 FROM settings",
+            )
+            .bind(log)
+            .bind(xid.to_string())
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+        }
+        let claim = HeldClaim {
+            tx,
+            xid,
+            log,
+            pool: self.pool.clone(),
+        };
+        Ok((claim, jobs))
     }
 
     /// Gives back jobs `worker_id` claimed but never started (a node shutting down): they are
@@ -188,6 +245,10 @@ pub struct HeldClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     /// The transaction's id (xid8), which its updates carry when they are published.
     xid: u64,
+    /// Its row in `forge.held_claims`, deleted by the close.
+    log: Uuid,
+    /// For a close whose data the database refuses (see [`HeldClaim::close`]).
+    pool: sqlx::PgPool,
 }
 
 /// Where a job of a held claim got to when the claim was closed.
@@ -220,6 +281,12 @@ impl HeldClaim {
     /// with an error, as if the node had died holding it. Waits for the commit to be durable
     /// only when some job ended (a claim alone may be lost in a crash: the job then runs
     /// again, see [`Store::claim_jobs`]).
+    ///
+    /// Should the database refuse the data of the close (a value PostgreSQL cannot store,
+    /// which the runtime's checks let through), the claim is rolled back and its writes are
+    /// made again in a new transaction, in halves down to the jobs refused, each of which ends
+    /// `failed` ("the database refused this job's data: <SQLSTATE name>"). Jobs taken by
+    /// another node in between are fenced off by their attempt, as after any rollback.
     pub async fn close(
         mut self,
         worker_id: Uuid,
@@ -227,90 +294,18 @@ impl HeldClaim {
         writes: &[HeldWrite],
     ) -> Result<(), sqlx::Error> {
         let n = writes.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut started = Vec::with_capacity(n);
-        let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
-        let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
-        let mut progress: Vec<Option<f64>> = Vec::with_capacity(n);
-        let mut messages: Vec<Option<&str>> = Vec::with_capacity(n);
-        let mut durable = false;
-        let mut published = Vec::with_capacity(3 * n);
-        for w in writes {
-            ids.push(w.id);
-            attempts.push(w.attempt);
-            progress.push(w.progress.as_ref().map(|p| p.0));
-            messages.push(w.progress.as_ref().and_then(|p| p.1.as_deref()));
-            let (status, output, error, delay) = match &w.end {
-                HeldEnd::Claimed => (JobStatus::Claimed, None, None, None),
-                HeldEnd::Running => (JobStatus::Running, None, None, None),
-                HeldEnd::Finished(f) => {
-                    durable = true;
-                    finish_columns(f)
+        let updated = match write_held(&mut self.tx, worker_id, lease, writes, self.xid, self.log)
+            .await
+        {
+            Ok(updated) => updated,
+            Err(e) => match refused_data(&e) {
+                Some(_) => {
+                    drop(self.tx);
+                    return rewrite_refused(&self.pool, worker_id, lease, writes, self.log).await;
                 }
-            };
-            published.extend(held_updates(w, status, self.xid));
-            started.push(!matches!(w.end, HeldEnd::Claimed));
-            statuses.push(status.as_str());
-            outputs.push(output);
-            errors.push(error);
-            delays.push(delay);
-        }
-        let payloads =
-            encode_job_updates(&published).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let (updated, _sent): (i64, i64) = sqlx::query_as(
-            "WITH settings AS (
-                 SELECT set_config('synchronous_commit',
-                                   CASE WHEN $12 THEN current_setting('synchronous_commit')
-                                        ELSE 'off' END,
-                                   true),
-                        set_config('forge.job_updates_published', 'on', true)
-             ), updated AS (
-             UPDATE forge.jobs j SET
-                 status = u.status,
-                 attempts = u.attempt,
-                 worker_id = CASE WHEN u.status IN ('claimed', 'running') THEN $10::uuid END,
-                 lease_expires_at = CASE WHEN u.status IN ('claimed', 'running')
-                                         THEN now() + $11 * interval '1 millisecond' END,
-                 started_at = CASE WHEN u.started THEN now() ELSE j.started_at END,
-                 finished_at = CASE WHEN u.status IN ('claimed', 'running', 'retry') THEN NULL
-                                    ELSE now() END,
-                 run_at = CASE WHEN u.status = 'retry'
-                               THEN now() + u.delay_ms * interval '1 millisecond'
-                               ELSE j.run_at END,
-                 output = u.output,
-                 error = u.error,
-                 progress = u.progress,
-                 message = u.message
-             FROM settings,
-                  unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::jsonb[], $6::text[],
-                         $7::float8[], $8::float8[], $9::text[])
-                      AS u(id, attempt, status, started, output, error, delay_ms, progress,
-                           message)
-             WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
-               AND j.attempts = u.attempt - 1
-             RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM updated),
-                    (SELECT count(pg_notify('forge_job_updates', p)) FROM unnest($13::text[]) p)",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&statuses)
-        .bind(&started)
-        .bind(&outputs)
-        .bind(&errors)
-        .bind(&delays)
-        .bind(&progress)
-        .bind(&messages)
-        .bind(worker_id)
-        .bind(millis(lease))
-        .bind(durable)
-        .bind(&payloads)
-        .fetch_one(&mut *self.tx)
-        .await?;
+                None => return Err(e),
+            },
+        };
         if updated as usize != n {
             // Dropping the transaction rolls back the writes and their notifications.
             return Err(sqlx::Error::Protocol(format!(
@@ -319,6 +314,158 @@ impl HeldClaim {
         }
         self.tx.commit().await
     }
+}
+
+/// The closing statement of a held claim, in transaction `xid`: the number of jobs written.
+async fn write_held(
+    conn: &mut sqlx::PgConnection,
+    worker_id: Uuid,
+    lease: Duration,
+    writes: &[HeldWrite],
+    xid: u64,
+    log: Uuid,
+) -> Result<i64, sqlx::Error> {
+    let n = writes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut outputs: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut progress: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut messages: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut durable = false;
+    let mut published = Vec::with_capacity(3 * n);
+    for w in writes {
+        ids.push(w.id);
+        attempts.push(w.attempt);
+        progress.push(w.progress.as_ref().map(|p| p.0));
+        messages.push(w.progress.as_ref().and_then(|p| p.1.as_deref()));
+        let (status, output, error, delay) = match &w.end {
+            HeldEnd::Claimed => (JobStatus::Claimed, None, None, None),
+            HeldEnd::Running => (JobStatus::Running, None, None, None),
+            HeldEnd::Finished(f) => {
+                durable = true;
+                finish_columns(f)
+            }
+        };
+        published.extend(held_updates(w, status, xid));
+        started.push(!matches!(w.end, HeldEnd::Claimed));
+        statuses.push(status.as_str());
+        outputs.push(output);
+        errors.push(error);
+        delays.push(delay);
+    }
+    let payloads = encode_job_updates(&published).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let (updated, _sent): (i64, i64) = sqlx::query_as(
+        "WITH settings AS (
+             SELECT set_config('synchronous_commit',
+                               CASE WHEN $12 THEN current_setting('synchronous_commit')
+                                    ELSE 'off' END,
+                               true),
+                    set_config('forge.job_updates_published', 'on', true)
+         ), updated AS (
+         UPDATE forge.jobs j SET
+             status = u.status,
+             attempts = u.attempt,
+             worker_id = CASE WHEN u.status IN ('claimed', 'running') THEN $10::uuid END,
+             lease_expires_at = CASE WHEN u.status IN ('claimed', 'running')
+                                     THEN now() + $11 * interval '1 millisecond' END,
+             started_at = CASE WHEN u.started THEN now() ELSE j.started_at END,
+             finished_at = CASE WHEN u.status IN ('claimed', 'running', 'retry') THEN NULL
+                                ELSE now() END,
+             run_at = CASE WHEN u.status = 'retry'
+                           THEN now() + u.delay_ms * interval '1 millisecond'
+                           ELSE j.run_at END,
+             output = u.output,
+             error = u.error,
+             progress = u.progress,
+             message = u.message
+         FROM settings,
+              unnest($1::uuid[], $2::int[], $3::text[], $4::bool[], $5::jsonb[], $6::text[],
+                     $7::float8[], $8::float8[], $9::text[])
+                  AS u(id, attempt, status, started, output, error, delay_ms, progress,
+                       message)
+         WHERE j.id = ANY(ARRAY(SELECT unnest($1::uuid[]))) AND j.id = u.id
+           AND j.attempts = u.attempt - 1
+         RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM updated),
+                (SELECT count(pg_notify('forge_job_updates', p)) FROM unnest($13::text[]) p)",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&statuses)
+    .bind(&started)
+    .bind(&outputs)
+    .bind(&errors)
+    .bind(&delays)
+    .bind(&progress)
+    .bind(&messages)
+    .bind(worker_id)
+    .bind(millis(lease))
+    .bind(durable)
+    .bind(&payloads)
+    .bind(log)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(updated)
+}
+
+/// [`HeldClaim::close`] after the database refused its data: the writes again, in a new
+/// transaction, each part under a savepoint, halved down to the single jobs refused, whose
+/// progress is dropped and whose end becomes a failure saying what was refused (the
+/// database's own text goes to the log only).
+async fn rewrite_refused(
+    pool: &sqlx::PgPool,
+    worker_id: Uuid,
+    lease: Duration,
+    writes: &[HeldWrite],
+    log: Uuid,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    let xid: u64 = xid.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    // Parts to write; `Some` marks a single job already refused, rewritten as a failure.
+    let mut parts = vec![(writes.to_vec(), None::<String>)];
+    while let Some((part, failed)) = parts.pop() {
+        sqlx::query("SAVEPOINT forge_held_part")
+            .execute(&mut *tx)
+            .await?;
+        let Err(e) = write_held(&mut tx, worker_id, lease, &part, xid, log).await else {
+            continue;
+        };
+        sqlx::query("ROLLBACK TO SAVEPOINT forge_held_part")
+            .execute(&mut *tx)
+            .await?;
+        let Some(refused) = refused_data(&e) else {
+            return Err(e);
+        };
+        tracing::warn!(error = %e, jobs = part.len(), "the database refused a held claim's writes");
+        match (part.len(), failed) {
+            (1, None) => {
+                let mut w = part[0].clone();
+                tracing::error!(job_id = %w.id, sqlstate = %refused,
+                                "the database refused a job's data; failing the job");
+                w.progress = None;
+                w.end = HeldEnd::Finished(FinishStatus::Failed(format!(
+                    "the database refused this job's data: {refused}"
+                )));
+                parts.push((vec![w], Some(refused)));
+            }
+            // Nothing of the job's own data is left in the write: its lease runs out.
+            (1, Some(_)) => {}
+            (n, _) => {
+                let (a, b) = part.split_at(n / 2);
+                parts.push((b.to_vec(), None));
+                parts.push((a.to_vec(), None));
+            }
+        }
+    }
+    tx.commit().await
 }
 
 /// What the trigger of migration 0009 would publish (see [`crate::publish`]) for a held job's write that leaves it

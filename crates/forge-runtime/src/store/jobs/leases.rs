@@ -86,4 +86,27 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+
+    /// Recovers held claims that were rolled back without being closed (their node died, see
+    /// migration 0011): their jobs still waiting are marked `no_hold`, so that only plain
+    /// claims, which count the attempt, take them from then on. Returns how many jobs.
+    pub async fn reap_lost_held_claims(&self) -> Result<u64, sqlx::Error> {
+        // `pg_xact_status` is NULL for a transaction too old to know: it ended long ago.
+        let done = sqlx::query(
+            "WITH lost AS (
+                 DELETE FROM forge.held_claims WHERE id IN (
+                     SELECT id FROM forge.held_claims
+                     WHERE COALESCE(pg_xact_status(xid), 'aborted') = 'aborted'
+                     LIMIT 100
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING job_ids
+             )
+             UPDATE forge.jobs SET no_hold = true
+             WHERE id IN (SELECT unnest(job_ids) FROM lost)
+               AND status IN ('pending', 'retry') AND NOT no_hold",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }

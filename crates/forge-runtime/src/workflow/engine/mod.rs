@@ -41,6 +41,7 @@ use crate::store::{
     self, Fence, HistoryEntry, Park, StepKind, StepStart, StepUpdate, WorkflowWrite, WriteOutcome,
 };
 use crate::text::panic_message;
+use crate::value;
 use crate::worker::JobContext;
 
 mod endings;
@@ -241,7 +242,14 @@ impl Execution {
             (Some(Abort::Compensate), _) => self.compensate(None).await,
             (Some(Abort::Broken(why)), _) => self.fail(why).await,
             (Some(Abort::Database(e)), _) => Err(e),
-            (None, Some(Ok(Ok(output)))) => self.complete(output).await,
+            (None, Some(Ok(Ok(output)))) => match value::check_json(&output) {
+                Ok(()) => self.complete(output).await,
+                // As if the body had failed: the same output would come back on a retry.
+                Err(e) => {
+                    self.compensate(Some(format!("the workflow's output {e}")))
+                        .await
+                }
+            },
             (None, Some(Ok(Err(e)))) => self.compensate(Some(e.to_string())).await,
             (None, Some(Err(panic))) => {
                 let why = format!("the workflow panicked: {}", panic_message(&*panic));

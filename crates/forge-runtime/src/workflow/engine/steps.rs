@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::status::{StepStatus, WorkflowStatus};
 use crate::store::{HistoryEntry, StepKind, StepStart, StepUpdate};
-use crate::text;
+use crate::{text, value};
 
 use super::{after, Abort, Compensation, CompensationFn, Execution, RetryPolicy};
 
@@ -152,8 +152,13 @@ impl Execution {
 
         let result = run_attempt(&format!("step `{name}`"), policy.timeout, run).await;
         let err = match result {
-            Ok(v) => match serde_json::to_value(&v) {
-                Ok(output) => {
+            Ok(v) => match serde_json::to_value(&v).map(|o| {
+                let storable = value::check_json(&o);
+                (o, storable)
+            }) {
+                // Deterministic, like an output that is not JSON: not retried.
+                Ok((_, Err(e))) => Error::fatal(format!("the output of step `{name}` {e}")),
+                Ok((output, Ok(()))) => {
                     register();
                     let u = StepUpdate {
                         run_seq: seq,
