@@ -21,7 +21,8 @@
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
-//! leeway = "30s"                   # FORGE_JWT_LEEWAY: clock skew tolerated on `exp`
+//! leeway = "30s"                   # FORGE_JWT_LEEWAY: clock skew tolerated on `exp` and `nbf`
+//! max_token_lifetime = "24h"       # FORGE_JWT_MAX_LIFETIME: longer-lived tokens are refused
 //! admin_role = "admin"             # FORGE_ADMIN_ROLE: may watch and cancel every job
 //!
 //! [worker]
@@ -82,8 +83,10 @@ pub struct Roles {
 pub struct GatewayConfig {
     /// The HS256 secret bearer tokens are signed with.
     pub jwt_secret: Vec<u8>,
-    /// Clock skew tolerated on a token's `exp`.
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Tokens valid for longer than this (`exp - iat`, or `exp - now`) are refused.
+    pub jwt_max_lifetime: Duration,
     /// Users with this role may watch and cancel every job, not only their own.
     pub admin_role: Option<String>,
     /// Origins a browser may call from; `*` allows any. Empty: no CORS headers.
@@ -103,6 +106,7 @@ impl GatewayConfig {
         Self {
             jwt_secret: jwt_secret.into(),
             jwt_leeway: Duration::from_secs(30),
+            jwt_max_lifetime: crate::auth::DEFAULT_MAX_LIFETIME,
             admin_role: None,
             cors_origins: Vec::new(),
             body_limit: 1024 * 1024,
@@ -181,6 +185,7 @@ struct GatewayFile {
 struct AuthFile {
     jwt_secret: Option<String>,
     leeway: Option<String>,
+    max_token_lifetime: Option<String>,
     admin_role: Option<String>,
 }
 
@@ -268,8 +273,7 @@ impl Config {
                         setting: "auth.jwt_secret",
                         env: "FORGE_JWT_SECRET",
                     })?;
-            if secret.len() < 32 {
-                // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+            if secret.len() < crate::auth::MIN_SECRET_LEN {
                 return Err(invalid(
                     "auth.jwt_secret",
                     "must be at least 32 bytes long (a shorter HS256 key can be guessed)",
@@ -278,6 +282,12 @@ impl Config {
             let mut g = GatewayConfig::new(secret);
             if let Some(v) = env("FORGE_JWT_LEEWAY").or(f.auth.leeway) {
                 g.jwt_leeway = duration("auth.leeway", &v)?;
+            }
+            if let Some(v) = env("FORGE_JWT_MAX_LIFETIME").or(f.auth.max_token_lifetime) {
+                g.jwt_max_lifetime = duration("auth.max_token_lifetime", &v)?;
+                if g.jwt_max_lifetime.is_zero() {
+                    return Err(invalid("auth.max_token_lifetime", "must be more than 0"));
+                }
             }
             g.admin_role = env("FORGE_ADMIN_ROLE").or(f.auth.admin_role);
             g.realtime.see_all_role = g.admin_role.clone();
@@ -521,6 +531,19 @@ mod tests {
         .unwrap();
         let g = c.gateway.unwrap();
         assert_eq!(g.cors_origins, ["http://a:5173", "http://b"]);
+        assert_eq!(g.jwt_max_lifetime, Duration::from_secs(24 * 3600));
+        let c = load(
+            Some("[auth]\nmax_token_lifetime = \"1h\"\n"),
+            &[
+                ("DATABASE_URL", "postgres://x"),
+                ("FORGE_JWT_SECRET", SECRET),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.gateway.unwrap().jwt_max_lifetime,
+            Duration::from_secs(3600)
+        );
         assert_eq!(g.realtime.see_all_role.as_deref(), Some("admin"));
     }
 }

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, WeakSecret};
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
 use crate::functions::{Caller, DuplicateName, Functions};
@@ -46,8 +46,8 @@ pub enum GatewayError {
         "a function is named `batch`, the name of the batch route (`/_api/rpc/batch`): rename it"
     )]
     ReservedName,
-    #[error("the JWT secret must not be empty")]
-    EmptySecret,
+    #[error(transparent)]
+    WeakSecret(#[from] WeakSecret),
     #[error(
         "invalid CORS origin `{0}`: expected `*` or an origin such as `http://localhost:5173`"
     )]
@@ -88,8 +88,8 @@ impl Gateway {
     /// Reads the function registry and starts realtime delivery (the node's LISTEN
     /// connection).
     pub async fn new(forge: &Forge, config: GatewayConfig) -> Result<Self, GatewayError> {
-        let auth = Auth::hs256(&config.jwt_secret, config.jwt_leeway)
-            .map_err(|_| GatewayError::EmptySecret)?;
+        let auth = Auth::hs256(&config.jwt_secret, config.jwt_leeway)?
+            .with_max_lifetime(config.jwt_max_lifetime);
         let functions = Arc::new(Functions::from_registry()?);
         if functions.get("batch").is_some() {
             return Err(GatewayError::ReservedName);
