@@ -18,6 +18,7 @@
 //! function_timeout = "30s"         # FORGE_FUNCTION_TIMEOUT
 //! batch_limit = 100                # FORGE_BATCH_LIMIT
 //! listen_backlog = 4096            # FORGE_LISTEN_BACKLOG
+//! header_read_timeout = "10s"      # FORGE_HEADER_READ_TIMEOUT: also closes idle keep-alives
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -97,6 +98,9 @@ pub struct GatewayConfig {
     pub function_timeout: Duration,
     /// Most calls in one batch.
     pub batch_limit: usize,
+    /// How long a connection may take to send a request's headers, counted from when it
+    /// starts waiting for one: bounds slow senders and idle keep-alive connections alike.
+    pub header_read_timeout: Duration,
     pub realtime: RealtimeConfig,
 }
 
@@ -112,6 +116,7 @@ impl GatewayConfig {
             body_limit: 1024 * 1024,
             function_timeout: Duration::from_secs(30),
             batch_limit: 100,
+            header_read_timeout: Duration::from_secs(10),
             realtime: RealtimeConfig::default(),
         }
     }
@@ -178,6 +183,7 @@ struct GatewayFile {
     function_timeout: Option<String>,
     batch_limit: Option<usize>,
     listen_backlog: Option<u32>,
+    header_read_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -314,6 +320,15 @@ impl Config {
             )?;
             if g.batch_limit == 0 {
                 return Err(invalid("gateway.batch_limit", "must be at least 1"));
+            }
+            if let Some(v) = env("FORGE_HEADER_READ_TIMEOUT").or(f.gateway.header_read_timeout) {
+                g.header_read_timeout = duration("gateway.header_read_timeout", &v)?;
+                if g.header_read_timeout.is_zero() {
+                    return Err(invalid(
+                        "gateway.header_read_timeout",
+                        "must be more than 0",
+                    ));
+                }
             }
             Some(g)
         } else {
@@ -532,6 +547,7 @@ mod tests {
         let g = c.gateway.unwrap();
         assert_eq!(g.cors_origins, ["http://a:5173", "http://b"]);
         assert_eq!(g.jwt_max_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(g.header_read_timeout, Duration::from_secs(10));
         let c = load(
             Some("[auth]\nmax_token_lifetime = \"1h\"\n"),
             &[
