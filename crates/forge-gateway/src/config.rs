@@ -18,10 +18,12 @@
 //! function_timeout = "30s"         # FORGE_FUNCTION_TIMEOUT
 //! batch_limit = 100                # FORGE_BATCH_LIMIT
 //! listen_backlog = 4096            # FORGE_LISTEN_BACKLOG
+//! header_read_timeout = "10s"      # FORGE_HEADER_READ_TIMEOUT: also closes idle keep-alives
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
-//! leeway = "30s"                   # FORGE_JWT_LEEWAY: clock skew tolerated on `exp`
+//! leeway = "30s"                   # FORGE_JWT_LEEWAY: clock skew tolerated on `exp` and `nbf`
+//! max_token_lifetime = "24h"       # FORGE_JWT_MAX_LIFETIME: longer-lived tokens are refused
 //! admin_role = "admin"             # FORGE_ADMIN_ROLE: may watch and cancel every job
 //!
 //! [worker]
@@ -82,8 +84,10 @@ pub struct Roles {
 pub struct GatewayConfig {
     /// The HS256 secret bearer tokens are signed with.
     pub jwt_secret: Vec<u8>,
-    /// Clock skew tolerated on a token's `exp`.
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Tokens valid for longer than this (`exp - iat`, or `exp - now`) are refused.
+    pub jwt_max_lifetime: Duration,
     /// Users with this role may watch and cancel every job, not only their own.
     pub admin_role: Option<String>,
     /// Origins a browser may call from; `*` allows any. Empty: no CORS headers.
@@ -94,6 +98,9 @@ pub struct GatewayConfig {
     pub function_timeout: Duration,
     /// Most calls in one batch.
     pub batch_limit: usize,
+    /// How long a connection may take to send a request's headers, counted from when it
+    /// starts waiting for one: bounds slow senders and idle keep-alive connections alike.
+    pub header_read_timeout: Duration,
     pub realtime: RealtimeConfig,
 }
 
@@ -103,11 +110,13 @@ impl GatewayConfig {
         Self {
             jwt_secret: jwt_secret.into(),
             jwt_leeway: Duration::from_secs(30),
+            jwt_max_lifetime: crate::auth::DEFAULT_MAX_LIFETIME,
             admin_role: None,
             cors_origins: Vec::new(),
             body_limit: 1024 * 1024,
             function_timeout: Duration::from_secs(30),
             batch_limit: 100,
+            header_read_timeout: Duration::from_secs(10),
             realtime: RealtimeConfig::default(),
         }
     }
@@ -174,6 +183,7 @@ struct GatewayFile {
     function_timeout: Option<String>,
     batch_limit: Option<usize>,
     listen_backlog: Option<u32>,
+    header_read_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -181,6 +191,7 @@ struct GatewayFile {
 struct AuthFile {
     jwt_secret: Option<String>,
     leeway: Option<String>,
+    max_token_lifetime: Option<String>,
     admin_role: Option<String>,
 }
 
@@ -268,8 +279,7 @@ impl Config {
                         setting: "auth.jwt_secret",
                         env: "FORGE_JWT_SECRET",
                     })?;
-            if secret.len() < 32 {
-                // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+            if secret.len() < crate::auth::MIN_SECRET_LEN {
                 return Err(invalid(
                     "auth.jwt_secret",
                     "must be at least 32 bytes long (a shorter HS256 key can be guessed)",
@@ -278,6 +288,12 @@ impl Config {
             let mut g = GatewayConfig::new(secret);
             if let Some(v) = env("FORGE_JWT_LEEWAY").or(f.auth.leeway) {
                 g.jwt_leeway = duration("auth.leeway", &v)?;
+            }
+            if let Some(v) = env("FORGE_JWT_MAX_LIFETIME").or(f.auth.max_token_lifetime) {
+                g.jwt_max_lifetime = duration("auth.max_token_lifetime", &v)?;
+                if g.jwt_max_lifetime.is_zero() {
+                    return Err(invalid("auth.max_token_lifetime", "must be more than 0"));
+                }
             }
             g.admin_role = env("FORGE_ADMIN_ROLE").or(f.auth.admin_role);
             g.realtime.see_all_role = g.admin_role.clone();
@@ -304,6 +320,15 @@ impl Config {
             )?;
             if g.batch_limit == 0 {
                 return Err(invalid("gateway.batch_limit", "must be at least 1"));
+            }
+            if let Some(v) = env("FORGE_HEADER_READ_TIMEOUT").or(f.gateway.header_read_timeout) {
+                g.header_read_timeout = duration("gateway.header_read_timeout", &v)?;
+                if g.header_read_timeout.is_zero() {
+                    return Err(invalid(
+                        "gateway.header_read_timeout",
+                        "must be more than 0",
+                    ));
+                }
             }
             Some(g)
         } else {
@@ -521,6 +546,20 @@ mod tests {
         .unwrap();
         let g = c.gateway.unwrap();
         assert_eq!(g.cors_origins, ["http://a:5173", "http://b"]);
+        assert_eq!(g.jwt_max_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(g.header_read_timeout, Duration::from_secs(10));
+        let c = load(
+            Some("[auth]\nmax_token_lifetime = \"1h\"\n"),
+            &[
+                ("DATABASE_URL", "postgres://x"),
+                ("FORGE_JWT_SECRET", SECRET),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.gateway.unwrap().jwt_max_lifetime,
+            Duration::from_secs(3600)
+        );
         assert_eq!(g.realtime.see_all_role.as_deref(), Some("admin"));
     }
 }

@@ -3,7 +3,7 @@
 //! [`run`], which runs a node as its configuration says.
 
 use std::any::Any;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +14,18 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use forge_runtime::error::RuntimeError;
 use forge_runtime::Forge;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, WeakSecret};
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
 use crate::functions::{Caller, DuplicateName, Functions};
@@ -46,8 +48,8 @@ pub enum GatewayError {
         "a function is named `batch`, the name of the batch route (`/_api/rpc/batch`): rename it"
     )]
     ReservedName,
-    #[error("the JWT secret must not be empty")]
-    EmptySecret,
+    #[error(transparent)]
+    WeakSecret(#[from] WeakSecret),
     #[error(
         "invalid CORS origin `{0}`: expected `*` or an origin such as `http://localhost:5173`"
     )]
@@ -88,8 +90,8 @@ impl Gateway {
     /// Reads the function registry and starts realtime delivery (the node's LISTEN
     /// connection).
     pub async fn new(forge: &Forge, config: GatewayConfig) -> Result<Self, GatewayError> {
-        let auth = Auth::hs256(&config.jwt_secret, config.jwt_leeway)
-            .map_err(|_| GatewayError::EmptySecret)?;
+        let auth = Auth::hs256(&config.jwt_secret, config.jwt_leeway)?
+            .with_max_lifetime(config.jwt_max_lifetime);
         let functions = Arc::new(Functions::from_registry()?);
         if functions.get("batch").is_some() {
             return Err(GatewayError::ReservedName);
@@ -150,34 +152,56 @@ impl Gateway {
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting and gives open
     /// requests (and event streams) a few seconds to end.
+    ///
+    /// Served with hyper's HTTP/1 connection builder rather than `axum::serve`, which sets no
+    /// timer: a client that opens a connection and sends half a header (slowloris), or keeps
+    /// an idle keep-alive connection, would hold it forever. hyper's header-read timeout
+    /// starts as soon as a connection waits for a request, so it bounds both.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = listener.tap_io(|tcp| {
+        let app = self.router();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.state.config.header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of file descriptors and the like: the error passes, and
+                        // retrying at once would spin.
+                        tracing::warn!(error = %e, "accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "setting TCP_NODELAY");
             }
-        });
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopped_tx.send(());
-        });
+            let conn =
+                http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+            });
+        }
+        drop(listener);
         // Event streams stay open as long as their clients do; after the grace period they
         // are cut, and their clients reconnect to another node.
-        let grace = async {
-            if stopped_rx.await.is_ok() {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
-            r = server.into_future() => r.map_err(GatewayError::Serve),
-            () = grace => Ok(()),
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
+        Ok(())
     }
 }
 

@@ -1242,3 +1242,31 @@ async fn a_node_runs_from_its_configuration() {
     }
     node.abort();
 }
+
+/// Slowloris: a client that sends half a request header and stops is disconnected once the
+/// header-read timeout passes, and so is one that sends nothing.
+#[tokio::test]
+async fn a_half_sent_header_is_cut_off_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server_with(|c| c.header_read_timeout = Duration::from_millis(500)).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    for half in ["GET /_api/health HTTP/1.1\r\nHost: x\r\nX-Slow: ", ""] {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(half.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        // The server closes the connection (EOF, or a reset); without the timeout this read
+        // would wait for the 10 s bound below and fail.
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf))
+            .await
+            .expect("the server kept a half-sent request open");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cut after {:?}",
+            started.elapsed()
+        );
+    }
+    // A whole request on a fresh connection is still answered.
+    let (status, _) = s.get("/_api/health").await;
+    assert_eq!(status, 200);
+}

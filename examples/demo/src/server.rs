@@ -59,6 +59,14 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         .await?
         .next()
         .ok_or("HOST does not resolve to an address")?;
+    if settings.exposes_dev_secret(addr.ip()) {
+        tracing::warn!(
+            %addr,
+            "the demo is listening on a non-loopback address with its built-in JWT secret, \
+             which is public: anyone who can reach it can sign in as any user. \
+             Set FORGE_JWT_SECRET to a secret of at least 32 bytes"
+        );
+    }
     let listener =
         forge_gateway::bind(addr, 1024).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -11,7 +11,7 @@ use forge_gateway::realtime::{Realtime, RealtimeConfig};
 use forge_test_support::sse::SseStream;
 use serde_json::{json, Value};
 
-pub(crate) const SECRET: &[u8] = b"realtime-test-secret";
+pub(crate) const SECRET: &[u8] = b"realtime-test-secret-realtime-test-secret";
 
 pub(crate) fn auth() -> Auth {
     Auth::hs256(SECRET, Duration::from_secs(5)).unwrap()
