@@ -4,6 +4,7 @@
 //! hanging it.
 
 pub mod gates;
+pub mod proxy;
 pub mod sse;
 
 use std::future::Future;
