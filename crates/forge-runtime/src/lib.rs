@@ -78,5 +78,6 @@ pub use forge::Forge;
 pub use function::{MutationContext, QueryContext, User};
 pub use queue::{EnqueueOptions, JobRequest};
 pub use status::{JobState, JobStatus, StepStatus, WorkflowState, WorkflowStatus};
+pub use store::DatabaseConfig;
 pub use worker::{JobContext, Worker, WorkerConfig};
 pub use workflow::{WorkflowContext, WorkflowRequest};
