@@ -80,7 +80,7 @@ pub use forge_runtime::workflow;
 pub use forge_runtime::{
     error, function, queue, status, DatabaseConfig, EnqueueOptions, Error, ErrorKind, Forge,
     JobContext, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, Result,
-    ResultExt, User, Worker, WorkerConfig,
+    ResultExt, RetentionConfig, User, Worker, WorkerConfig,
 };
 pub use forge_runtime::{
     StepStatus, WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus,

@@ -5,6 +5,7 @@ mod jobs;
 mod listen;
 mod migrate;
 mod realtime;
+mod retention;
 mod transactions;
 mod workflows;
 
@@ -15,6 +16,7 @@ pub use jobs::{
 pub use listen::Listen;
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
+pub use retention::Finished;
 pub use workflows::{
     cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
     take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
