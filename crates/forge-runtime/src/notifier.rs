@@ -1,6 +1,8 @@
-//! The node's one LISTEN connection (checked, and replaced when it stops answering). It turns PostgreSQL notifications into typed [`Event`]s
-//! (decoded as [`crate::publish`] defines them) and broadcasts them inside the process: workers wake on new jobs and learn of cancel requests
-//! from it, and the gateway fans job and workflow updates out to its SSE sessions.
+//! The node's one LISTEN connection, checked every few seconds and replaced when it stops
+//! answering. It turns PostgreSQL notifications into typed [`Event`]s (decoded as
+//! [`crate::publish`] defines them) and broadcasts them inside the process: workers wake on new
+//! jobs and learn of cancel requests from it, and the gateway fans job and workflow updates out
+//! to its SSE sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
