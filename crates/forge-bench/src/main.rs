@@ -5,7 +5,11 @@
 //! cargo run --release -p forge-bench -- jobs                # 50,000 jobs, 500 latency samples
 //! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
 //! cargo run --release -p forge-bench -- workflows --count 5000 --samples 200
+//! cargo run --release -p forge-bench -- soak --duration 3m --rate 2000 --keep 10s
 //! ```
+//!
+//! `soak` runs jobs at a steady rate with retention on and prints the jobs table's size and
+//! the node's memory every 10 s (see `soak.rs`); CI does not run it.
 //!
 //! `workflows` prints the SQL statements one 3-step no-op workflow costs and workflows/s (see
 //! `workflows.rs`).
@@ -22,6 +26,7 @@
 //! `RUST_LOG=forge_runtime=debug,forge_bench=trace` logs each claim and write batch of the
 //! worker and the steps of each latency probe, to stderr (statements are then not counted).
 
+mod soak;
 mod workflows;
 
 use std::collections::{BTreeMap, HashSet};
@@ -62,7 +67,7 @@ struct Settings {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]"
+        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]\n       forge-bench soak [--duration 3m] [--rate 2000] [--keep 10s]"
     );
     std::process::exit(2);
 }
@@ -118,6 +123,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             };
             workflows::workflows(settings).await
         }
+        Some("soak") => soak::soak(soak::parse(args)).await,
         _ => usage(),
     }
 }
@@ -147,7 +153,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
             s.count,
             ms(took)
         );
-        forge.pool().close().await;
+        forge.close().await;
     }
 
     // End to end: every job enqueued at once, until the last completion is published.
@@ -178,7 +184,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
             ms(enqueued)
         );
         worker.shutdown().await;
-        forge.pool().close().await;
+        forge.close().await;
         if let Some(c) = counter {
             print_statements(&c.counts.lock().unwrap(), s.count);
         }
@@ -224,7 +230,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
     }
 
     worker.shutdown().await;
-    forge.pool().close().await;
+    forge.close().await;
     Ok(())
 }
 
@@ -316,10 +322,11 @@ async fn print_row_writes(
     let mut left: i64 = 1;
     for _ in 0..100 {
         left = sqlx::query_scalar(
-            // The notifier's LISTEN connection outlives the pool; it writes nothing.
+            // The notifier's LISTEN connection (`forge-listener`) outlives the pools; it
+            // writes nothing.
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'forge'
-               AND query NOT ILIKE '%LISTEN%'",
+             WHERE datname = current_database()
+               AND application_name IN ('forge', 'forge-internal')",
         )
         .fetch_one(&pool)
         .await?;
