@@ -29,14 +29,19 @@ impl Store {
     /// through its pool, and a reconnect that a later command triggers silently (an `UNLISTEN`
     /// on a lost connection succeeds without one) could not be told from a confirmed LISTEN.
     pub async fn listen(&self, channels: &[String]) -> Result<Listen, sqlx::Error> {
-        let timeout = self.config.listener_check_timeout;
+        let timeout = self.settings.config.listener_check_timeout;
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout)
             .max_lifetime(None)
             .idle_timeout(None)
             .test_before_acquire(false)
-            .connect_lazy_with(self.options.clone().application_name("forge-listener"));
+            .connect_lazy_with(
+                self.settings
+                    .options
+                    .clone()
+                    .application_name("forge-listener"),
+            );
         let open = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.eager_reconnect(false);

@@ -78,8 +78,15 @@ pub struct Store {
     /// The request pool, whatever the view.
     requests: PgPool,
     internal: PgPool,
+    /// Shared and behind one pointer: a `Store` is cloned into every query's context.
+    settings: std::sync::Arc<Settings>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    /// For the LISTEN connections.
     options: PgConnectOptions,
-    config: std::sync::Arc<DatabaseConfig>,
+    config: DatabaseConfig,
 }
 
 impl Store {
@@ -127,8 +134,7 @@ impl Store {
             pool: requests.clone(),
             requests,
             internal,
-            options,
-            config: std::sync::Arc::new(config),
+            settings: std::sync::Arc::new(Settings { options, config }),
         }
     }
 
@@ -143,12 +149,14 @@ impl Store {
     }
 
     /// The request pool: what queries, mutations and job handlers use.
+    // Not the `pool` field on purpose: that one is what this view's operations run on.
+    #[allow(clippy::misnamed_getters)]
     pub fn pool(&self) -> &PgPool {
         &self.requests
     }
 
     pub fn config(&self) -> &DatabaseConfig {
-        &self.config
+        &self.settings.config
     }
 
     /// Closes every pool of this node (the LISTEN connection ends with the notifier).
