@@ -90,11 +90,12 @@ struct Settings {
 }
 
 impl Store {
-    /// Wraps a request pool; the internal pool and the LISTEN connection use its connect
-    /// options, with the default [`DatabaseConfig`].
+    /// Wraps a pool brought by the caller, which then serves everything: requests and the
+    /// worker's own work alike (no internal pool: the caller decided how many connections
+    /// there are). The LISTEN connection uses its connect options.
     pub fn new(pool: PgPool) -> Self {
         let options = (*pool.connect_options()).clone();
-        Self::assemble(pool, options, DatabaseConfig::default())
+        Self::assemble(pool.clone(), pool, options, DatabaseConfig::default())
     }
 
     /// Opens a request pool of `max_connections` on `url`, the rest as the defaults.
@@ -122,14 +123,19 @@ impl Store {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(opts.clone().application_name("forge"))
             .await?;
-        Ok(Self::assemble(pool, opts, config))
-    }
-
-    fn assemble(requests: PgPool, options: PgConnectOptions, config: DatabaseConfig) -> Self {
         let internal = PgPoolOptions::new()
             .max_connections(config.internal_connections)
             .acquire_timeout(config.internal_acquire_timeout)
-            .connect_lazy_with(options.clone().application_name("forge-internal"));
+            .connect_lazy_with(opts.clone().application_name("forge-internal"));
+        Ok(Self::assemble(pool, internal, opts, config))
+    }
+
+    fn assemble(
+        requests: PgPool,
+        internal: PgPool,
+        options: PgConnectOptions,
+        config: DatabaseConfig,
+    ) -> Self {
         Self {
             pool: requests.clone(),
             requests,
