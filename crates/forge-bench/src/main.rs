@@ -6,10 +6,14 @@
 //! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
 //! cargo run --release -p forge-bench -- workflows --count 5000 --samples 200
 //! cargo build --release -p fault-node && cargo run --release -p forge-bench -- faults
+//! cargo run --release -p forge-bench -- soak --duration 3m --rate 2000 --keep 10s
 //! ```
 //!
 //! `faults` runs every fault scenario (database restart, crash, outage, LISTEN loss, killed,
 //! partitioned and terminated nodes) and prints one table (see `faults.rs`).
+//!
+//! `soak` runs jobs at a steady rate with retention on and prints the jobs table's size and
+//! the node's memory every 10 s (see `soak.rs`); CI does not run it.
 //!
 //! `workflows` prints the SQL statements one 3-step no-op workflow costs and workflows/s (see
 //! `workflows.rs`).
@@ -27,6 +31,7 @@
 //! worker and the steps of each latency probe, to stderr (statements are then not counted).
 
 mod faults;
+mod soak;
 mod workflows;
 
 use std::collections::{BTreeMap, HashSet};
@@ -67,7 +72,7 @@ struct Settings {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]\n       forge-bench faults [--short]"
+        "usage: forge-bench jobs|workflows [--count N] [--samples N] [--concurrency N] [--claim-batch N]\n       forge-bench faults [--short]\n       forge-bench soak [--duration 3m] [--rate 2000] [--keep 10s]"
     );
     std::process::exit(2);
 }
@@ -124,6 +129,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             workflows::workflows(settings).await
         }
         Some("faults") => faults::faults(args).await,
+        Some("soak") => soak::soak(soak::parse(args)).await,
         _ => usage(),
     }
 }
@@ -153,7 +159,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
             s.count,
             ms(took)
         );
-        forge.pool().close().await;
+        forge.close().await;
     }
 
     // End to end: every job enqueued at once, until the last completion is published.
@@ -184,7 +190,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
             ms(enqueued)
         );
         worker.shutdown().await;
-        forge.pool().close().await;
+        forge.close().await;
         if let Some(c) = counter {
             print_statements(&c.counts.lock().unwrap(), s.count);
         }
@@ -230,7 +236,7 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
     }
 
     worker.shutdown().await;
-    forge.pool().close().await;
+    forge.close().await;
     Ok(())
 }
 
@@ -322,10 +328,11 @@ async fn print_row_writes(
     let mut left: i64 = 1;
     for _ in 0..100 {
         left = sqlx::query_scalar(
-            // The notifier's LISTEN connection outlives the pool; it writes nothing.
+            // The notifier's LISTEN connection (`forge-listener`) outlives the pools; it
+            // writes nothing.
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'forge'
-               AND query NOT ILIKE '%LISTEN%'",
+             WHERE datname = current_database()
+               AND application_name IN ('forge', 'forge-internal')",
         )
         .fetch_one(&pool)
         .await?;

@@ -257,7 +257,7 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
     );
 
     worker.shutdown().await;
-    forge.pool().close().await;
+    forge.close().await;
     Ok(())
 }
 

@@ -83,9 +83,22 @@ impl ApiError {
     }
 
     /// 500: logs `err` under a fresh correlation id and tells the client only that id.
+    ///
+    /// When `err` says the database could not be reached (no connection within the request
+    /// pool's acquire timeout, a connection lost or refused), the answer is
+    /// [`unavailable`](Self::unavailable) instead: the client should try again, and is told
+    /// nothing of the database's own words.
     pub fn internal(err: impl std::fmt::Display) -> Self {
+        let text = err.to_string();
         let id = uuid::Uuid::new_v4().to_string();
-        tracing::error!(correlation_id = %id, error = %err, "internal error");
+        if database_unreachable(&text) {
+            tracing::warn!(correlation_id = %id, error = %text, "database unreachable");
+            return Self {
+                correlation_id: Some(id),
+                ..Self::unavailable()
+            };
+        }
+        tracing::error!(correlation_id = %id, error = %text, "internal error");
         Self {
             correlation_id: Some(id),
             ..Self::new(
@@ -94,6 +107,15 @@ impl ApiError {
                 "internal error",
             )
         }
+    }
+
+    /// 503 with `Retry-After`: the database cannot be reached right now.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unreachable; try again shortly",
+        )
     }
 
     /// Names the offending field in `details`.
@@ -115,10 +137,38 @@ impl ApiError {
     }
 }
 
+/// Seconds a `503 unavailable` answer asks the client to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.body() }))).into_response()
+        let mut response =
+            (self.status, axum::Json(json!({ "error": self.body() }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
+}
+
+/// Whether an error's text (a `sqlx::Error` as `Display` writes it, alone or inside the error
+/// a function wrapped it in, whose `Debug` shows that text) says the database could not be
+/// reached. The gateway's
+/// routes hand their failures to [`ApiError::internal`] as text, so this is where the kind is
+/// still visible; the spellings are sqlx's, and a test pins them.
+fn database_unreachable(text: &str) -> bool {
+    const SIGNS: [&str; 3] = [
+        // sqlx::Error::PoolTimedOut
+        "pool timed out while waiting for an open connection",
+        // sqlx::Error::Io: refused, reset, broken pipe, timed out
+        "error communicating with database",
+        // sqlx::Error::PoolClosed
+        "attempted to acquire a connection on a closed pool",
+    ];
+    SIGNS.iter().any(|s| text.contains(s))
 }
 
 /// A JSON request body decoded into `T`, with the field named when it does not fit: 415 for
@@ -145,4 +195,55 @@ pub fn json_value(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value,
         return Err(ApiError::unsupported_media_type());
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(kind, "gone"))
+    }
+
+    #[test]
+    fn unreachable_database_errors_answer_503_without_their_text() {
+        let unreachable = || {
+            [
+                sqlx::Error::PoolTimedOut,
+                sqlx::Error::PoolClosed,
+                io(std::io::ErrorKind::ConnectionRefused),
+                io(std::io::ErrorKind::ConnectionReset),
+            ]
+        };
+        for (e, wrapped) in unreachable().into_iter().zip(unreachable()) {
+            // As the routes pass them: shown, or a function's error debug-printed.
+            let wrapped = forge_runtime::Error::from(wrapped);
+            for text in [
+                format!("starting job `x`: {e}"),
+                format!("function `x` failed: {wrapped:?}"),
+            ] {
+                let a = ApiError::internal(&text);
+                assert_eq!(
+                    (a.status, a.code),
+                    (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                    "{text}"
+                );
+                assert!(!a.message.contains("gone"), "{}", a.message);
+                assert!(a.correlation_id.is_some());
+            }
+        }
+        let r = ApiError::internal(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn other_errors_stay_internal() {
+        let a = ApiError::internal(sqlx::Error::RowNotFound);
+        assert_eq!(
+            (a.status, a.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        let r = a.into_response();
+        assert!(r.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
 }

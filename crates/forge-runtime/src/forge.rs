@@ -14,7 +14,7 @@ use crate::notifier::Notifier;
 use crate::queue::{self, JobRequest};
 use crate::registry;
 use crate::status::{JobStatus, WorkflowState, WorkflowStatus};
-use crate::store::{JobRow, NewJob, Store, WorkflowRow};
+use crate::store::{DatabaseConfig, JobRow, NewJob, Store, WorkflowRow};
 use crate::worker::{self, Handler, Worker, WorkerConfig};
 use crate::workflow::{self, WorkflowRequest};
 
@@ -28,7 +28,7 @@ pub struct Forge {
 }
 
 impl Forge {
-    /// Connects to `database_url` and applies migrations.
+    /// Connects to `database_url` with the default [`DatabaseConfig`] and applies migrations.
     pub async fn connect(database_url: &str) -> Result<Self, RuntimeError> {
         Self::connect_with(database_url, 20).await
     }
@@ -37,9 +37,29 @@ impl Forge {
         database_url: &str,
         max_connections: u32,
     ) -> Result<Self, RuntimeError> {
-        let store = Store::connect(database_url, max_connections).await?;
+        Self::connect_with_config(
+            database_url,
+            DatabaseConfig {
+                max_connections,
+                ..DatabaseConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with every pool setting of `config` and applies migrations.
+    pub async fn connect_with_config(
+        database_url: &str,
+        config: DatabaseConfig,
+    ) -> Result<Self, RuntimeError> {
+        let store = Store::connect_with(database_url, config).await?;
         store.migrate().await?;
         Ok(Self::from_store(store))
+    }
+
+    /// Closes the node's pools. Its LISTEN connection stays until the process ends.
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     /// Wraps a store whose migrations were applied.
@@ -63,7 +83,7 @@ impl Forge {
     pub async fn notifier(&self) -> Result<Notifier, RuntimeError> {
         let n = self
             .notifier
-            .get_or_try_init(|| Notifier::start(self.store.pool(), &[]))
+            .get_or_try_init(|| Notifier::start(&self.store, &[]))
             .await?;
         Ok(n.clone())
     }
@@ -156,7 +176,7 @@ impl Forge {
             });
         }
         let notifier = self.notifier().await?;
-        let worker = Worker::start(self.store.clone(), &notifier, config, handlers);
+        let worker = Worker::start(self.store.for_worker(), &notifier, config, handlers);
         let mut workers = self.workers.lock().unwrap();
         workers.retain(worker::Eager::is_alive);
         workers.push(worker.eager());

@@ -1,18 +1,19 @@
-//! The node's one LISTEN connection. It turns PostgreSQL notifications into typed [`Event`]s
-//! (decoded as [`crate::publish`] defines them) and broadcasts them inside the process: workers wake on new jobs and learn of cancel requests
-//! from it, and the gateway fans job and workflow updates out to its SSE sessions.
+//! The node's one LISTEN connection, checked every few seconds and replaced when it stops
+//! answering. It turns PostgreSQL notifications into typed [`Event`]s (decoded as
+//! [`crate::publish`] defines them) and broadcasts them inside the process: workers wake on new
+//! jobs and learn of cancel requests from it, and the gateway fans job and workflow updates out
+//! to its SSE sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::broadcast;
 
 use crate::publish::{
     decode_job_updates, JobUpdate, WorkflowUpdates, JOBS_AVAILABLE, JOB_UPDATES, TABLE_CHANGES,
     WORKFLOW_UPDATES,
 };
+use crate::store::{Listen, Store};
 
 /// What the notifier broadcasts.
 #[derive(Debug, Clone)]
@@ -40,21 +41,19 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts listening on the runtime's channels plus `extra_channels`, and returns once the
-    /// LISTEN is in place (so nothing sent after this returns is missed).
-    pub async fn start(pool: &PgPool, extra_channels: &[&str]) -> Result<Self, sqlx::Error> {
+    /// Starts listening on the runtime's channels plus `extra_channels`, on a connection of
+    /// its own, and returns once the LISTEN is in place (so nothing sent after this returns is
+    /// missed).
+    pub async fn start(store: &Store, extra_channels: &[&str]) -> Result<Self, sqlx::Error> {
         let mut channels = vec![JOBS_AVAILABLE, JOB_UPDATES, WORKFLOW_UPDATES, TABLE_CHANGES];
         channels.extend_from_slice(extra_channels);
         let channels: Vec<String> = channels.into_iter().map(String::from).collect();
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener
-            .listen_all(channels.iter().map(String::as_str))
-            .await?;
+        let listen = store.listen(&channels).await?;
         // Large enough to absorb bursts of batched updates; a receiver that still lags gets
         // `Lagged` and must re-read, exactly as after a reconnect.
         let (tx, _) = broadcast::channel(16_384);
         let notifier = Self { tx: tx.clone() };
-        tokio::spawn(run(listener, tx));
+        tokio::spawn(run(store.clone(), channels, listen, tx));
         Ok(notifier)
     }
 
@@ -63,56 +62,69 @@ impl Notifier {
     }
 }
 
-async fn run(mut listener: PgListener, tx: broadcast::Sender<Event>) {
+/// Passes notifications on until the connection fails or stops answering its check, then
+/// replaces it. A half-open connection (the peer gone without a FIN or RST) reports nothing
+/// by itself, so a round trip every `listener_check_interval` is what notices it: within
+/// interval + timeout, then the replacement.
+async fn run(
+    store: Store,
+    channels: Vec<String>,
+    mut listen: Listen,
+    tx: broadcast::Sender<Event>,
+) {
+    let (interval, timeout) = {
+        let c = store.config();
+        (c.listener_check_interval, c.listener_check_timeout)
+    };
     loop {
-        match listener.try_recv().await {
-            Ok(Some(n)) => {
-                if let Some(event) = parse(n.channel(), n.payload()) {
-                    // An error only means nobody is subscribed right now.
-                    let _ = tx.send(event);
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = listen.recv() => match received {
+                    Ok(Some(n)) => {
+                        if let Some(event) = parse(n.channel(), n.payload()) {
+                            // An error only means nobody is subscribed right now.
+                            let _ = tx.send(event);
+                        }
+                    }
+                    // A closed connection is `Ok(None)`, a failed read an error.
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection error; reconnecting");
+                        break;
+                    }
+                },
+                _ = check.tick() => {
+                    if let Err(e) = listen.check(timeout).await {
+                        tracing::warn!(error = %e, "LISTEN connection did not answer its check; replacing it");
+                        break;
+                    }
                 }
             }
-            // `try_recv` reports a closed connection as `Ok(None)`, a failed read as an error.
-            Ok(None) => {
-                tracing::warn!("LISTEN connection lost; reconnecting");
-                reconnect(&mut listener, &tx).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection error; reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                reconnect(&mut listener, &tx).await;
-            }
         }
+        listen = reconnect(&store, &channels).await;
+        tracing::info!("LISTEN connection re-established");
+        // Only now, after the new connection confirmed its LISTEN: a receiver's re-read
+        // sees everything a notification it missed would have told it.
+        let _ = tx.send(Event::Reconnected);
     }
 }
 
-/// Re-establishes the LISTEN connection here rather than inside the next `try_recv`, which
-/// would block waiting for a notification once it is back: `Reconnected` must go out as soon as
-/// the database answers again, on a quiet system too, so that receivers re-read at once.
-async fn reconnect(listener: &mut PgListener, tx: &broadcast::Sender<Event>) {
-    while let Err(e) = reconnect_probe(listener).await {
-        tracing::warn!(error = %e, "LISTEN reconnect failed; still trying");
-    }
-    tracing::info!("LISTEN connection re-established");
-    let _ = tx.send(Event::Reconnected);
-}
-
-/// Any command on a `PgListener` whose connection is gone reconnects and re-issues every
-/// LISTEN first; UNLISTEN of a channel nobody listens on is that command without side effects.
-/// Gives up (for the caller to log and call again) after about six seconds of attempts.
-async fn reconnect_probe(listener: &mut PgListener) -> Result<(), sqlx::Error> {
+/// Opens new LISTEN connections until one is confirmed, backing off up to 5 s between
+/// attempts.
+async fn reconnect(store: &Store, channels: &[String]) -> Listen {
     let mut delay = Duration::from_millis(50);
     loop {
-        match listener.unlisten("forge_reconnect_probe").await {
-            Ok(()) => return Ok(()),
-            Err(e) if delay < Duration::from_secs(5) => {
-                tracing::debug!(error = %e, "LISTEN reconnect attempt failed");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+        match store.listen(channels).await {
+            Ok(listen) => return listen,
             Err(e) => {
+                tracing::warn!(error = %e, "LISTEN reconnect failed; still trying");
                 tokio::time::sleep(delay).await;
-                return Err(e);
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -80,9 +80,9 @@ pub use forge_runtime::workflow;
 // configuration. The engine's internals (store, worker, registry, notifier) stay in
 // `forge-runtime`, for Forge's own crates; they are not API.
 pub use forge_runtime::{
-    error, function, queue, status, EnqueueOptions, Error, ErrorKind, Forge, JobContext,
-    JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, Result, ResultExt,
-    User, Worker, WorkerConfig,
+    error, function, queue, status, DatabaseConfig, EnqueueOptions, Error, ErrorKind, Forge,
+    JobContext, JobRequest, JobState, JobStatus, MutationContext, QueryContext, Refusal, Result,
+    ResultExt, RetentionConfig, User, Worker, WorkerConfig,
 };
 pub use forge_runtime::{
     StepStatus, WorkflowContext, WorkflowRequest, WorkflowState, WorkflowStatus,

@@ -454,8 +454,14 @@ async fn grabs_the_pool(ctx: &JobContext) -> Result<()> {
 async fn a_job_cancelled_while_claimed_by_a_worker_is_dropped_by_it_and_never_started() {
     let db = TestDb::new().await;
     let forge = connect(&db).await;
-    // Two connections: the LISTEN one, and the one the handler takes.
-    let node = Forge::connect_with(&db.url, 2).await.unwrap();
+    // One connection, shared by the worker and the handler (a pool the caller brings serves
+    // both): the handler takes it, so the worker's `running` write waits.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let node = Forge::from_store(forge_runtime::store::Store::new(pool));
     let worker = node
         .start_worker(WorkerConfig {
             concurrency: 1,

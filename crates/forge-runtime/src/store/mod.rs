@@ -2,9 +2,11 @@
 //! here (in the manner of River's driver interface) and never write SQL themselves.
 
 mod jobs;
+mod listen;
 mod migrate;
 mod realtime;
 mod schedules;
+mod retention;
 mod transactions;
 mod workflows;
 
@@ -12,9 +14,11 @@ pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, HeldClaim, HeldEnd, HeldWrite,
     JobRow, NewJob, ProgressWrite, StartWrite, UpdateBatch,
 };
+pub use listen::Listen;
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
 pub use schedules::*;
+pub use retention::Finished;
 pub use workflows::{
     cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
     take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
@@ -22,37 +26,151 @@ pub use workflows::{
     WorkflowWrite, WriteOutcome, WORKFLOW_JOB_ATTEMPTS, WORKFLOW_JOB_PREFIX,
 };
 
+use std::time::Duration;
+
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::error::RuntimeError;
 
-/// The database behind one node: a pool and the operations on it.
+/// Where a node's connections go, and how long work waits for one.
+///
+/// A node has three kinds of connections, so that request load cannot starve the work that
+/// keeps jobs alive: the request pool (queries, mutations, live queries, enqueues, and the
+/// queries job handlers make through `ctx.db()`), the internal pool (claims, the writer's
+/// batches, lease renewal, the reaper, retention), and one LISTEN connection of its own.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Size of the request pool.
+    pub max_connections: u32,
+    /// How long a request waits for a connection of the request pool. Short, so that a
+    /// database that is down (or a pool that is saturated) is answered `503 unavailable` in
+    /// seconds rather than after sqlx's default of 30 s.
+    pub acquire_timeout: Duration,
+    /// Size of the internal pool.
+    pub internal_connections: u32,
+    /// How long the worker's own work waits for an internal connection; it retries after.
+    pub internal_acquire_timeout: Duration,
+    /// How often the LISTEN connection is checked with a round trip (a half-open connection
+    /// delivers nothing and reports no error by itself).
+    pub listener_check_interval: Duration,
+    /// How long that round trip, and each attempt to open the LISTEN connection, may take
+    /// before the connection is given up and replaced.
+    pub listener_check_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 20,
+            acquire_timeout: Duration::from_secs(2),
+            internal_connections: 6,
+            internal_acquire_timeout: Duration::from_secs(5),
+            listener_check_interval: Duration::from_secs(5),
+            listener_check_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The database behind one node: its pools and the operations on them.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// What this store's operations run on: the request pool, or for the worker's view
+    /// ([`Store::for_worker`]) the internal pool.
     pool: PgPool,
+    /// The request pool, whatever the view.
+    requests: PgPool,
+    internal: PgPool,
+    /// Shared and behind one pointer: a `Store` is cloned into every query's context.
+    settings: std::sync::Arc<Settings>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    /// For the LISTEN connections.
+    options: PgConnectOptions,
+    config: DatabaseConfig,
 }
 
 impl Store {
+    /// Wraps a pool brought by the caller, which then serves everything: requests and the
+    /// worker's own work alike (no internal pool: the caller decided how many connections
+    /// there are). The LISTEN connection uses its connect options.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let options = (*pool.connect_options()).clone();
+        Self::assemble(pool.clone(), pool, options, DatabaseConfig::default())
     }
 
-    /// Opens a pool on `url`.
+    /// Opens a request pool of `max_connections` on `url`, the rest as the defaults.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, RuntimeError> {
+        Self::connect_with(
+            url,
+            DatabaseConfig {
+                max_connections,
+                ..DatabaseConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens the pools on `url` as `config` says. Fails if the database does not answer.
+    pub async fn connect_with(url: &str, config: DatabaseConfig) -> Result<Self, RuntimeError> {
         let opts: PgConnectOptions =
             url.parse().map_err(|e: sqlx::Error| RuntimeError::Config {
                 field: "database_url",
                 message: e.to_string(),
             })?;
+        let opts = with_keepalive(opts);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(opts.application_name("forge"))
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(opts.clone().application_name("forge"))
             .await?;
-        Ok(Self { pool })
+        let internal = PgPoolOptions::new()
+            .max_connections(config.internal_connections)
+            .acquire_timeout(config.internal_acquire_timeout)
+            .connect_lazy_with(opts.clone().application_name("forge-internal"));
+        Ok(Self::assemble(pool, internal, opts, config))
     }
 
+    fn assemble(
+        requests: PgPool,
+        internal: PgPool,
+        options: PgConnectOptions,
+        config: DatabaseConfig,
+    ) -> Self {
+        Self {
+            pool: requests.clone(),
+            requests,
+            internal,
+            settings: std::sync::Arc::new(Settings { options, config }),
+        }
+    }
+
+    /// The same store whose operations run on the internal pool: what a worker uses, so that
+    /// its claims, writes and lease renewals never wait behind requests. [`pool`](Self::pool)
+    /// stays the request pool (job handlers' queries are the application's work).
+    pub fn for_worker(&self) -> Self {
+        Self {
+            pool: self.internal.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The request pool: what queries, mutations and job handlers use.
+    // Not the `pool` field on purpose: that one is what this view's operations run on.
+    #[allow(clippy::misnamed_getters)]
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.requests
+    }
+
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.settings.config
+    }
+
+    /// Closes every pool of this node (the LISTEN connection ends with the notifier).
+    pub async fn close(&self) {
+        self.requests.close().await;
+        self.internal.close().await;
     }
 
     /// Applies the embedded migrations that are not applied yet.
@@ -92,4 +210,16 @@ pub fn refused_data(e: &sqlx::Error) -> Option<String> {
         _ => return Some(format!("SQLSTATE {code}")),
     };
     Some(name.into())
+}
+
+/// PostgreSQL's own TCP keepalive settings, sent with every connection. sqlx offers no
+/// client-side keepalive (the LISTEN connection is checked with round trips instead), but with
+/// these the server drops the sessions of a node that vanished without a FIN (and releases
+/// their locks and held claims) after about 40 s instead of the kernel's two hours.
+fn with_keepalive(opts: PgConnectOptions) -> PgConnectOptions {
+    opts.options([
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "6"),
+    ])
 }

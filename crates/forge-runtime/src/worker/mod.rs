@@ -64,6 +64,7 @@ use self::context::CancelSignal;
 use self::writer::Writer;
 use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::maintenance::{self, RetentionConfig};
 use crate::notifier::Notifier;
 use crate::store::{ClaimedJob, Finish, ProgressWrite, StartWrite, Store};
 
@@ -88,6 +89,8 @@ pub struct WorkerConfig {
     pub cancel_grace: Duration,
     /// How long shutdown waits for running jobs before interrupting them.
     pub shutdown_grace: Duration,
+    /// Deleting old finished jobs and workflows, which every worker node takes part in.
+    pub retention: RetentionConfig,
 }
 
 impl Default for WorkerConfig {
@@ -102,6 +105,7 @@ impl Default for WorkerConfig {
             reap_interval: Duration::from_secs(5),
             cancel_grace: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -254,6 +258,10 @@ impl Worker {
             tokio::spawn(leases::heartbeat_loop(shared.clone())),
             tokio::spawn(leases::fence_loop(shared.clone())),
             tokio::spawn(leases::reap_loop(shared.clone())),
+            tokio::spawn(maintenance::retention_loop(
+                shared.store.clone(),
+                shared.config.retention.clone(),
+            )),
         ];
         Worker { shared, tasks }
     }

@@ -1,0 +1,88 @@
+//! While the database is unreachable (a TCP proxy between the node and PostgreSQL refuses and
+//! resets every connection), calls answer `503 unavailable` with `Retry-After` within a couple
+//! of seconds, without the database's words; once it is back, they work again.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use forge::prelude::*;
+use forge_gateway::{Gateway, GatewayConfig};
+use forge_test_support::proxy::Proxy;
+use forge_test_support::{wait_for, TestDb};
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+
+const SECRET: &[u8] = b"unavailable-test-secret-unavailable";
+
+#[forge::query(public)]
+async fn down_count(ctx: &QueryContext) -> Result<i64> {
+    let mut db = ctx.db().await?;
+    Ok(sqlx::query_scalar("SELECT count(*) FROM forge.jobs")
+        .fetch_one(&mut *db)
+        .await?)
+}
+
+#[forge::job(public)]
+async fn down_job(_ctx: &JobContext) -> Result<()> {
+    Ok(())
+}
+
+async fn call(http: &reqwest::Client, base: &str, f: &str) -> (u16, Option<String>, Value) {
+    let res = http
+        .post(format!("{base}/_api/rpc/{f}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn calls_answer_503_within_seconds_while_the_database_is_unreachable() {
+    let db = TestDb::new().await;
+    let opts = PgConnectOptions::from_str(&db.url).unwrap();
+    let upstream = format!("{}:{}", opts.get_host(), opts.get_port());
+    let addr = tokio::net::lookup_host(upstream.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(addr).await.unwrap();
+    let url = db.url.replacen(&upstream, &proxy.addr().to_string(), 1);
+    let forge = Forge::connect(&url).await.unwrap();
+    let gateway = Gateway::new(&forge, GatewayConfig::new(SECRET))
+        .await
+        .unwrap();
+    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let http = reqwest::Client::new();
+    assert_eq!(call(&http, &base, "down_count").await.0, 200);
+
+    proxy.refuse();
+    for f in ["down_count", "down_job"] {
+        let t0 = Instant::now();
+        let (status, retry, body) = call(&http, &base, f).await;
+        let took = t0.elapsed();
+        assert_eq!(status, 503, "{f}: {body}");
+        assert_eq!(retry.as_deref(), Some("1"), "{f}");
+        assert_eq!(body["error"]["code"], "unavailable", "{f}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            "the database is unreachable; try again shortly"
+        );
+        assert!(body["error"]["correlationId"].is_string());
+        assert!(took < Duration::from_secs(3), "{f} answered after {took:?}");
+    }
+
+    proxy.heal();
+    wait_for("calls to work again", Duration::from_secs(10), || async {
+        (call(&http, &base, "down_count").await.0 == 200).then_some(())
+    })
+    .await;
+}
