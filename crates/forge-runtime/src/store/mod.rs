@@ -5,8 +5,8 @@ mod jobs;
 mod listen;
 mod migrate;
 mod realtime;
-mod schedules;
 mod retention;
+mod schedules;
 mod transactions;
 mod workflows;
 
@@ -17,8 +17,8 @@ pub use jobs::{
 pub use listen::Listen;
 pub use migrate::MIGRATIONS;
 pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
-pub use schedules::*;
 pub use retention::Finished;
+pub use schedules::*;
 pub use workflows::{
     cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
     take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
