@@ -213,7 +213,11 @@ pub(crate) async fn clear_cookie() -> Response {
 }
 
 fn cookie_response(cookie: &str) -> Response {
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie.to_string())]).into_response()
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, cookie.to_string())],
+    )
+        .into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
