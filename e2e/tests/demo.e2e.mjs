@@ -298,7 +298,7 @@ describe("the demo page", { timeout: 10 * 60_000 }, () => {
       const res = await fetch(`${demo.url}/_api/rpc/send_report`, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-        body: JSON.stringify({ reportId: 42, alwaysFail: false }),
+        body: JSON.stringify({ reportId: "q4-2024" }),
       });
       assert.equal(res.status, 200);
       const { data } = await res.json();
@@ -316,10 +316,7 @@ describe("the demo page", { timeout: 10 * 60_000 }, () => {
     await keepEvidence("ownership", () => [alice, bob].filter(Boolean), async () => {
       const exportId = await alice.page.evaluate(() => localStorage.getItem("forge-demo:alice:export"));
       const aliceToken = (await session(alice.page)).token;
-      const link = await rpc("export_download_link", { jobId: exportId }, aliceToken);
-      assert.equal(link.status, 200);
-      const path = new URL(link.data, demo.url).pathname;
-      assert.ok(path.includes(exportId), path);
+      const path = `/downloads/${exportId}.csv`;
 
       bob = await newPage(browser, demo.url);
       await signIn(bob.page, "bob");
@@ -333,17 +330,89 @@ describe("the demo page", { timeout: 10 * 60_000 }, () => {
       await screenshot(bob.page, "15-second-user-not-found");
 
       const bobToken = (await session(bob.page)).token;
-      assert.equal((await rpc("export_download_link", { jobId: exportId }, bobToken)).status, 404);
       const get = async (url, token) =>
         (await fetch(`${demo.url}${url}`, { headers: token ? { authorization: `Bearer ${token}` } : {} })).status;
       assert.equal(await get(path, bobToken), 404);
       assert.equal(await get(path, aliceToken), 200);
       assert.equal(await get(path), 401);
-      // A link opens its one file; its token is no session.
-      assert.equal(await get(link.data), 200);
-      const linkToken = new URL(link.data, demo.url).searchParams.get("token");
-      assert.equal((await rpc("recent_jobs", { limit: 5 }, linkToken)).status, 401);
+      // The browsers' download cookies: Alice's opens her file, Bob's does not; no script sees it.
+      assert.equal((await alice.context.request.get(path)).status(), 200);
+      assert.equal((await bob.context.request.get(path)).status(), 404);
+      assert.equal(await alice.page.evaluate(() => document.cookie), "");
     });
     await bob?.context.close();
+  });
+
+  it("runs the documentation's JS-only export component: the plain link downloads for its owner only", { timeout: TEST_TIMEOUT }, async () => {
+    let bob;
+    await keepEvidence("doc-export", () => [alice, bob].filter(Boolean), async () => {
+      const { page } = alice;
+      await page.goto("/examples.html");
+      await waitFor("the export to complete", async () => (await status(page, "doc-export")) === "completed", { timeout: 60_000 });
+      const link = page.locator("[data-testid=doc-export-download]");
+      const href = await link.getAttribute("href");
+      assert.doesNotMatch(href, /token|\?/, `no token in the link: ${href}`);
+      await screenshot(page, "16-doc-export-completed");
+      const [download] = await Promise.all([page.waitForEvent("download"), link.click()]);
+      const lines = readFileSync(await download.path(), "utf8").trimEnd().split("\n");
+      assert.equal(lines.length, 20_001, "20,000 rows and a header");
+
+      // The same link in Bob's browser (his own download cookie) gets nothing.
+      bob = await newPage(browser, demo.url);
+      await signIn(bob.page, "bob");
+      const res = await bob.context.request.get(href);
+      assert.equal(res.status(), 404);
+      assert.doesNotMatch(await res.text(), /^id,name/);
+    });
+    await bob?.context.close();
+  });
+
+  it("runs the documentation's JS-only report component: completed, or retry then dead_letter", { timeout: TEST_TIMEOUT }, async () => {
+    await keepEvidence("doc-report", pages, async () => {
+      const { page } = alice;
+      await page.goto("/examples.html?example=report");
+      await page.click("[data-testid=doc-report-start]");
+      await untilStatus(page, "doc-report-status", "completed");
+      assert.match(await attr(page, "doc-report-status", "data-seen"), /\bretry\b.*\bcompleted$/);
+      assert.match(await page.locator("[data-testid=doc-report]").textContent(), /Send report q4-2024/);
+
+      await page.goto("/examples.html?example=report&alwaysFail");
+      await page.click("[data-testid=doc-report-start]");
+      await untilStatus(page, "doc-report-status", "dead_letter");
+      assert.match(await attr(page, "doc-report-status", "data-seen"), /\bretry\b.*\bdead_letter$/);
+      await screenshot(page, "17-doc-report-dead-letter");
+    });
+  });
+
+  it("re-attaches a keyed export to the same job after a reload, and a second tab too", { timeout: TEST_TIMEOUT }, async () => {
+    await keepEvidence("doc-reload", pages, async () => {
+      const { page, context } = alice;
+      const url = "/examples.html?key=reload-test";
+      await page.goto(url);
+      const id = await waitFor("the keyed export's id", async () => attr(page, "doc-export", "data-job-id"));
+      const percent = async (p) => Number(await attr(p, "doc-export-percent", "data-percent"));
+      await waitFor("the keyed export past 10%", async () => (await percent(page)) > 10, { timeout: 30_000 });
+      const before = await percent(page);
+      await page.reload();
+      await waitFor("the reloaded page to show progress", async () => (await percent(page)) >= before, { timeout: 10_000 });
+      assert.equal(await attr(page, "doc-export", "data-job-id"), id, "the reload follows the same job");
+      await screenshot(page, "18-doc-export-reattached");
+
+      // A second tab has no sessionStorage of its own: the server's idempotency key gives it
+      // the same job.
+      const tab = await context.newPage();
+      await tab.goto(url);
+      await waitFor("the second tab's job id", async () => attr(tab, "doc-export", "data-job-id"));
+      assert.equal(await attr(tab, "doc-export", "data-job-id"), id);
+      await tab.close();
+
+      await waitFor("the keyed export to complete", async () => (await status(page, "doc-export")) === "completed", {
+        timeout: 60_000,
+      });
+      assert.equal(await attr(page, "doc-export", "data-job-id"), id);
+      const { token } = await session(page);
+      const exports = (await rpc("recent_jobs", { limit: 50 }, token)).data.filter((j) => j.id === id);
+      assert.equal(exports.length, 1);
+    });
   });
 });

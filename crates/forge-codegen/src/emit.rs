@@ -22,6 +22,7 @@ const CORE_IMPORTS: &[&str] = &[
     "startJob",
     "startWorkflow",
     "ForgeClient",
+    "TrackOptions",
 ];
 
 /// What the React hooks may import from `@forge/react`.
@@ -269,8 +270,15 @@ pub(crate) fn api_ts(api: &Api, command: &str, adapter: Adapter) -> Result<Strin
         .copied()
         .collect();
     if !core.is_empty() {
+        let starts = api
+            .functions
+            .iter()
+            .any(|f| matches!(f.kind, Kind::Job | Kind::Workflow));
         let mut list: Vec<&str> = core.into_iter().collect();
         list.push("type ForgeClient");
+        if starts {
+            list.push("type TrackOptions");
+        }
         out.push('\n');
         out.push_str(&import(&list, "@forge/client"));
     }
@@ -407,13 +415,20 @@ fn function(f: &Function, adapter: Adapter) -> String {
                 _ => ("workflow", "Workflow"),
             };
             let id = format!("{what}Id");
+            let track_params = [
+                hook_params.clone(),
+                vec!["options?: ForgeClient | TrackOptions".to_string()],
+            ]
+            .concat();
             out.push_str(&export_const(
                 &with_notes(format!(
-                    "Starts the `{fname}` {what} and returns a store that follows it."
+                    "Starts the `{fname}` {what} and returns a store that follows it; with \
+                     `{{ key }}`, follows the run started under that key in this tab session \
+                     instead of starting another."
                 )),
                 &exports[0],
-                &params,
-                &format!("start{noun}<{args_ty}, {output}>(\"{fname}\", {args}, client)"),
+                &track_params,
+                &format!("start{noun}<{args_ty}, {output}>(\"{fname}\", {args}, options)"),
             ));
             out.push_str(&export_const(
                 &short(format!(

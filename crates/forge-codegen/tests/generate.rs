@@ -170,9 +170,10 @@ export interface QueryTracker<O> {
 }
 export declare class ForgeClient { private readonly brand: true }
 export declare function createForgeClient(): ForgeClient;
-export declare function startJob<A, O>(fn: string, args: A, client?: ForgeClient): JobTracker<O>;
+export interface TrackOptions { key?: string; client?: ForgeClient }
+export declare function startJob<A, O>(fn: string, args: A, options?: ForgeClient | TrackOptions): JobTracker<O>;
 export declare function followJob<O>(jobId: string, client?: ForgeClient): JobTracker<O>;
-export declare function startWorkflow<A, O>(fn: string, args: A, client?: ForgeClient): WorkflowTracker<O>;
+export declare function startWorkflow<A, O>(fn: string, args: A, options?: ForgeClient | TrackOptions): WorkflowTracker<O>;
 export declare function followWorkflow<O>(workflowId: string, client?: ForgeClient): WorkflowTracker<O>;
 export declare function liveQuery<A, O>(fn: string, args: A, client?: ForgeClient): QueryTracker<O>;
 export declare function callFunction<A, O>(fn: string, args: A, client?: ForgeClient): Promise<O>;
@@ -220,8 +221,13 @@ const client = createForgeClient();
 trackExportUsers({ format: "json" }, client).unsubscribe();
 followExportUsers("j", client).unsubscribe();
 trackNightlyCleanup(client).cancel();
-// @ts-expect-error: not a client
-trackNightlyCleanup({});
+// @ts-expect-error: neither a client nor track options
+trackNightlyCleanup({ keys: "k" });
+// Reload-safe: a key, with or without a client.
+trackExportUsers({ format: "csv" }, { key: "export-1" }).unsubscribe();
+trackNightlyCleanup({ key: "nightly", client }).cancel();
+// @ts-expect-error: a key is a string
+trackExportUsers({ format: "csv" }, { key: 1 });
 trackAccountVerification({ userId: "u" }).subscribe((s) => {
   const done: void | null = s.output;
   void done;

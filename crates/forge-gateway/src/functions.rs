@@ -153,6 +153,39 @@ pub(crate) struct Call {
     pub(crate) function: String,
     pub(crate) args: Value,
     pub(crate) follow: Option<Follow>,
+    /// A job or workflow call's key: a second start under the same key by the same user
+    /// returns the first one instead of starting another.
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// The longest `idempotencyKey` a call may carry.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The stored idempotency key of a call's `key`: scoped to the caller and the function, so
+/// that one user's key can never return another user's job (the stored keys share one index).
+fn scoped_key(
+    function: &str,
+    identity: Option<&Identity>,
+    key: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::invalid_args(
+            "idempotencyKey",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    let Some(identity) = identity else {
+        return Err(ApiError::unauthenticated(
+            "`idempotencyKey` needs a signed-in caller: keys are kept per user",
+        ));
+    };
+    // The user id is length-prefixed, so no choice of key can reach another user's keys.
+    Ok(Some(format!(
+        "rpc:{}:{}:{function}:{key}",
+        identity.user_id.len(),
+        identity.user_id
+    )))
 }
 
 /// Calls functions for the gateway's routes. Cheap to clone.
@@ -186,7 +219,19 @@ impl Caller {
         call: Call,
     ) -> Result<Value, ApiError> {
         let f = self.resolve(&call.function, identity)?;
-        if call.follow.is_some() && !matches!(f, Function::Job(_) | Function::Workflow(_)) {
+        let startable = matches!(f, Function::Job(_) | Function::Workflow(_));
+        if call.idempotency_key.is_some() && !startable {
+            return Err(ApiError::invalid_args(
+                "idempotencyKey",
+                format!(
+                    "only a job or workflow start takes a key; `{}` is a {}",
+                    f.name(),
+                    f.kind()
+                ),
+            ));
+        }
+        let key = scoped_key(f.name(), identity, call.idempotency_key)?;
+        if call.follow.is_some() && !startable {
             return Err(ApiError::invalid_args(
                 "follow",
                 format!(
@@ -236,14 +281,14 @@ impl Caller {
                 }
             }
             Function::Job(def) => {
-                let start = self.start_job(def, identity, call.args, call.follow);
+                let start = self.start_job(def, identity, call.args, call.follow, key);
                 match tokio::time::timeout(timeout, start).await {
                     Ok(out) => out,
                     Err(_) => Err(timed_out(def.name, timeout)),
                 }
             }
             Function::Workflow(def) => {
-                let start = self.start_workflow(def, identity, call.args, call.follow);
+                let start = self.start_workflow(def, identity, call.args, call.follow, key);
                 match tokio::time::timeout(timeout, start).await {
                     Ok(out) => out,
                     Err(_) => Err(timed_out(def.name, timeout)),
@@ -261,10 +306,14 @@ impl Caller {
         identity: Option<&Identity>,
         args: Value,
         follow: Option<Follow>,
+        key: Option<String>,
     ) -> Result<Value, ApiError> {
         let mut req = WorkflowRequest::<Value>::new(def.name, args);
         if let Some(i) = identity {
             req = req.owner(i.user_id.clone());
+        }
+        if let Some(key) = key {
+            req = req.idempotency_key(key);
         }
         let start_error = |e| match e {
             StartError::InvalidArgs(e) => args_error(e),
@@ -303,10 +352,14 @@ impl Caller {
         identity: Option<&Identity>,
         args: Value,
         follow: Option<Follow>,
+        key: Option<String>,
     ) -> Result<Value, ApiError> {
         let mut req = JobRequest::<Value>::new(def.name, args);
         if let Some(i) = identity {
             req = req.owner(i.user_id.clone());
+        }
+        if let Some(key) = key {
+            req = req.idempotency_key(key);
         }
         let job = req.prepare().map_err(|e| enqueue_error(def.name, e))?;
         let follow = follow

@@ -50,6 +50,7 @@ async fn call_named(
         function,
         args,
         follow: None,
+        idempotency_key: None,
     };
     let data = s.caller.call(identity.as_ref(), call).await?;
     Ok(json_response(&json!({ "data": data })))
@@ -64,6 +65,7 @@ struct Envelope {
     #[serde(default)]
     args: Value,
     follow: Option<Follow>,
+    idempotency_key: Option<String>,
 }
 
 fn envelope(value: Value) -> Result<Call, ApiError> {
@@ -78,10 +80,11 @@ fn envelope(value: Value) -> Result<Call, ApiError> {
         function: e.function,
         args: e.args,
         follow: e.follow,
+        idempotency_key: e.idempotency_key,
     })
 }
 
-/// `POST /_api/rpc`: `{ "fn", "args", "follow"? }`.
+/// `POST /_api/rpc`: `{ "fn", "args", "follow"?, "idempotencyKey"? }`.
 async fn call(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -1270,3 +1270,61 @@ async fn a_half_sent_header_is_cut_off_after_the_header_read_timeout() {
     let (status, _) = s.get("/_api/health").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_start_with_an_idempotency_key_starts_once_per_user_and_function() {
+    let s = server().await;
+    let start = |user: &'static str, function: &'static str, key: Value| {
+        let s = &s;
+        async move {
+            let body = json!({ "fn": function, "args": { "n": 1 }, "idempotencyKey": key });
+            s.post("/_api/rpc", Some(&token(user, &[], 3600)), body)
+                .await
+        }
+    };
+    let id = |body: &Value| body["data"]["jobId"].as_str().unwrap().to_string();
+
+    let (status, first) = start("alice", "rpc_job", json!("export-1")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = start("alice", "rpc_job", json!("export-1")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(id(&again), id(&first), "the same key gives the same job");
+    assert_eq!(s.jobs_named("rpc_job").await, 1);
+
+    // Another user's key of the same text is another job: keys are kept per user.
+    let (_, bobs) = start("bob", "rpc_job", json!("export-1")).await;
+    assert_ne!(id(&bobs), id(&first));
+    let (_, other) = start("alice", "rpc_job", json!("export-2")).await;
+    assert_ne!(id(&other), id(&first));
+    assert_eq!(s.jobs_named("rpc_job").await, 3);
+
+    // Workflows take keys too.
+    let (_, wf1) = start("alice", "rpc_flow", json!("flow-1")).await;
+    let (_, wf2) = start("alice", "rpc_flow", json!("flow-1")).await;
+    assert_eq!(
+        wf1["data"]["workflowId"], wf2["data"]["workflowId"],
+        "{wf2}"
+    );
+
+    let (status, body) = start("alice", "rpc_job", json!("")).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, ("invalid_args", Some("idempotencyKey")))
+    );
+    let (status, body) = start("alice", "rpc_job", json!("k".repeat(201))).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, ("invalid_args", Some("idempotencyKey")))
+    );
+    let body =
+        json!({ "fn": "rpc_echo", "args": { "text": "a", "times": 1 }, "idempotencyKey": "q" });
+    let (status, body) = s.post("/_api/rpc", Some(&alice()), body).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, ("invalid_args", Some("idempotencyKey")))
+    );
+    let body = json!({ "fn": "rpc_public_job", "args": {}, "idempotencyKey": "anon" });
+    let (status, body) = s.post("/_api/rpc", None, body).await;
+    assert_eq!((status, code(&body).0), (401, "unauthenticated"), "{body}");
+    assert_eq!(s.jobs_named("rpc_job").await, 3);
+}

@@ -7,6 +7,7 @@ mod job;
 mod query;
 mod runnable;
 mod signature;
+mod steps;
 mod workflow;
 
 use proc_macro::TokenStream;

@@ -6,7 +6,7 @@ use syn::ItemFn;
 
 use crate::attr::{self, AccessOpt};
 use crate::runnable::{self, Kind};
-use crate::signature;
+use crate::{signature, steps};
 
 struct Options {
     steps: Vec<String>,
@@ -45,7 +45,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let func: ItemFn = syn::parse2(item)?;
     let sig = signature::parse(&func, "workflow", "WorkflowContext")?;
 
-    let steps = &opts.steps;
+    // Declared steps win: they may name steps the body reaches in ways the macro cannot read.
+    let steps = if opts.steps.is_empty() {
+        steps::literal_step_names(&func.block)
+    } else {
+        opts.steps
+    };
+    let steps = &steps;
     let queue = &opts.queue;
     let access = opts.access.tokens();
     let options = quote! {

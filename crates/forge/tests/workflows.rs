@@ -306,6 +306,38 @@ async fn dynamic_steps_appear_in_the_order_they_ran() {
     worker.shutdown().await;
 }
 
+/// No `steps = [...]`: the macro reads the literal step names (and event waits) from the body,
+/// so every step is listed from the start.
+#[forge::workflow]
+async fn undeclared_steps(ctx: &WorkflowContext) -> Result<()> {
+    ctx.step("first", || async { Ok(()) }).await?;
+    let _: serde_json::Value = ctx.wait_for_event("go", Duration::from_secs(60)).await?;
+    ctx.step("last", || async { Ok(()) }).await
+}
+
+#[tokio::test]
+async fn steps_named_by_literals_are_listed_from_the_start_without_a_declaration() {
+    let (_db, forge, worker) = setup().await;
+    let id = forge
+        .start_workflow(undeclared_steps::request())
+        .await
+        .unwrap();
+    let at_start = forge.workflow_state(id).await.unwrap().unwrap();
+    let names: Vec<_> = at_start.steps.iter().map(|st| st.name.as_str()).collect();
+    assert_eq!(names, ["first", "go", "last"]);
+    let s = wait_status(&forge, id, WorkflowStatus::Waiting).await;
+    assert_eq!(
+        steps(&s),
+        vec![
+            ("first", StepStatus::Completed),
+            ("go", StepStatus::Running),
+            ("last", StepStatus::Pending),
+        ]
+    );
+    forge.cancel_workflow(id, None).await.unwrap();
+    worker.shutdown().await;
+}
+
 /// Two steps run at once; their order in the history is the order the body asked for them.
 #[forge::workflow]
 async fn fan_out(ctx: &WorkflowContext) -> Result<u32> {
@@ -621,7 +653,9 @@ async fn sleep_suspends_durably_and_resumes_when_due() {
         steps(&s),
         vec![
             ("before", StepStatus::Completed),
-            ("nap", StepStatus::Running)
+            ("nap", StepStatus::Running),
+            // Listed from the start: the macro read its literal name from the body.
+            ("after", StepStatus::Pending),
         ]
     );
     // No worker holds a waiting workflow.

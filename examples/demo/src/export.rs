@@ -2,10 +2,10 @@
 //! progress and honouring cancellation; and the route that hands the file to its owner.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use forge::prelude::*;
@@ -49,7 +49,8 @@ impl ExportFormat {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ExportResult {
-    /// Where the file is: only the user who started the export may download it.
+    /// Where the file is, for a plain link: only the user who started the export gets it
+    /// (the page's download cookie says who follows the link).
     pub download_url: String,
     /// Rows exported (the header line not counted).
     pub rows: u32,
@@ -167,112 +168,88 @@ fn export_path(dir: &Path, job_id: Uuid, format: ExportFormat) -> PathBuf {
     dir.join(format!("{job_id}.{}", format.extension()))
 }
 
-/// The audience of download links. The gateway refuses tokens that name one, so a link's
-/// token cannot be used as a session.
-const LINK_AUDIENCE: &str = "forge-demo-download";
-/// How long a download link works.
-const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
+/// The cookie that lets a plain `<a href={downloadUrl}>` download: set on sign-in, sent only
+/// with requests under `/downloads`, never readable by the page's scripts.
+const COOKIE: &str = "forge_demo_downloads";
 
-/// What a download link's token says: who may fetch which file, until when.
-#[derive(Serialize, Deserialize)]
-struct LinkClaims {
-    sub: String,
-    aud: String,
-    exp: u64,
-    file: String,
-}
-
-/// A link to the caller's finished export `job_id`, for a plain `<a href>` or a navigation
-/// (which cannot send an `Authorization` header): its `?token=` opens that one file, for five
-/// minutes. Anyone but the owner of a completed export gets 404, as for an unknown id.
-#[forge::mutation]
-pub(crate) async fn export_download_link(ctx: &MutationContext, job_id: Uuid) -> Result<String> {
-    let user = ctx.user().expect("not public, so signed in");
-    let output: Option<Option<serde_json::Value>> = {
-        let mut db = ctx.db().await?;
-        sqlx::query_scalar(
-            "SELECT output FROM forge.jobs \
-             WHERE id = $1 AND owner = $2 AND function_name = 'export_users' \
-               AND status = 'completed'",
-        )
-        .bind(job_id)
-        .bind(&user.id)
-        .fetch_optional(&mut *db)
-        .await?
-    };
-    let result: ExportResult = output
-        .flatten()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| Error::not_found("no finished export of yours has this id"))?;
-    let file = result
-        .download_url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(Error::msg)?
-        .saturating_add(LINK_LIFETIME)
-        .as_secs();
-    let claims = LinkClaims {
-        sub: user.id.clone(),
-        aud: LINK_AUDIENCE.into(),
-        exp,
-        file,
-    };
-    let key = jsonwebtoken::EncodingKey::from_secret(settings::get().jwt_secret.as_bytes())
-        .map_err(Error::msg)?;
-    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
-        .map_err(Error::msg)?;
-    Ok(format!("{}?token={token}", result.download_url))
-}
-
-/// The user a download link's token lets fetch `file`.
-fn link_user(token: &str, file: &str) -> Result<String, ApiError> {
-    let key = jsonwebtoken::DecodingKey::from_secret(settings::get().jwt_secret.as_bytes())
-        .map_err(ApiError::internal)?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.set_audience(&[LINK_AUDIENCE]);
-    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-    let claims = jsonwebtoken::decode::<LinkClaims>(token, &key, &validation)
-        .map_err(|_| ApiError::unauthenticated("invalid or expired download link"))?
-        .claims;
-    if claims.file != file {
-        return Err(ApiError::not_found("no such export"));
-    }
-    Ok(claims.sub)
-}
-
-/// What the download route needs.
+/// What the download routes need.
 #[derive(Clone)]
 pub(crate) struct Downloads {
     pub(crate) forge: Forge,
     pub(crate) auth: Auth,
 }
 
-#[derive(Deserialize)]
-pub(crate) struct TokenParam {
-    token: Option<String>,
+/// `POST /downloads/session` with `Authorization: Bearer <token>`: sets the download cookie to
+/// that token until it expires (the page calls it right after signing in). `DELETE` clears it.
+///
+/// A cookie rather than a signed URL: `output.downloadUrl` is stored with the job and shown
+/// again after any reload, so a link that expires would break, and one that does not would
+/// open the file for anyone it reaches. The cookie keeps the stored URL plain and the check
+/// where it belongs: whoever follows the link must be the export's owner. `HttpOnly` keeps it
+/// from scripts, `SameSite=Strict` from other sites, `Path=/downloads` from every other route.
+pub(crate) async fn set_cookie(State(d): State<Downloads>, headers: HeaderMap) -> Response {
+    let token = match bearer(&headers) {
+        Some(token) => token,
+        None => return ApiError::unauthenticated("sign in first").into_response(),
+    };
+    let identity = match d.auth.verify(token) {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    let max_age = identity
+        .expires_at
+        .duration_since(SystemTime::now())
+        .map_or(0, |left| left.as_secs());
+    cookie_response(&format!(
+        "{COOKIE}={token}; Path=/downloads; Max-Age={max_age}; HttpOnly; SameSite=Strict"
+    ))
+}
+
+/// `DELETE /downloads/session`: signing out clears the download cookie.
+pub(crate) async fn clear_cookie() -> Response {
+    cookie_response(&format!(
+        "{COOKIE}=; Path=/downloads; Max-Age=0; HttpOnly; SameSite=Strict"
+    ))
+}
+
+fn cookie_response(cookie: &str) -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, cookie.to_string())],
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// The download cookie's token, if the request carries one.
+fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|token| !token.is_empty())
 }
 
 /// `GET /downloads/{jobId}.{csv|json}`: the file of a completed export, for the user who
-/// started it: with their session token in `Authorization: Bearer`, or with a link from
-/// [`export_download_link`] (`?token=`). Anyone else gets the same 404 as for an unknown id,
-/// so ids cannot be probed.
+/// started it, identified by the download cookie (a plain link) or by `Authorization: Bearer`
+/// (a script). Anyone else gets the same 404 as for an unknown id, so ids cannot be probed.
 pub(crate) async fn download(
     State(d): State<Downloads>,
     UrlPath(file): UrlPath<String>,
-    Query(q): Query<TokenParam>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match q.token {
-        Some(token) => link_user(&token, &file),
-        None => match d.auth.from_headers(&headers) {
-            Ok(Some(identity)) => Ok(identity.user_id),
-            Ok(None) => Err(ApiError::unauthenticated("sign in to download exports")),
-            Err(e) => Err(e),
-        },
+    let user = match (bearer(&headers), cookie_token(&headers)) {
+        (Some(token), _) | (None, Some(token)) => d.auth.verify(token).map(|i| i.user_id),
+        (None, None) => Err(ApiError::unauthenticated("sign in to download exports")),
     };
     let user = match user {
         Ok(user) => user,

@@ -1,6 +1,7 @@
 //! `send_report`: a job whose first attempt fails with a retryable error (the status goes
 //! through `retry`) and whose second succeeds; with `always_fail` every attempt fails, and after
-//! the last one it ends `dead_letter`.
+//! the last one it ends `dead_letter`. The arguments are the documentation's:
+//! `trackSendReport({ reportId: "q4-2024" })` is a whole call.
 
 use std::time::Duration;
 
@@ -14,18 +15,20 @@ const SENDING: Duration = Duration::from_millis(800);
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ReportSent {
-    pub report_id: u32,
+    pub report_id: String,
     /// The attempt that got through.
     pub attempt: u32,
 }
 
-/// Sends report `report_id` by email. Three attempts, a second apart (then two).
+/// Sends report `report_id` (`"q4-2024"`) by email. Three attempts, a second apart (then two).
+/// `always_fail` (default off) makes the mail server refuse every attempt.
 #[forge::job(max_attempts = 3, backoff = "1s", max_backoff = "2s", timeout = "1m")]
 pub(crate) async fn send_report(
     ctx: &JobContext,
-    report_id: u32,
-    always_fail: bool,
+    report_id: String,
+    always_fail: Option<bool>,
 ) -> Result<ReportSent> {
+    let always_fail = always_fail.unwrap_or(false);
     let attempt = ctx.attempt();
     ctx.progress(
         10.0,

@@ -1,5 +1,5 @@
 //! Start-up: the database, the demo's tables, a worker, and one HTTP server for the gateway
-//! (`/_api/...`), the downloads and the built page.
+//! (`/_api/...`), the downloads (and their cookie) and the built page.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use forge::prelude::*;
 use forge_gateway::auth::Auth;
 use forge_gateway::error::ApiError;
@@ -49,6 +49,12 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     let page = page(&settings.web_dir);
     let app = gateway
         .router()
+        .route(
+            "/downloads/session",
+            post(export::set_cookie)
+                .delete(export::clear_cookie)
+                .with_state(downloads.clone()),
+        )
         .route(
             "/downloads/{file}",
             get(export::download).with_state(downloads),

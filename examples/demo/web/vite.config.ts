@@ -19,5 +19,15 @@ export default defineConfig({
       "/downloads": { target: api },
     },
   },
-  build: { outDir: "dist", emptyOutDir: true },
+  build: {
+    outDir: "dist",
+    emptyOutDir: true,
+    // The page, and the documentation's examples that the browser tests run (`examples.html`).
+    rollupOptions: {
+      input: {
+        main: fileURLToPath(new URL("./index.html", import.meta.url)),
+        examples: fileURLToPath(new URL("./examples.html", import.meta.url)),
+      },
+    },
+  },
 });

@@ -101,9 +101,12 @@ export class ForgeClient implements Core {
     ) as BatchResults<T>;
   }
 
-  /** Starts job `fn` and follows it, in one request: no update can be missed. */
-  startJob<O = unknown>(fn: string, args?: unknown): JobTracker<O> {
-    return JobTracker.start<O>(this, fn, args);
+  /**
+   * Starts job `fn` and follows it, in one request: no update can be missed. With `key`, see
+   * {@link TrackOptions.key}.
+   */
+  startJob<O = unknown>(fn: string, args?: unknown, key?: string): JobTracker<O> {
+    return JobTracker.start<O>(this, fn, args, key);
   }
 
   /** Follows the existing job `jobId` (e.g. after a page reload). */
@@ -111,8 +114,8 @@ export class ForgeClient implements Core {
     return JobTracker.follow<O>(this, jobId);
   }
 
-  startWorkflow<O = unknown>(fn: string, args?: unknown): WorkflowTracker<O> {
-    return WorkflowTracker.start<O>(this, fn, args);
+  startWorkflow<O = unknown>(fn: string, args?: unknown, key?: string): WorkflowTracker<O> {
+    return WorkflowTracker.start<O>(this, fn, args, key);
   }
 
   followWorkflow<O = unknown>(workflowId: string): WorkflowTracker<O> {
@@ -230,9 +233,32 @@ export function getForgeClient(): ForgeClient {
 // The entry points of the generated code: each takes an explicit client last, for pages with
 // more than one (or a client from a framework's context), and uses the default otherwise.
 
+/** The second argument of a generated `track…` function: a client, or these options. */
+export interface TrackOptions {
+  /**
+   * Makes the start reload-safe: one run per key. The first call under a key starts the job or
+   * workflow and keeps its id in this tab's sessionStorage; a later call under the same key
+   * (after a reload, say) follows that run instead of starting another, and shows its state as
+   * it is now. The key also goes to the server as the start's idempotency key, kept per user
+   * and function and never forgotten there: two tabs starting under one key at once get the
+   * same run, and a key used again in a later session gets its earlier run back. Use a key per
+   * run you mean (`export-${reportId}`), not one for every run. Without a key every call
+   * starts a new run.
+   */
+  key?: string;
+  /** The client to use (default: the one `configureForge` set). */
+  client?: ForgeClient;
+}
+
+function trackOptions(options: ForgeClient | TrackOptions | undefined): { client: ForgeClient; key?: string } {
+  if (options instanceof ForgeClient) return { client: options };
+  return { client: options?.client ?? getForgeClient(), key: options?.key };
+}
+
 /** Starts job `fn` with `args` and follows it, in one request. */
-export function startJob<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): JobTracker<O> {
-  return client.startJob<O>(fn, args);
+export function startJob<A, O>(fn: string, args: A, options?: ForgeClient | TrackOptions): JobTracker<O> {
+  const { client, key } = trackOptions(options);
+  return client.startJob<O>(fn, args, key);
 }
 
 /** Follows the existing job `jobId` (e.g. kept across a page reload); starts nothing. */
@@ -240,9 +266,10 @@ export function followJob<O>(jobId: string, client: ForgeClient = getForgeClient
   return client.followJob<O>(jobId);
 }
 
-/** Starts workflow `fn` with `args` and follows it, in one request. */
-export function startWorkflow<A, O>(fn: string, args: A, client: ForgeClient = getForgeClient()): WorkflowTracker<O> {
-  return client.startWorkflow<O>(fn, args);
+/** Starts workflow `fn` with `args` and follows it, in one request; `options` as for jobs. */
+export function startWorkflow<A, O>(fn: string, args: A, options?: ForgeClient | TrackOptions): WorkflowTracker<O> {
+  const { client, key } = trackOptions(options);
+  return client.startWorkflow<O>(fn, args, key);
 }
 
 /** Follows the existing workflow `workflowId`; starts nothing. */

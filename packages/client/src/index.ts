@@ -35,6 +35,7 @@ export {
   liveQuery,
   callFunction,
   type ForgeClientOptions,
+  type TrackOptions,
   type BatchCall,
   type BatchResult,
   type BatchResults,

@@ -9,6 +9,14 @@ import {
   type WorkflowSnapshot,
   type WorkflowStatus,
 } from "./types.js";
+import { forgetRun, keepRun, keptRun } from "./keys.js";
+
+/** A start a tracker makes: `key` (optional) is its idempotency key (see `TrackOptions`). */
+interface Start {
+  fn: string;
+  args: unknown;
+  key?: string | undefined;
+}
 
 /** What a tracker needs from its client. */
 export interface Core {
@@ -143,13 +151,14 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
   protected constructor(
     private readonly core: Core,
     private readonly kind: Kind<W, St>,
-    private readonly start: { fn: string; args: unknown } | null,
+    private readonly start: Start | null,
     id: string | null,
   ) {
     super();
     this.subscriptionId = core.nextId(kind.noun[0]!);
     this.#id = id;
-    this.#phase = start ? "start" : "follow";
+    // A keyed start whose run this tab already started follows that run instead.
+    this.#phase = start && id === null ? "start" : "follow";
     this.state = { ...kind.blank(id ?? ""), loading: true, requestError: null };
     // A start cannot wait: its caller expects the job to exist. Following waits for a
     // subscriber, so a tracker nobody reads (one a framework made and threw away) costs nothing.
@@ -244,6 +253,7 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
         fn: start.fn,
         args: start.args ?? {},
         follow: { sessionId: session.sessionId, sessionSecret: session.sessionSecret, subscriptionId: this.subscriptionId },
+        idempotencyKey: start.key,
       })) as Record<string, unknown>;
     } catch (e) {
       if (isSessionGone(e)) {
@@ -264,6 +274,7 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
     }
     this.#id = id;
     this.#phase = "follow";
+    if (start.key !== undefined) keepRun(this.kind.noun, start.fn, start.key, id);
     if (this.#session !== session || !this.#seen) this.#apply(state);
     if (this.#stopped) {
       // Nobody listens any more: the subscription the start made is not wanted.
@@ -292,6 +303,15 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
       else this.set({ ...this.state, requestError: toForgeError(e) });
       return;
     }
+    const start = this.start;
+    if (start?.key !== undefined && state?.status === "not_found" && this.#session === session) {
+      // The kept run is gone, or another user's (a sign-in in this tab): start under the key.
+      forgetRun(this.kind.noun, start.fn, start.key);
+      this.#id = null;
+      this.#phase = "start";
+      void this.#start(session);
+      return;
+    }
     if (this.#session === session && !this.#seen) this.#apply(state);
   }
 
@@ -314,8 +334,9 @@ abstract class Tracked<W extends { status: St; error: string | null }, St extend
 /** A job followed live; a Svelte store (`$job`), also usable with plain callbacks. */
 export class JobTracker<O = unknown> extends Tracked<JobSnapshot<O>, JobStatus> {
   /** Starts `fn` with `args` and follows it, in one request. */
-  static start<O>(core: Core, fn: string, args: unknown): JobTracker<O> {
-    return new JobTracker<O>(core, { fn, args }, null);
+  static start<O>(core: Core, fn: string, args: unknown, key?: string): JobTracker<O> {
+    const kept = key === undefined ? null : keptRun(JOB.noun, fn, key);
+    return new JobTracker<O>(core, { fn, args, key }, kept);
   }
 
   /** Follows the existing job `jobId` (e.g. after a page reload). */
@@ -323,7 +344,7 @@ export class JobTracker<O = unknown> extends Tracked<JobSnapshot<O>, JobStatus> 
     return new JobTracker<O>(core, null, jobId);
   }
 
-  private constructor(core: Core, start: { fn: string; args: unknown } | null, id: string | null) {
+  private constructor(core: Core, start: Start | null, id: string | null) {
     super(core, JOB as unknown as Kind<JobSnapshot<O>, JobStatus>, start, id);
   }
 
@@ -335,15 +356,16 @@ export class JobTracker<O = unknown> extends Tracked<JobSnapshot<O>, JobStatus> 
 
 /** A workflow followed live; as {@link JobTracker}. */
 export class WorkflowTracker<O = unknown> extends Tracked<WorkflowSnapshot<O>, WorkflowStatus> {
-  static start<O>(core: Core, fn: string, args: unknown): WorkflowTracker<O> {
-    return new WorkflowTracker<O>(core, { fn, args }, null);
+  static start<O>(core: Core, fn: string, args: unknown, key?: string): WorkflowTracker<O> {
+    const kept = key === undefined ? null : keptRun(WORKFLOW.noun, fn, key);
+    return new WorkflowTracker<O>(core, { fn, args, key }, kept);
   }
 
   static follow<O>(core: Core, workflowId: string): WorkflowTracker<O> {
     return new WorkflowTracker<O>(core, null, workflowId);
   }
 
-  private constructor(core: Core, start: { fn: string; args: unknown } | null, id: string | null) {
+  private constructor(core: Core, start: Start | null, id: string | null) {
     super(core, WORKFLOW as unknown as Kind<WorkflowSnapshot<O>, WorkflowStatus>, start, id);
   }
 

@@ -1,5 +1,5 @@
-import { afterEach, describe, expect, it } from "vitest";
-import { createForgeClient, type ForgeClient, type JobState, type WorkflowState } from "../src/index.js";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createForgeClient, startJob, type ForgeClient, type JobState, type WorkflowState } from "../src/index.js";
 import { fail, FakeServer, jobState, live, ok, settle, workflowState } from "./fake.js";
 
 const clients: ForgeClient[] = [];
@@ -396,5 +396,63 @@ describe("query tracker", () => {
     await settle();
     expect(rec.last()).toMatchObject({ loading: false, data: null });
     expect(rec.last().error).toMatchObject({ code: "invalid_args", field: "limit" });
+  });
+});
+
+describe("reload-safe tracking (a start with a key)", () => {
+  const stored = new Map<string, string>();
+  const fakeStorage = {
+    getItem: (k: string) => stored.get(k) ?? null,
+    setItem: (k: string, v: string) => void stored.set(k, v),
+    removeItem: (k: string) => void stored.delete(k),
+  };
+  beforeEach(() => {
+    stored.clear();
+    (globalThis as { sessionStorage?: unknown }).sessionStorage = fakeStorage;
+  });
+  afterEach(() => {
+    delete (globalThis as { sessionStorage?: unknown }).sessionStorage;
+  });
+
+  it("starts with the key as idempotency key and keeps the id; the next call follows it", async () => {
+    const { server, client } = setup();
+    startAnswers(server, "j-1");
+    server.on("/_api/subscribe-job", (r) => ok(jobState(r.body.jobId, "running", { progress: 40 })));
+    const first = live(startJob("export", { rows: 3 }, { key: "k1", client }));
+    await openSession(server, "s1");
+    await settle();
+    expect(server.to("/_api/rpc")[0]!.body).toMatchObject({ fn: "export", idempotencyKey: "k1" });
+    expect(stored.get("forge:track:job:export:k1")).toBe("j-1");
+    expect(first.current).toMatchObject({ jobId: "j-1", loading: false });
+
+    // As after a reload: the same call follows the kept job and starts nothing.
+    const again = live(startJob("export", { rows: 3 }, { key: "k1", client }));
+    await settle();
+    expect(server.to("/_api/rpc")).toHaveLength(1);
+    expect(server.to("/_api/subscribe-job")[0]!.body).toMatchObject({ jobId: "j-1" });
+    expect(again.current).toMatchObject({ jobId: "j-1", status: "running", progress: 40, loading: false });
+  });
+
+  it("a kept id that is not_found (another user in this tab) starts under the key instead", async () => {
+    const { server, client } = setup();
+    stored.set("forge:track:job:export:k2", "j-old");
+    startAnswers(server, "j-2");
+    server.on("/_api/subscribe-job", (r) => ok(jobState(r.body.jobId, "not_found")));
+    const job = live(startJob("export", {}, { key: "k2", client }));
+    await openSession(server, "s1");
+    await settle();
+    expect(server.to("/_api/rpc")[0]!.body).toMatchObject({ idempotencyKey: "k2" });
+    expect(job.current).toMatchObject({ jobId: "j-2", status: "pending", loading: false });
+    expect(stored.get("forge:track:job:export:k2")).toBe("j-2");
+  });
+
+  it("without a key nothing is kept and the start carries no key", async () => {
+    const { server, client } = setup();
+    startAnswers(server, "j-3");
+    live(startJob("export", {}, client));
+    await openSession(server, "s1");
+    await settle();
+    expect(server.to("/_api/rpc")[0]!.body.idempotencyKey).toBeUndefined();
+    expect(stored.size).toBe(0);
   });
 });

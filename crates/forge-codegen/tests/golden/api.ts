@@ -17,6 +17,7 @@ import {
   startJob,
   startWorkflow,
   type ForgeClient,
+  type TrackOptions,
 } from "@forge/client";
 
 export type Adjacent = { t: "A" } | { t: "B"; c: string } | { t: "C"; c: { x: number } };
@@ -219,26 +220,36 @@ export type Untagged = number | string | Meta;
  *
  * The file is kept a day; a comment's end (`*\/`) must not end the TypeScript one.
  *
- * Starts the `export_users` job and returns a store that follows it.
+ * Starts the `export_users` job and returns a store that follows it; with `{ key }`, follows the
+ * run started under that key in this tab session instead of starting another.
  */
-export const trackExportUsers = (args: { format: string }, client?: ForgeClient) =>
-  startJob<{ format: string }, ExportResult>("export_users", args, client);
+export const trackExportUsers = (args: { format: string }, options?: ForgeClient | TrackOptions) =>
+  startJob<{ format: string }, ExportResult>("export_users", args, options);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
 export const followExportUsers = (jobId: string, client?: ForgeClient) =>
   followJob<ExportResult>(jobId, client);
 
 // job nightly_cleanup() -> ()
-/** Starts the `nightly_cleanup` job and returns a store that follows it. */
-export const trackNightlyCleanup = (client?: ForgeClient) =>
-  startJob<Record<string, never>, void>("nightly_cleanup", {}, client);
+/**
+ * Starts the `nightly_cleanup` job and returns a store that follows it; with `{ key }`, follows the
+ * run started under that key in this tab session instead of starting another.
+ */
+export const trackNightlyCleanup = (options?: ForgeClient | TrackOptions) =>
+  startJob<Record<string, never>, void>("nightly_cleanup", {}, options);
 /** Follows the `nightly_cleanup` job with this id, started earlier (before a page reload, say). */
 export const followNightlyCleanup = (jobId: string, client?: ForgeClient) =>
   followJob<void>(jobId, client);
 
 // workflow account_verification(user_id: Uuid) -> ()
-/** Starts the `account_verification` workflow and returns a store that follows it. */
-export const trackAccountVerification = (args: { userId: string }, client?: ForgeClient) =>
-  startWorkflow<{ userId: string }, void>("account_verification", args, client);
+/**
+ * Starts the `account_verification` workflow and returns a store that follows it; with `{ key }`,
+ * follows the run started under that key in this tab session instead of starting another.
+ */
+export const trackAccountVerification = (
+  args: { userId: string },
+  options?: ForgeClient | TrackOptions,
+) =>
+  startWorkflow<{ userId: string }, void>("account_verification", args, options);
 /**
  * Follows the `account_verification` workflow with this id, started earlier (before a page reload,
  * say).
@@ -247,12 +258,15 @@ export const followAccountVerification = (workflowId: string, client?: ForgeClie
   followWorkflow<void>(workflowId, client);
 
 // workflow import_catalog(source_url: String, dry_run: bool) -> Page<JobRow>
-/** Starts the `import_catalog` workflow and returns a store that follows it. */
+/**
+ * Starts the `import_catalog` workflow and returns a store that follows it; with `{ key }`, follows
+ * the run started under that key in this tab session instead of starting another.
+ */
 export const trackImportCatalog = (
   args: { sourceUrl: string; dryRun: boolean },
-  client?: ForgeClient,
+  options?: ForgeClient | TrackOptions,
 ) =>
-  startWorkflow<{ sourceUrl: string; dryRun: boolean }, PageOfJobRow>("import_catalog", args, client);
+  startWorkflow<{ sourceUrl: string; dryRun: boolean }, PageOfJobRow>("import_catalog", args, options);
 /** Follows the `import_catalog` workflow with this id, started earlier (before a page reload, say). */
 export const followImportCatalog = (workflowId: string, client?: ForgeClient) =>
   followWorkflow<PageOfJobRow>(workflowId, client);

@@ -12,7 +12,8 @@ use crate::error::{ArgsError, Error};
 /// Options of `#[forge::workflow(...)]`.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkflowOptions {
-    /// Step names shown as `pending` from the start, in order (`steps = [..]`).
+    /// Step names shown as `pending` from the start, in order: `steps = [..]`, else the literal
+    /// step names the macro read from the body.
     pub steps: &'static [&'static str],
     /// The queue of the jobs that run the workflow.
     pub queue: &'static str,

@@ -18,12 +18,23 @@ export function loadSession(): Session | null {
   }
 }
 
-export function saveSession(session: Session): void {
+/** Keeps the session, and sets the download cookie that makes `output.downloadUrl` a plain link. */
+export async function saveSession(session: Session): Promise<void> {
   localStorage.setItem(KEY, JSON.stringify(session));
+  await setDownloadCookie(session.token);
 }
 
-export function clearSession(): void {
+export async function clearSession(): Promise<void> {
   localStorage.removeItem(KEY);
+  await fetch("/downloads/session", { method: "DELETE" }).catch(() => undefined);
+}
+
+// The demo server keeps the token in an HttpOnly cookie sent only to `/downloads`: a link
+// cannot send `Authorization`, and a token in the URL would end up in history and logs.
+async function setDownloadCookie(token: string): Promise<void> {
+  await fetch("/downloads/session", { method: "POST", headers: { authorization: `Bearer ${token}` } }).catch(
+    () => undefined,
+  );
 }
 
 // The session is fixed for the life of the page: signing in or out reloads it, so that the
@@ -34,6 +45,9 @@ let current: Session | null = null;
 export function startPage(): Session | null {
   current = loadSession();
   connect(current);
+  // A session kept from before the server learnt it (a restart with a new data folder keeps
+  // the cookie's secret, but a browser may have dropped the cookie): set it again.
+  if (current) void setDownloadCookie(current.token);
   return current;
 }
 

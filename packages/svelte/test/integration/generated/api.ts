@@ -17,6 +17,7 @@ import {
   startJob,
   startWorkflow,
   type ForgeClient,
+  type TrackOptions,
 } from "@forge/client";
 
 export interface Approved {
@@ -43,16 +44,17 @@ export interface StepsDone {
 /**
  * Reports progress `steps` times, `delay_ms` apart, then answers how many it made.
  *
- * Starts the `count_steps` job and returns a store that follows it.
+ * Starts the `count_steps` job and returns a store that follows it; with `{ key }`, follows the run
+ * started under that key in this tab session instead of starting another.
  *
  * `delayMs`: 64-bit integer: exact in JavaScript up to 2^53 only; beyond, the client throws
  * `precision_loss` (use a string for such ids).
  */
 export const trackCountSteps = (
   args: { steps: number; delayMs: number; label: string },
-  client?: ForgeClient,
+  options?: ForgeClient | TrackOptions,
 ) =>
-  startJob<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", args, client);
+  startJob<{ steps: number; delayMs: number; label: string }, StepsDone>("count_steps", args, options);
 /** Follows the `count_steps` job with this id, started earlier (before a page reload, say). */
 export const followCountSteps = (jobId: string, client?: ForgeClient) =>
   followJob<StepsDone>(jobId, client);
@@ -61,10 +63,11 @@ export const followCountSteps = (jobId: string, client?: ForgeClient) =>
 /**
  * Fails at once with `reason`, with no retry.
  *
- * Starts the `failing_job` job and returns a store that follows it.
+ * Starts the `failing_job` job and returns a store that follows it; with `{ key }`, follows the run
+ * started under that key in this tab session instead of starting another.
  */
-export const trackFailingJob = (args: { reason: string }, client?: ForgeClient) =>
-  startJob<{ reason: string }, void>("failing_job", args, client);
+export const trackFailingJob = (args: { reason: string }, options?: ForgeClient | TrackOptions) =>
+  startJob<{ reason: string }, void>("failing_job", args, options);
 /** Follows the `failing_job` job with this id, started earlier (before a page reload, say). */
 export const followFailingJob = (jobId: string, client?: ForgeClient) =>
   followJob<void>(jobId, client);
@@ -74,10 +77,11 @@ export const followFailingJob = (jobId: string, client?: ForgeClient) =>
  * Reports progress while it waits for the gate `gate` to be opened (`open_gate`), then ends;
  * so that a test decides when it finishes. Stops at a cancel.
  *
- * Starts the `gated_job` job and returns a store that follows it.
+ * Starts the `gated_job` job and returns a store that follows it; with `{ key }`, follows the run
+ * started under that key in this tab session instead of starting another.
  */
-export const trackGatedJob = (args: { gate: string }, client?: ForgeClient) =>
-  startJob<{ gate: string }, string>("gated_job", args, client);
+export const trackGatedJob = (args: { gate: string }, options?: ForgeClient | TrackOptions) =>
+  startJob<{ gate: string }, string>("gated_job", args, options);
 /** Follows the `gated_job` job with this id, started earlier (before a page reload, say). */
 export const followGatedJob = (jobId: string, client?: ForgeClient) =>
   followJob<string>(jobId, client);
@@ -86,10 +90,11 @@ export const followGatedJob = (jobId: string, client?: ForgeClient) =>
 /**
  * Prepares, waits for the `approved` event (`approve`), then finishes.
  *
- * Starts the `approval` workflow and returns a store that follows it.
+ * Starts the `approval` workflow and returns a store that follows it; with `{ key }`, follows the
+ * run started under that key in this tab session instead of starting another.
  */
-export const trackApproval = (args: { title: string }, client?: ForgeClient) =>
-  startWorkflow<{ title: string }, Approved>("approval", args, client);
+export const trackApproval = (args: { title: string }, options?: ForgeClient | TrackOptions) =>
+  startWorkflow<{ title: string }, Approved>("approval", args, options);
 /** Follows the `approval` workflow with this id, started earlier (before a page reload, say). */
 export const followApproval = (workflowId: string, client?: ForgeClient) =>
   followWorkflow<Approved>(workflowId, client);

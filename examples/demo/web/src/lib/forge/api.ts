@@ -17,6 +17,7 @@ import {
   startJob,
   startWorkflow,
   type ForgeClient,
+  type TrackOptions,
 } from "@forge/client";
 
 /** A demo account, as the page shows it. */
@@ -51,7 +52,10 @@ export type ExportFormat = "csv" | "json";
 
 /** What a finished export gives its owner. */
 export interface ExportResult {
-  /** Where the file is: only the user who started the export may download it. */
+  /**
+   * Where the file is, for a plain link: only the user who started the export gets it
+   * (the page's download cookie says who follows the link).
+   */
   downloadUrl: string;
   /** Rows exported (the header line not counted). */
   rows: number;
@@ -81,7 +85,7 @@ export interface JobSummary {
 }
 
 export interface ReportSent {
-  reportId: number;
+  reportId: string;
   /** The attempt that got through. */
   attempt: number;
 }
@@ -99,25 +103,31 @@ export interface Session {
 /**
  * Exports every user to a file, `CHUNK` rows at a time.
  *
- * Starts the `export_users` job and returns a store that follows it.
+ * Starts the `export_users` job and returns a store that follows it; with `{ key }`, follows the
+ * run started under that key in this tab session instead of starting another.
  */
-export const trackExportUsers = (args: { format: ExportFormat }, client?: ForgeClient) =>
-  startJob<{ format: ExportFormat }, ExportResult>("export_users", args, client);
+export const trackExportUsers = (
+  args: { format: ExportFormat },
+  options?: ForgeClient | TrackOptions,
+) =>
+  startJob<{ format: ExportFormat }, ExportResult>("export_users", args, options);
 /** Follows the `export_users` job with this id, started earlier (before a page reload, say). */
 export const followExportUsers = (jobId: string, client?: ForgeClient) =>
   followJob<ExportResult>(jobId, client);
 
-// job send_report(report_id: u32, always_fail: bool) -> ReportSent
+// job send_report(report_id: String, always_fail: Option<bool>) -> ReportSent
 /**
- * Sends report `report_id` by email. Three attempts, a second apart (then two).
+ * Sends report `report_id` (`"q4-2024"`) by email. Three attempts, a second apart (then two).
+ * `always_fail` (default off) makes the mail server refuse every attempt.
  *
- * Starts the `send_report` job and returns a store that follows it.
+ * Starts the `send_report` job and returns a store that follows it; with `{ key }`, follows the run
+ * started under that key in this tab session instead of starting another.
  */
 export const trackSendReport = (
-  args: { reportId: number; alwaysFail: boolean },
-  client?: ForgeClient,
+  args: { reportId: string; alwaysFail?: boolean | null },
+  options?: ForgeClient | TrackOptions,
 ) =>
-  startJob<{ reportId: number; alwaysFail: boolean }, ReportSent>("send_report", args, client);
+  startJob<{ reportId: string; alwaysFail?: boolean | null }, ReportSent>("send_report", args, options);
 /** Follows the `send_report` job with this id, started earlier (before a page reload, say). */
 export const followSendReport = (jobId: string, client?: ForgeClient) =>
   followJob<ReportSent>(jobId, client);
@@ -126,13 +136,14 @@ export const followSendReport = (jobId: string, client?: ForgeClient) =>
 /**
  * Verifies the caller's account `user_id`.
  *
- * Starts the `account_verification` workflow and returns a store that follows it.
+ * Starts the `account_verification` workflow and returns a store that follows it; with `{ key }`,
+ * follows the run started under that key in this tab session instead of starting another.
  */
 export const trackAccountVerification = (
   args: { userId: string; failAt?: FailAt | null },
-  client?: ForgeClient,
+  options?: ForgeClient | TrackOptions,
 ) =>
-  startWorkflow<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args, client);
+  startWorkflow<{ userId: string; failAt?: FailAt | null }, void>("account_verification", args, options);
 /**
  * Follows the `account_verification` workflow with this id, started earlier (before a page reload,
  * say).
@@ -215,17 +226,6 @@ export const liveRecentJobs = (args: { limit: number }, client?: ForgeClient) =>
  */
 export const confirmEmail = (args: { workflowId: string }, client?: ForgeClient) =>
   callFunction<{ workflowId: string }, void>("confirm_email", args, client);
-
-// mutation export_download_link(job_id: Uuid) -> String
-/**
- * A link to the caller's finished export `job_id`, for a plain `<a href>` or a navigation
- * (which cannot send an `Authorization` header): its `?token=` opens that one file, for five
- * minutes. Anyone but the owner of a completed export gets 404, as for an unknown id.
- *
- * Runs the `export_download_link` mutation.
- */
-export const exportDownloadLink = (args: { jobId: string }, client?: ForgeClient) =>
-  callFunction<{ jobId: string }, string>("export_download_link", args, client);
 
 // mutation sign_in(username: String) -> Session
 /**
