@@ -12,7 +12,7 @@ use crate::report::send_report;
 const NAME: &str = "digest";
 
 /// The report id a digest sends, to tell its runs apart in the list.
-const DIGEST_REPORT: u32 = 1000;
+const DIGEST_REPORT: &str = "digest";
 
 /// Creates each account's digest schedule unless it exists (so restarts keep it, paused or
 /// not).
@@ -23,13 +23,16 @@ pub(crate) async fn ensure_digests(forge: &Forge) -> Result<(), ScheduleError> {
             continue;
         }
         let every_minute = "0 * * * * *";
-        let req = ScheduleRequest::new(send_report::request(DIGEST_REPORT, false), every_minute)
-            .name(NAME)
-            // After the demo was stopped: one catch-up digest, not one per missed minute.
-            .missed(Missed::Latest)
-            // A digest still retrying when the next minute comes is not doubled.
-            .overlap(Overlap::Skip)
-            .owner(user);
+        let req = ScheduleRequest::new(
+            send_report::request(DIGEST_REPORT.into(), None),
+            every_minute,
+        )
+        .name(NAME)
+        // After the demo was stopped: one catch-up digest, not one per missed minute.
+        .missed(Missed::Latest)
+        // A digest still retrying when the next minute comes is not doubled.
+        .overlap(Overlap::Skip)
+        .owner(user);
         forge.create_schedule(req).await?;
     }
     Ok(())
