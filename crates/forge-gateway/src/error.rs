@@ -118,6 +118,12 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable` with `Retry-After`: the database is reachable but something the
+    /// call needs is held by another transaction for now.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// Names the offending field in `details`.
     pub fn with_field(mut self, field: &str) -> Self {
         self.details = Some(json!({ "field": field }));

@@ -245,7 +245,8 @@ impl Caller {
         let user = identity.map(Identity::user);
         match f {
             Function::Query(def) => {
-                let ctx = QueryContext::new(self.forge.store().clone(), user);
+                let ctx = QueryContext::new(self.forge.store().clone(), user)
+                    .with_statement_timeout(timeout);
                 let out = match (def.run)(&ctx, call.args) {
                     Ok(fut) => guarded(def.name, timeout, fut).await,
                     Err(e) => Err(args_error(e)),
@@ -257,7 +258,8 @@ impl Caller {
                 out
             }
             Function::Mutation(def) => {
-                let ctx = MutationContext::new(self.forge.store().clone(), user);
+                let ctx = MutationContext::new(self.forge.store().clone(), user)
+                    .with_statement_timeout(timeout);
                 let out = match (def.run)(&ctx, call.args) {
                     Ok(fut) => guarded(def.name, timeout, fut).await,
                     Err(e) => Err(args_error(e)),
@@ -399,8 +401,31 @@ async fn guarded(
             "function `{name}` panicked: {}",
             panic_message(&*panic)
         ))),
-        Ok(Ok(out)) => out.map_err(|e| function_error(name, e)),
+        Ok(Ok(out)) => out.map_err(|e| {
+            if cancelled_by_statement_timeout(&e) {
+                timed_out(name, timeout)
+            } else {
+                function_error(name, e)
+            }
+        }),
     }
+}
+
+/// Whether PostgreSQL cancelled one of the function's statements: the function's timeout is
+/// also its transaction's `statement_timeout`, and it answers the same either way.
+fn cancelled_by_statement_timeout(e: &Error) -> bool {
+    let mut source = e
+        .source_error()
+        .map(|s| s as &(dyn std::error::Error + 'static));
+    while let Some(s) = source {
+        if s.downcast_ref::<sqlx::Error>()
+            .is_some_and(store::is_statement_timeout)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn timed_out(name: &str, timeout: Duration) -> ApiError {
@@ -476,6 +501,9 @@ struct LiveCall {
 impl LiveQuery for LiveCall {
     fn run<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<Value, ApiError>> {
         Box::pin(async move {
+            store::set_statement_timeout(conn, self.timeout)
+                .await
+                .map_err(ApiError::internal)?;
             let ctx = QueryContext::on_connection(conn, self.user.clone());
             let fut = (self.def.run)(&ctx, self.args.clone()).map_err(args_error)?;
             guarded(self.def.name, self.timeout, fut).await

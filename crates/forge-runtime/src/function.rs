@@ -11,13 +11,15 @@
 //! The transaction is opened on the first [`db`](QueryContext::db) call, so a function that
 //! never touches the database costs no round trip.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::error::{DbError, EnqueueError};
 use crate::queue::{self, JobRequest};
-use crate::store::Store;
+use crate::store::{self, Store};
 
 /// The signed-in user a call was made by: the `sub` and `roles` of their token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,7 @@ enum Conn<'c> {
 
 struct Db<'c> {
     read_only: bool,
+    statement_timeout: Option<Duration>,
     conn: Mutex<Conn<'c>>,
 }
 
@@ -55,6 +58,7 @@ impl<'c> Db<'c> {
     fn new(read_only: bool, conn: Conn<'c>) -> Self {
         Self {
             read_only,
+            statement_timeout: None,
             conn: Mutex::new(conn),
         }
     }
@@ -62,11 +66,14 @@ impl<'c> Db<'c> {
     async fn conn(&self) -> Result<DbConn<'_>, DbError> {
         let mut guard = self.conn.try_lock().map_err(|_| DbError::InUse)?;
         if let Conn::Unopened(store) = &*guard {
-            let tx = if self.read_only {
+            let mut tx = if self.read_only {
                 store.begin_read_only().await?
             } else {
                 store.begin().await?
             };
+            if let Some(timeout) = self.statement_timeout {
+                store::set_statement_timeout(&mut tx, timeout).await?;
+            }
             *guard = Conn::Open(tx);
         }
         Ok(MutexGuard::map(guard, |c| match c {
@@ -115,6 +122,13 @@ impl QueryContext<'static> {
             db: Db::new(true, Conn::Unopened(store)),
             user,
         }
+    }
+
+    /// Has PostgreSQL cancel any statement of the query that runs longer than `timeout`
+    /// (`statement_timeout`); the statement then fails with SQLSTATE 57014.
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.db.statement_timeout = Some(timeout);
+        self
     }
 }
 
@@ -166,6 +180,14 @@ impl MutationContext {
             db: Db::new(false, Conn::Unopened(store)),
             user,
         }
+    }
+
+    /// Has PostgreSQL cancel any statement of the mutation that runs longer than `timeout`
+    /// (`statement_timeout`); the statement then fails with SQLSTATE 57014 and the mutation's
+    /// writes are rolled back.
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.db.statement_timeout = Some(timeout);
+        self
     }
 
     /// The mutation's connection, inside its transaction.

@@ -16,7 +16,10 @@ pub use jobs::{
 };
 pub use listen::Listen;
 pub use migrate::MIGRATIONS;
-pub use realtime::{DbSnapshot, TableWatch, TrackedRead};
+pub use realtime::{
+    is_lock_timeout, DbSnapshot, TableWatch, TrackedRead, WATCH_LOCK_ATTEMPTS, WATCH_LOCK_TIMEOUT,
+};
+pub use transactions::{is_statement_timeout, set_statement_timeout};
 pub use retention::Finished;
 pub use schedules::*;
 pub use workflows::{

@@ -2,6 +2,7 @@
 //! read with, which tables a query read, and the change triggers on those tables.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
@@ -201,18 +202,58 @@ impl Store {
         if kind != "r" && kind != "p" {
             return Ok(TableWatch::Unwatchable { name });
         }
-        let row = sqlx::query(
-            "SELECT announced_as::int8 AS announced_as, created
-             FROM forge.watch_table($1::int8::oid)",
-        )
-        .bind(i64::from(oid))
-        .fetch_one(&self.pool)
-        .await?;
+        let mut attempt = 1;
+        let row = loop {
+            match self.install_watch(oid).await {
+                Err(e) if is_lock_timeout(&e) && attempt < WATCH_LOCK_ATTEMPTS => {
+                    // Out of the lock queue between attempts, so the writers queued behind this
+                    // one go ahead.
+                    tokio::time::sleep(WATCH_LOCK_TIMEOUT / 2 * attempt).await;
+                    attempt += 1;
+                }
+                out => break out?,
+            }
+        };
         let announced_as: i64 = row.try_get("announced_as")?;
         Ok(TableWatch::Trigger {
             announced_as: announced_as as u32,
             created: row.try_get("created")?,
         })
+    }
+}
+
+/// How long creating a table's change trigger waits for its lock on the table. The lock
+/// (`SHARE ROW EXCLUSIVE`) conflicts with every writer: while it waits behind a long
+/// transaction that wrote the table, new writers queue behind it, so it gives up quickly.
+pub const WATCH_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Tries at creating a change trigger before [`Store::watch_table`] fails with the lock
+/// timeout (SQLSTATE 55P03, see [`is_lock_timeout`]).
+pub const WATCH_LOCK_ATTEMPTS: u32 = 3;
+
+/// Whether `e` is PostgreSQL giving up waiting for a lock (`lock_timeout`, SQLSTATE 55P03).
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
+impl Store {
+    async fn install_watch(&self, oid: u32) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", WATCH_LOCK_TIMEOUT.as_millis()))
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT announced_as::int8 AS announced_as, created
+             FROM forge.watch_table($1::int8::oid)",
+        )
+        .bind(i64::from(oid))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Weak};
 
-use forge_runtime::store::TableWatch;
+use forge_runtime::store::{self, TableWatch};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -126,6 +126,17 @@ async fn watch_tables(hub: &Arc<Hub>, read: &[u32]) -> Result<(Vec<u32>, bool), 
                     Ok(other) => {
                         tracing::warn!(?other, "unknown kind of table watch");
                         None
+                    }
+                    Err(e) if store::is_lock_timeout(&e) => {
+                        tracing::warn!(
+                            oid,
+                            "a subscribed query reads a table another transaction holds a \
+                             lock on; its change trigger could not be created in time"
+                        );
+                        return Err(ApiError::busy(
+                            "a table this query reads is locked by another transaction; try \
+                             again shortly",
+                        ));
                     }
                     Err(e) => {
                         return Err(ApiError::internal(format!(
