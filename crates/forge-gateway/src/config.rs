@@ -19,6 +19,9 @@
 //! batch_limit = 100                # FORGE_BATCH_LIMIT
 //! listen_backlog = 4096            # FORGE_LISTEN_BACKLOG
 //! header_read_timeout = "10s"      # FORGE_HEADER_READ_TIMEOUT: also closes idle keep-alives
+//! max_sessions = 10000             # FORGE_MAX_SESSIONS: event streams per node
+//! max_sessions_per_user = 20       # FORGE_MAX_SESSIONS_PER_USER
+//! max_sessions_per_ip = 200        # FORGE_MAX_SESSIONS_PER_IP
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -184,6 +187,9 @@ struct GatewayFile {
     batch_limit: Option<usize>,
     listen_backlog: Option<u32>,
     header_read_timeout: Option<String>,
+    max_sessions: Option<usize>,
+    max_sessions_per_user: Option<usize>,
+    max_sessions_per_ip: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +334,32 @@ impl Config {
                         "gateway.header_read_timeout",
                         "must be more than 0",
                     ));
+                }
+            }
+            let caps = [
+                (
+                    "gateway.max_sessions",
+                    "FORGE_MAX_SESSIONS",
+                    f.gateway.max_sessions,
+                    &mut g.realtime.max_sessions,
+                ),
+                (
+                    "gateway.max_sessions_per_user",
+                    "FORGE_MAX_SESSIONS_PER_USER",
+                    f.gateway.max_sessions_per_user,
+                    &mut g.realtime.max_sessions_per_user,
+                ),
+                (
+                    "gateway.max_sessions_per_ip",
+                    "FORGE_MAX_SESSIONS_PER_IP",
+                    f.gateway.max_sessions_per_ip,
+                    &mut g.realtime.max_sessions_per_ip,
+                ),
+            ];
+            for (setting, var, file, value) in caps {
+                *value = number(setting, env(var), file, *value)?;
+                if *value == 0 {
+                    return Err(invalid(setting, "must be at least 1"));
                 }
             }
             Some(g)
@@ -561,5 +593,46 @@ mod tests {
             Duration::from_secs(3600)
         );
         assert_eq!(g.realtime.see_all_role.as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn stream_caps_from_the_file_and_the_environment() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("FORGE_JWT_SECRET", SECRET),
+        ];
+        let g = load(None, &base).unwrap().gateway.unwrap();
+        assert_eq!(
+            (
+                g.realtime.max_sessions,
+                g.realtime.max_sessions_per_user,
+                g.realtime.max_sessions_per_ip
+            ),
+            (10_000, 20, 200)
+        );
+        let g = load(
+            Some("[gateway]\nmax_sessions = 50\nmax_sessions_per_ip = 7\n"),
+            &[base[0], base[1], ("FORGE_MAX_SESSIONS_PER_USER", "3")],
+        )
+        .unwrap()
+        .gateway
+        .unwrap();
+        assert_eq!(
+            (
+                g.realtime.max_sessions,
+                g.realtime.max_sessions_per_user,
+                g.realtime.max_sessions_per_ip
+            ),
+            (50, 3, 7)
+        );
+        let err = load(
+            None,
+            &[base[0], base[1], ("FORGE_MAX_SESSIONS_PER_IP", "0")],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`gateway.max_sessions_per_ip`"),
+            "{err}"
+        );
     }
 }

@@ -124,6 +124,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 429 with `Retry-After`: the node already serves as many event streams as a cap allows.
+    pub fn too_many_sessions(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)
+    }
+
     /// Names the offending field in `details`.
     pub fn with_field(mut self, field: &str) -> Self {
         self.details = Some(json!({ "field": field }));
@@ -143,14 +148,17 @@ impl ApiError {
     }
 }
 
-/// Seconds a `503 unavailable` answer asks the client to wait (`Retry-After`).
+/// Seconds a `503` or `429` answer asks the client to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response =
             (self.status, axum::Json(json!({ "error": self.body() }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(RETRY_AFTER_SECS),

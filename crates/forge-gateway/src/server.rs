@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::map_response_with_state;
 use axum::response::{IntoResponse, Response};
@@ -17,11 +17,13 @@ use axum::routing::get;
 use axum::Router;
 use forge_runtime::error::RuntimeError;
 use forge_runtime::Forge;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -169,9 +171,9 @@ impl Gateway {
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let tcp = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: the error passes, and
                         // retrying at once would spin.
@@ -185,8 +187,12 @@ impl Gateway {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "setting TCP_NODELAY");
             }
-            let conn =
-                http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+            // The event stream caps streams per client address.
+            let app = app.clone().map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+            let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

@@ -88,6 +88,13 @@ pub struct RealtimeConfig {
     /// How long a query subscription waits after a change of a table it read before running
     /// again; the changes within that time are served by one run.
     pub query_debounce: Duration,
+    /// Streams the node serves at once; a stream over it is refused (`429 too_many_sessions`).
+    pub max_sessions: usize,
+    /// Streams one signed-in user may hold open on the node at once.
+    pub max_sessions_per_user: usize,
+    /// Streams one client address may hold open on the node at once. Behind a proxy every
+    /// client has the proxy's address: raise it there.
+    pub max_sessions_per_ip: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -99,6 +106,9 @@ impl Default for RealtimeConfig {
             outbox_soft_limit: 256,
             outbox_hard_limit: 1_024,
             query_debounce: Duration::from_millis(50),
+            max_sessions: 10_000,
+            max_sessions_per_user: 20,
+            max_sessions_per_ip: 200,
         }
     }
 }
@@ -134,6 +144,9 @@ pub enum RealtimeError {
     /// The session holds the most subscriptions it may.
     #[error("the session already holds {0} subscriptions, the most it may")]
     TooManySubscriptions(usize),
+    /// Opening a stream would exceed a cap on streams (the message says which).
+    #[error("{0}")]
+    TooManySessions(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -1,8 +1,10 @@
 //! The HTTP side of realtime delivery: the stream and the subscription calls.
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -52,6 +54,7 @@ struct EventsQuery {
 /// `GET /_api/events`: opens the session's stream.
 async fn events(
     State(rt): State<Realtime>,
+    extensions: Extensions,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -65,7 +68,15 @@ async fn events(
             .unwrap_or_default();
         tokio::time::Instant::now() + left
     });
-    let session = rt.hub.open_session(rt.viewer(identity.as_ref()));
+    // Set by the gateway's server for each connection; absent when the routes are served
+    // without it, and then no per-address cap applies.
+    let ip = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let session = rt
+        .hub
+        .open_session(rt.viewer(identity.as_ref()), ip)
+        .map_err(|e| api_error(e, "sessionId"))?;
     Ok(sse::response(
         rt.hub.clone(),
         session,
@@ -276,6 +287,7 @@ pub(crate) fn api_error(e: RealtimeError, session_field: &str) -> ApiError {
             ApiError::not_found(e.to_string()).with_field(session_field)
         }
         RealtimeError::TooManySubscriptions(_) => ApiError::conflict(e.to_string()),
+        RealtimeError::TooManySessions(message) => ApiError::too_many_sessions(message),
         RealtimeError::Database(e) => ApiError::internal(e),
     }
 }

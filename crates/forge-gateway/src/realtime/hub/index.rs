@@ -2,6 +2,7 @@
 //! group.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -24,12 +25,18 @@ pub(crate) enum Topic {
 
 pub(super) struct SessionEntry {
     pub(super) session: Arc<Session>,
+    /// The client's address, when known: what the per-address cap counts.
+    pub(super) ip: Option<IpAddr>,
     pub(super) subs: HashMap<SubId, Topic>,
 }
 
 #[derive(Default)]
 pub(crate) struct Index {
     pub(super) sessions: HashMap<Uuid, SessionEntry>,
+    /// Open sessions of each signed-in user and of each client address; an entry is removed
+    /// when its count reaches zero, so the maps hold only what is open.
+    pub(super) sessions_per_user: HashMap<String, usize>,
+    pub(super) sessions_per_ip: HashMap<IpAddr, usize>,
     pub(super) jobs: HashMap<Uuid, FeedTopic<JobChange>>,
     pub(super) workflows: HashMap<Uuid, FeedTopic<WorkflowChange>>,
     pub(super) queries: QueryIndex,

@@ -19,6 +19,8 @@ pub(crate) use guard::FollowGuard;
 pub(crate) use index::Topic;
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -101,11 +103,43 @@ impl Hub {
     }
 
     /// Opens a session; its first event (`session`, with id and secret) is already queued.
-    pub(crate) fn open_session(&self, viewer: Viewer) -> Arc<Session> {
+    /// Refused when the node, the user or the client address `ip` already has as many open
+    /// sessions as the configuration allows; the counts are released by
+    /// [`close_session`](Self::close_session).
+    pub(crate) fn open_session(
+        &self,
+        viewer: Viewer,
+        ip: Option<IpAddr>,
+    ) -> Result<Arc<Session>, RealtimeError> {
         let limits = OutboxLimits {
             soft: self.config.outbox_soft_limit,
             hard: self.config.outbox_hard_limit,
         };
+        let mut index = self.lock();
+        let c = &self.config;
+        if index.sessions.len() >= c.max_sessions {
+            return Err(RealtimeError::TooManySessions(format!(
+                "this node already serves {} event streams, the most it may",
+                c.max_sessions
+            )));
+        }
+        let user = viewer.user.clone();
+        if let Some(user) = &user {
+            if index.sessions_per_user.get(user).copied().unwrap_or(0) >= c.max_sessions_per_user {
+                return Err(RealtimeError::TooManySessions(format!(
+                    "this user already has {} event streams open, the most one user may",
+                    c.max_sessions_per_user
+                )));
+            }
+        }
+        if let Some(ip) = ip {
+            if index.sessions_per_ip.get(&ip).copied().unwrap_or(0) >= c.max_sessions_per_ip {
+                return Err(RealtimeError::TooManySessions(format!(
+                    "this address already has {} event streams open, the most one address may",
+                    c.max_sessions_per_ip
+                )));
+            }
+        }
         let session = Arc::new(Session::new(viewer, limits));
         let data = serde_json::json!({
             "sessionId": session.id,
@@ -114,14 +148,21 @@ impl Hub {
         session
             .outbox
             .push_fixed(Bytes::from(format!("event: session\ndata: {data}\n\n")));
-        self.lock().sessions.insert(
+        if let Some(user) = user {
+            *index.sessions_per_user.entry(user).or_default() += 1;
+        }
+        if let Some(ip) = ip {
+            *index.sessions_per_ip.entry(ip).or_default() += 1;
+        }
+        index.sessions.insert(
             session.id,
             SessionEntry {
                 session: session.clone(),
+                ip,
                 subs: HashMap::new(),
             },
         );
-        session
+        Ok(session)
     }
 
     /// Ends a session and every subscription of it.
@@ -129,6 +170,12 @@ impl Hub {
         let mut index = self.lock();
         if let Some(entry) = index.sessions.remove(&id) {
             entry.session.outbox.close();
+            if let Some(user) = &entry.session.viewer.user {
+                release(&mut index.sessions_per_user, user);
+            }
+            if let Some(ip) = &entry.ip {
+                release(&mut index.sessions_per_ip, ip);
+            }
             for (sub, topic) in entry.subs {
                 index.remove_from_topic(id, &sub, &topic);
             }
@@ -325,5 +372,18 @@ pub(crate) enum QuerySubscribeError {
 impl From<RealtimeError> for QuerySubscribeError {
     fn from(e: RealtimeError) -> Self {
         QuerySubscribeError::Realtime(e)
+    }
+}
+
+/// Takes one from a count of open sessions, dropping the entry at zero.
+fn release<K: Hash + Eq + ?Sized, Q: Hash + Eq + std::borrow::Borrow<K>>(
+    counts: &mut HashMap<Q, usize>,
+    key: &K,
+) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }

@@ -1,0 +1,107 @@
+//! The caps on event streams: per node, per user and per client address. A stream over a cap
+//! is refused with `429 too_many_sessions` and `Retry-After`; a closed stream frees its slot.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use forge::prelude::*;
+use forge_gateway::{Gateway, GatewayConfig};
+use forge_test_support::sse::SseStream;
+use forge_test_support::{wait_for, TestDb};
+use serde_json::{json, Value};
+
+const SECRET: &[u8] = b"stream-caps-test-secret-stream-caps";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn token(user: &str) -> String {
+    let exp = (SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A client whose connections come from `ip` (any address of 127.0.0.0/8 reaches the node).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn open(http: &reqwest::Client, base: &str, user: Option<&str>) -> SseStream {
+    let token = user.map(token);
+    let mut stream = SseStream::open(http, &format!("{base}/_api/events"), token.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("stream of {user:?} refused: {e:?}"));
+    let (_, name, _) = stream.next_event(WAIT, "the session event").await;
+    assert_eq!(name, "session");
+    stream
+}
+
+/// Opens a stream that must be refused; returns the error's message.
+async fn refused(http: &reqwest::Client, base: &str, user: Option<&str>) -> String {
+    let mut req = http.get(format!("{base}/_api/events"));
+    if let Some(user) = user {
+        req = req.bearer_auth(token(user));
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 429, "stream of {user:?}");
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_sessions", "{body}");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn streams_over_a_cap_are_refused_until_one_closes() {
+    let db = TestDb::new().await;
+    let forge = Forge::connect(&db.url).await.unwrap();
+    let mut config = GatewayConfig::new(SECRET);
+    config.realtime.max_sessions = 4;
+    config.realtime.max_sessions_per_user = 2;
+    config.realtime.max_sessions_per_ip = 3;
+    // A closed stream is noticed at its next write: the keep-alive comment, made frequent.
+    config.realtime.keep_alive = Duration::from_millis(100);
+    let gateway = Gateway::new(&forge, config).await.unwrap();
+    let realtime = gateway.realtime().clone();
+    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let one = client_from("127.0.0.1");
+    let two = client_from("127.0.0.2");
+
+    let alice_1 = open(&one, &base, Some("alice")).await;
+    let _alice_2 = open(&one, &base, Some("alice")).await;
+    let m = refused(&one, &base, Some("alice")).await;
+    assert!(m.contains("user"), "{m}");
+
+    // A third stream from 127.0.0.1 fills its address's slots: anonymous streams count too.
+    let _bob = open(&one, &base, Some("bob")).await;
+    let m = refused(&one, &base, None).await;
+    assert!(m.contains("address"), "{m}");
+
+    // Another address has slots, until the node is full.
+    let _anon = open(&two, &base, None).await;
+    let m = refused(&two, &base, Some("carol")).await;
+    assert!(m.contains("node"), "{m}");
+    assert_eq!(realtime.stats().sessions, 4);
+
+    // Closing a stream frees its slots (node and user).
+    drop(alice_1);
+    wait_for("the closed stream's session to end", WAIT, || async {
+        (realtime.stats().sessions == 3).then_some(())
+    })
+    .await;
+    let _alice_3 = open(&two, &base, Some("alice")).await;
+}
