@@ -22,6 +22,7 @@
 //! max_sessions = 10000             # FORGE_MAX_SESSIONS: event streams per node
 //! max_sessions_per_user = 20       # FORGE_MAX_SESSIONS_PER_USER
 //! max_sessions_per_ip = 200        # FORGE_MAX_SESSIONS_PER_IP
+//! anonymous_session_lifetime = "1h" # FORGE_ANONYMOUS_SESSION_LIFETIME
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -190,6 +191,7 @@ struct GatewayFile {
     max_sessions: Option<usize>,
     max_sessions_per_user: Option<usize>,
     max_sessions_per_ip: Option<usize>,
+    anonymous_session_lifetime: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -360,6 +362,15 @@ impl Config {
                 *value = number(setting, env(var), file, *value)?;
                 if *value == 0 {
                     return Err(invalid(setting, "must be at least 1"));
+                }
+            }
+            if let Some(v) =
+                env("FORGE_ANONYMOUS_SESSION_LIFETIME").or(f.gateway.anonymous_session_lifetime)
+            {
+                let setting = "gateway.anonymous_session_lifetime";
+                g.realtime.anonymous_session_lifetime = duration(setting, &v)?;
+                if g.realtime.anonymous_session_lifetime.is_zero() {
+                    return Err(invalid(setting, "must be more than 0"));
                 }
             }
             Some(g)
@@ -624,6 +635,21 @@ mod tests {
                 g.realtime.max_sessions_per_ip
             ),
             (50, 3, 7)
+        );
+        assert_eq!(
+            g.realtime.anonymous_session_lifetime,
+            Duration::from_secs(3600)
+        );
+        let g = load(
+            Some("[gateway]\nanonymous_session_lifetime = \"10m\"\n"),
+            &base,
+        )
+        .unwrap()
+        .gateway
+        .unwrap();
+        assert_eq!(
+            g.realtime.anonymous_session_lifetime,
+            Duration::from_secs(600)
         );
         let err = load(
             None,

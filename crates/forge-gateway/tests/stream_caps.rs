@@ -105,3 +105,37 @@ async fn streams_over_a_cap_are_refused_until_one_closes() {
     .await;
     let _alice_3 = open(&two, &base, Some("alice")).await;
 }
+
+#[tokio::test]
+async fn anonymous_streams_end_after_their_lifetime_and_reconnect() {
+    let db = TestDb::new().await;
+    let forge = Forge::connect(&db.url).await.unwrap();
+    let lifetime = Duration::from_millis(500);
+    let mut config = GatewayConfig::new(SECRET);
+    config.realtime.anonymous_session_lifetime = lifetime;
+    config.realtime.keep_alive = Duration::from_millis(100);
+    let gateway = Gateway::new(&forge, config).await.unwrap();
+    let realtime = gateway.realtime().clone();
+    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let http = reqwest::Client::new();
+
+    let opened = std::time::Instant::now();
+    let mut signed_in = open(&http, &base, Some("alice")).await;
+    let mut anonymous = open(&http, &base, None).await;
+    assert!(
+        anonymous.ended_within(WAIT).await,
+        "the anonymous stream ended"
+    );
+    assert!(opened.elapsed() >= lifetime, "not before its lifetime");
+    // The signed-in stream is not affected (it lives as long as its token).
+    assert!(!signed_in.ended_within(lifetime).await);
+    wait_for("the anonymous session to be gone", WAIT, || async {
+        (realtime.stats().sessions == 1).then_some(())
+    })
+    .await;
+    // The client reconnects: a new session.
+    let _again = open(&http, &base, None).await;
+    assert_eq!(realtime.stats().sessions, 2);
+}

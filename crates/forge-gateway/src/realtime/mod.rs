@@ -36,7 +36,8 @@
 //! `/_api/events` out of access logs, and serve over HTTPS. The stream ends when its token
 //! expires, so a leaked URL is good for no longer than the token; the client reconnects with a
 //! fresh token. Without a token the session is anonymous: it can follow public queries, and no
-//! job or workflow (an anonymous caller owns nothing).
+//! job or workflow (an anonymous caller owns nothing); it ends after
+//! [`RealtimeConfig::anonymous_session_lifetime`], and its client reconnects.
 //!
 //! # Dead clients
 //! A client that closed its connection is noticed at the next write (at the latest the
@@ -95,6 +96,10 @@ pub struct RealtimeConfig {
     /// Streams one client address may hold open on the node at once. Behind a proxy every
     /// client has the proxy's address: raise it there.
     pub max_sessions_per_ip: usize,
+    /// How long an anonymous stream lives before the server ends it (a signed-in stream ends
+    /// when its token expires). Its client reconnects and subscribes again, so an anonymous
+    /// slot is not held for ever by a client that never leaves.
+    pub anonymous_session_lifetime: Duration,
 }
 
 impl Default for RealtimeConfig {
@@ -109,6 +114,7 @@ impl Default for RealtimeConfig {
             max_sessions: 10_000,
             max_sessions_per_user: 20,
             max_sessions_per_ip: 200,
+            anonymous_session_lifetime: Duration::from_secs(3600),
         }
     }
 }

@@ -62,12 +62,14 @@ async fn events(
         Some(token) => Some(rt.auth.verify(token)?),
         None => rt.auth.from_headers(&headers)?,
     };
-    let expires_at = identity.as_ref().map(|i| i.expires_at).map(|at| {
-        let left = at
+    let left = match &identity {
+        Some(i) => i
+            .expires_at
             .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::Instant::now() + left
-    });
+            .unwrap_or_default(),
+        None => rt.config().anonymous_session_lifetime,
+    };
+    let expires_at = Some(tokio::time::Instant::now() + left);
     // Set by the gateway's server for each connection; absent when the routes are served
     // without it, and then no per-address cap applies.
     let ip = extensions

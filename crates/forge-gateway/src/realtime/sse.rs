@@ -2,8 +2,9 @@
 //!
 //! The stream writes whatever the outbox holds as one chunk (so a burst costs one write, not
 //! one per event), a `: ping` comment after `keep_alive` of silence, and ends when its token
-//! expires. When the client is gone, a write fails, hyper drops the body, and dropping it ends
-//! the session: a dead peer is cleaned up by the next keep-alive at the latest.
+//! expires (an anonymous stream: when its lifetime is over). When the client is gone, a write
+//! fails, hyper drops the body, and dropping it ends the session: a dead peer is cleaned up by
+//! the next keep-alive at the latest.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ impl Drop for SessionGuard {
 struct StreamState {
     guard: SessionGuard,
     keep_alive: Duration,
-    expires_at: Option<Instant>,
+    expires_at: Instant,
 }
 
 /// The response that streams `session` until the client leaves or `expires_at` passes.
@@ -44,7 +45,7 @@ pub(crate) fn response(
     hub: Arc<Hub>,
     session: Arc<Session>,
     keep_alive: Duration,
-    expires_at: Option<Instant>,
+    expires_at: Instant,
 ) -> Response {
     let state = StreamState {
         guard: SessionGuard { hub, session },
@@ -71,15 +72,9 @@ pub(crate) fn response(
 /// The next chunk to write, or `None` to end the stream.
 async fn next_chunk(st: &StreamState) -> Option<Bytes> {
     let outbox = &st.guard.session.outbox;
-    let expiry = async {
-        match st.expires_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         biased;
-        () = expiry => None,
+        () = tokio::time::sleep_until(st.expires_at) => None,
         open = outbox.ready() => if open { outbox.take(MAX_CHUNK) } else { None },
         () = tokio::time::sleep(st.keep_alive) => Some(Bytes::from_static(b": ping\n\n")),
     }
