@@ -23,6 +23,7 @@
 //! max_sessions_per_user = 20       # FORGE_MAX_SESSIONS_PER_USER
 //! max_sessions_per_ip = 200        # FORGE_MAX_SESSIONS_PER_IP
 //! anonymous_session_lifetime = "1h" # FORGE_ANONYMOUS_SESSION_LIFETIME
+//! max_live_queries = 10000         # FORGE_MAX_LIVE_QUERIES: query groups per node
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -192,6 +193,7 @@ struct GatewayFile {
     max_sessions_per_user: Option<usize>,
     max_sessions_per_ip: Option<usize>,
     anonymous_session_lifetime: Option<String>,
+    max_live_queries: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -356,6 +358,12 @@ impl Config {
                     "FORGE_MAX_SESSIONS_PER_IP",
                     f.gateway.max_sessions_per_ip,
                     &mut g.realtime.max_sessions_per_ip,
+                ),
+                (
+                    "gateway.max_live_queries",
+                    "FORGE_MAX_LIVE_QUERIES",
+                    f.gateway.max_live_queries,
+                    &mut g.realtime.max_query_groups,
                 ),
             ];
             for (setting, var, file, value) in caps {
@@ -622,7 +630,7 @@ mod tests {
             (10_000, 20, 200)
         );
         let g = load(
-            Some("[gateway]\nmax_sessions = 50\nmax_sessions_per_ip = 7\n"),
+            Some("[gateway]\nmax_sessions = 50\nmax_sessions_per_ip = 7\nmax_live_queries = 9\n"),
             &[base[0], base[1], ("FORGE_MAX_SESSIONS_PER_USER", "3")],
         )
         .unwrap()
@@ -636,6 +644,7 @@ mod tests {
             ),
             (50, 3, 7)
         );
+        assert_eq!(g.realtime.max_query_groups, 9);
         assert_eq!(
             g.realtime.anonymous_session_lifetime,
             Duration::from_secs(3600)

@@ -90,6 +90,10 @@ struct Node {
 }
 
 async fn node() -> Node {
+    node_with(RealtimeConfig::default()).await
+}
+
+async fn node_with(config: RealtimeConfig) -> Node {
     let db = TestDb::new().await;
     let forge = Forge::connect(&db.url).await.unwrap();
     sqlx::raw_sql(
@@ -103,7 +107,7 @@ async fn node() -> Node {
     .await
     .unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
-    let realtime = Realtime::start(&forge, RealtimeConfig::default(), realtime_support::auth())
+    let realtime = Realtime::start(&forge, config, realtime_support::auth())
         .await
         .unwrap()
         .with_query_resolver(Resolver { runs: runs.clone() });
@@ -278,4 +282,48 @@ async fn failing_subscriptions_answer_with_the_error_and_leave_nothing_behind() 
         .await
         .unwrap();
     assert_eq!(anon.status(), 200);
+}
+
+#[tokio::test]
+async fn a_new_live_query_over_the_cap_is_refused_until_one_ends() {
+    let mut config = RealtimeConfig::default();
+    config.max_query_groups = 2;
+    let n = node_with(config).await;
+    let c = Client::connect(&n.http, &n.base, &token("alice", &[])).await;
+    for (sub, owner) in [("a", "alice"), ("b", "bob")] {
+        let (status, body) = n
+            .subscribe(&c, sub, "todos", json!({ "owner": owner }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = n
+        .subscribe(&c, "c", "todos", json!({"owner": "carol"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_live_queries", "{body}");
+    // A query that already runs for this caller takes no new group: always accepted.
+    let (status, body) = n
+        .subscribe(&c, "a2", "todos", json!({"owner": "alice"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(n.realtime.stats().query_groups, 2);
+
+    // Once bob's query has no subscriber left, its group ends and frees a slot.
+    let body = json!({"sessionId": c.session, "sessionSecret": c.secret, "subscriptionId": "b"});
+    let (status, _) = realtime_support::post(
+        &n.http,
+        &format!("{}/_api/unsubscribe", n.base),
+        &c.token,
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for("bob's query group to end", WAIT, || async {
+        (n.realtime.stats().query_groups == 1).then_some(())
+    })
+    .await;
+    let (status, body) = n
+        .subscribe(&c, "c", "todos", json!({"owner": "carol"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
 }

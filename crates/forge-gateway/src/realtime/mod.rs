@@ -100,6 +100,10 @@ pub struct RealtimeConfig {
     /// when its token expires). Its client reconnects and subscribes again, so an anonymous
     /// slot is not held for ever by a client that never leaves.
     pub anonymous_session_lifetime: Duration,
+    /// Distinct live queries (query groups) the node runs at once; a subscription that would
+    /// start one more is refused (`503 too_many_live_queries`). Subscribing to a query that
+    /// already runs for the same caller and arguments is always accepted.
+    pub max_query_groups: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -115,6 +119,7 @@ impl Default for RealtimeConfig {
             max_sessions_per_user: 20,
             max_sessions_per_ip: 200,
             anonymous_session_lifetime: Duration::from_secs(3600),
+            max_query_groups: 10_000,
         }
     }
 }
@@ -150,6 +155,10 @@ pub enum RealtimeError {
     /// The session holds the most subscriptions it may.
     #[error("the session already holds {0} subscriptions, the most it may")]
     TooManySubscriptions(usize),
+    /// The node already runs the most live queries it may, and this subscription would start
+    /// another.
+    #[error("this node already runs {0} live queries, the most it may; try again later")]
+    TooManyQueryGroups(usize),
     /// Opening a stream would exceed a cap on streams (the message says which).
     #[error("{0}")]
     TooManySessions(String),

@@ -290,6 +290,11 @@ pub(crate) fn api_error(e: RealtimeError, session_field: &str) -> ApiError {
         }
         RealtimeError::TooManySubscriptions(_) => ApiError::conflict(e.to_string()),
         RealtimeError::TooManySessions(message) => ApiError::too_many_sessions(message),
+        RealtimeError::TooManyQueryGroups(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_live_queries",
+            e.to_string(),
+        ),
         RealtimeError::Database(e) => ApiError::internal(e),
     }
 }

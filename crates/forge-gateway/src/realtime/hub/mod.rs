@@ -319,8 +319,19 @@ impl Hub {
     ) -> Result<(Arc<Session>, SubId), RealtimeError> {
         let max = self.config.max_subscriptions_per_session;
         let mut index = self.lock();
-        let entry = index.check(proof)?;
-        let session = entry.session.clone();
+        let session = index.check(proof)?.session.clone();
+        if let Topic::Query(key) = &topic {
+            // Each group is a runner that re-runs its query on every change of a table it
+            // read: the cap bounds that work, so only a new group is refused.
+            let most = self.config.max_query_groups;
+            if !index.queries.groups.contains_key(key) && index.queries.group_count() >= most {
+                return Err(RealtimeError::TooManyQueryGroups(most));
+            }
+        }
+        let entry = index
+            .sessions
+            .get_mut(&proof.session_id)
+            .expect("checked above");
         let sub: SubId = sub.into();
         let replaced = entry.subs.insert(sub.clone(), topic);
         if replaced.is_none() && entry.subs.len() > max {
