@@ -24,6 +24,7 @@
 //! max_sessions_per_ip = 200        # FORGE_MAX_SESSIONS_PER_IP
 //! anonymous_session_lifetime = "1h" # FORGE_ANONYMOUS_SESSION_LIFETIME
 //! max_live_queries = 10000         # FORGE_MAX_LIVE_QUERIES: query groups per node
+//! max_starts_per_minute = 120      # FORGE_MAX_STARTS_PER_MINUTE: jobs/workflows per caller
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -106,6 +107,9 @@ pub struct GatewayConfig {
     /// How long a connection may take to send a request's headers, counted from when it
     /// starts waiting for one: bounds slow senders and idle keep-alive connections alike.
     pub header_read_timeout: Duration,
+    /// Jobs and workflows one caller (a signed-in user, else a client address) may start over
+    /// RPC a minute, a whole minute's worth at once at most: a token bucket per caller.
+    pub max_starts_per_minute: u32,
     pub realtime: RealtimeConfig,
 }
 
@@ -122,6 +126,7 @@ impl GatewayConfig {
             function_timeout: Duration::from_secs(30),
             batch_limit: 100,
             header_read_timeout: Duration::from_secs(10),
+            max_starts_per_minute: 120,
             realtime: RealtimeConfig::default(),
         }
     }
@@ -194,6 +199,7 @@ struct GatewayFile {
     max_sessions_per_ip: Option<usize>,
     anonymous_session_lifetime: Option<String>,
     max_live_queries: Option<usize>,
+    max_starts_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +651,7 @@ mod tests {
             (50, 3, 7)
         );
         assert_eq!(g.realtime.max_query_groups, 9);
+        assert_eq!(g.max_starts_per_minute, 120);
         assert_eq!(
             g.realtime.anonymous_session_lifetime,
             Duration::from_secs(3600)

@@ -129,6 +129,16 @@ impl ApiError {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)
     }
 
+    /// 429: the caller started jobs and workflows faster than allowed; `details.retryAfter`
+    /// (and the `Retry-After` header) says in how many seconds a start is allowed again.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self {
+            details: Some(json!({ "retryAfter": secs })),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     /// Names the offending field in `details`.
     pub fn with_field(mut self, field: &str) -> Self {
         self.details = Some(json!({ "field": field }));
@@ -159,9 +169,14 @@ impl IntoResponse for ApiError {
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
+            let secs = self
+                .details
+                .as_ref()
+                .and_then(|d| d["retryAfter"].as_u64())
+                .unwrap_or(RETRY_AFTER_SECS);
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+                axum::http::HeaderValue::from(secs),
             );
         }
         response

@@ -4,6 +4,7 @@
 //! same on all of them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use sqlx::PgConnection;
 
 use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::rate::{StartLimiter, Starter};
 use crate::realtime::{Follow, LiveQuery, QueryResolver, Realtime};
 
 /// What kind of function a name refers to.
@@ -196,6 +198,8 @@ pub(crate) struct Caller {
     pub(crate) realtime: Realtime,
     /// For functions without a `timeout` of their own.
     pub(crate) default_timeout: Duration,
+    /// How fast each caller may start jobs and workflows.
+    pub(crate) starts: Arc<StartLimiter>,
 }
 
 impl Caller {
@@ -213,9 +217,11 @@ impl Caller {
     }
 
     /// Makes `call` as `identity`; returns the `data` of the answer.
+    /// `ip` is the client's address, when known: anonymous starts are limited by it.
     pub(crate) async fn call(
         &self,
         identity: Option<&Identity>,
+        ip: Option<IpAddr>,
         call: Call,
     ) -> Result<Value, ApiError> {
         let f = self.resolve(&call.function, identity)?;
@@ -240,6 +246,21 @@ impl Caller {
                     f.kind()
                 ),
             ));
+        }
+        if startable {
+            let starter = match (identity, ip) {
+                (Some(i), _) => Some(Starter::User(i.user_id.clone())),
+                (None, Some(ip)) => Some(Starter::Address(ip)),
+                (None, None) => None,
+            };
+            if let Some(starter) = starter {
+                self.starts.take(starter).map_err(|wait| {
+                    ApiError::rate_limited(
+                        "too many jobs and workflows started; try again later",
+                        wait,
+                    )
+                })?;
+            }
         }
         let timeout = f.timeout().unwrap_or(self.default_timeout);
         let user = identity.map(Identity::user);

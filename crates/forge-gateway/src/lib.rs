@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 mod functions;
 mod openapi;
+mod rate;
 pub mod realtime;
 mod rpc;
 mod schedules;

@@ -3,11 +3,12 @@
 //! `POST /_api/cancel-workflow`).
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -37,6 +38,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
 async fn call_named(
     State(s): State<Arc<AppState>>,
     Path(function): Path<String>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -52,8 +54,19 @@ async fn call_named(
         follow: None,
         idempotency_key: None,
     };
-    let data = s.caller.call(identity.as_ref(), call).await?;
+    let data = s
+        .caller
+        .call(identity.as_ref(), client_ip(&extensions), call)
+        .await?;
     Ok(json_response(&json!({ "data": data })))
+}
+
+/// The client's address, which the gateway's server hands every request (absent when the
+/// router is served some other way).
+fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
 /// A call as `POST /_api/rpc` and the batch carry it.
@@ -87,18 +100,23 @@ fn envelope(value: Value) -> Result<Call, ApiError> {
 /// `POST /_api/rpc`: `{ "fn", "args", "follow"?, "idempotencyKey"? }`.
 async fn call(
     State(s): State<Arc<AppState>>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let identity = s.auth.from_headers(&headers)?;
     let call = envelope(json_value(&headers, &body)?)?;
-    let data = s.caller.call(identity.as_ref(), call).await?;
+    let data = s
+        .caller
+        .call(identity.as_ref(), client_ip(&extensions), call)
+        .await?;
     Ok(json_response(&json!({ "data": data })))
 }
 
 /// `POST /_api/rpc/batch`: `[{ "fn", "args" }, ...]`, one result per call, in order.
 async fn batch(
     State(s): State<Arc<AppState>>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -115,14 +133,18 @@ async fn batch(
             items.len()
         )));
     }
-    let results = run_batch(&s.caller, identity.as_ref(), items).await;
+    let who = Requester {
+        identity: identity.as_ref(),
+        ip: client_ip(&extensions),
+    };
+    let results = run_batch(&s.caller, who, items).await;
     Ok(json_response(&json!({ "results": results })))
 }
 
 /// Runs a batch's calls: consecutive queries side by side, every other call alone once the
 /// calls before it are done, so that a call sees the writes of the mutations listed before
 /// it. A failing call fails alone.
-async fn run_batch(caller: &Caller, identity: Option<&Identity>, items: Vec<Value>) -> Vec<Value> {
+async fn run_batch(caller: &Caller, who: Requester<'_>, items: Vec<Value>) -> Vec<Value> {
     let mut results = vec![Value::Null; items.len()];
     let mut queries = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -141,21 +163,28 @@ async fn run_batch(caller: &Caller, identity: Option<&Identity>, items: Vec<Valu
             queries.push((i, call));
             continue;
         }
-        run_queries(caller, identity, &mut queries, &mut results).await;
-        results[i] = outcome(caller.call(identity, call).await);
+        run_queries(caller, who, &mut queries, &mut results).await;
+        results[i] = outcome(caller.call(who.identity, who.ip, call).await);
     }
-    run_queries(caller, identity, &mut queries, &mut results).await;
+    run_queries(caller, who, &mut queries, &mut results).await;
     results
+}
+
+/// Who makes a batch's calls.
+#[derive(Clone, Copy)]
+struct Requester<'a> {
+    identity: Option<&'a Identity>,
+    ip: Option<IpAddr>,
 }
 
 async fn run_queries(
     caller: &Caller,
-    identity: Option<&Identity>,
+    who: Requester<'_>,
     queries: &mut Vec<(usize, Call)>,
     results: &mut [Value],
 ) {
     let runs = queries.drain(..).map(|(i, call)| async move {
-        let out = caller.call(identity, call).await;
+        let out = caller.call(who.identity, who.ip, call).await;
         (i, out)
     });
     for (i, out) in futures::future::join_all(runs).await {

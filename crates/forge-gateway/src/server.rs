@@ -31,6 +31,7 @@ use crate::auth::{Auth, WeakSecret};
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
 use crate::functions::{Caller, DuplicateName, Functions};
+use crate::rate::StartLimiter;
 use crate::realtime::Realtime;
 use crate::state::AppState;
 use crate::{openapi, rpc};
@@ -105,6 +106,7 @@ impl Gateway {
             functions: functions.clone(),
             realtime: realtime.clone(),
             default_timeout: config.function_timeout,
+            starts: Arc::new(StartLimiter::new(config.max_starts_per_minute)),
         };
         let realtime = realtime.with_query_resolver(caller.clone());
         let doc = openapi::document(&functions, config.batch_limit);

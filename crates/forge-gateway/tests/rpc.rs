@@ -1328,3 +1328,67 @@ async fn a_start_with_an_idempotency_key_starts_once_per_user_and_function() {
     assert_eq!((status, code(&body).0), (401, "unauthenticated"), "{body}");
     assert_eq!(s.jobs_named("rpc_job").await, 3);
 }
+
+#[tokio::test]
+async fn starting_jobs_faster_than_allowed_answers_429_rate_limited() {
+    let s = server_with(|c| c.max_starts_per_minute = 2).await;
+    for n in 0..2 {
+        let (status, body) = s.call("rpc_job", Some(&alice()), json!({ "n": n })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let res = s
+        .http
+        .post(format!("{}/_api/rpc/rpc_job", s.base))
+        .bearer_auth(alice())
+        .json(&json!({ "n": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    // The bucket refills at 2 a minute: the next start is about 30 s away.
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&retry), "{retry}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(body["error"]["details"]["retryAfter"], retry, "{body}");
+    assert_eq!(
+        s.jobs_named("rpc_job").await,
+        2,
+        "the refused call started nothing"
+    );
+    // In a batch too, each start counts; queries are not limited.
+    let (status, body) = s
+        .post(
+            "/_api/rpc/batch",
+            Some(&alice()),
+            json!([
+                { "fn": "rpc_job", "args": { "n": 4 } },
+                { "fn": "rpc_nothing", "args": {} },
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][0]["error"]["code"], "rate_limited",
+        "{body}"
+    );
+    assert!(body["results"][1]["data"].is_number(), "{body}");
+    // Another user has a bucket of their own; anonymous callers are counted by address.
+    let bob = token("bob", &[], 3600);
+    let (status, body) = s.call("rpc_job", Some(&bob), json!({ "n": 5 })).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, body) = s.call("rpc_public_job", None, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = s.call("rpc_public_job", None, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("rate_limited")),
+        "{body}"
+    );
+}
