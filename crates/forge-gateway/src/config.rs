@@ -378,6 +378,18 @@ impl Config {
                     return Err(invalid(setting, "must be at least 1"));
                 }
             }
+            g.max_starts_per_minute = number(
+                "gateway.max_starts_per_minute",
+                env("FORGE_MAX_STARTS_PER_MINUTE"),
+                f.gateway.max_starts_per_minute,
+                g.max_starts_per_minute,
+            )?;
+            if g.max_starts_per_minute == 0 {
+                return Err(invalid(
+                    "gateway.max_starts_per_minute",
+                    "must be at least 1",
+                ));
+            }
             if let Some(v) =
                 env("FORGE_ANONYMOUS_SESSION_LIFETIME").or(f.gateway.anonymous_session_lifetime)
             {
@@ -656,6 +668,14 @@ mod tests {
             g.realtime.anonymous_session_lifetime,
             Duration::from_secs(3600)
         );
+        let g = load(
+            Some("[gateway]\nmax_starts_per_minute = 5\n"),
+            &[base[0], base[1]],
+        )
+        .unwrap()
+        .gateway
+        .unwrap();
+        assert_eq!(g.max_starts_per_minute, 5);
         let g = load(
             Some("[gateway]\nanonymous_session_lifetime = \"10m\"\n"),
             &base,

@@ -85,7 +85,12 @@ fn token(user: &str) -> String {
 }
 
 impl Server {
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value, Option<String>) {
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value, Option<String>) {
         let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -122,7 +127,11 @@ async fn a_query_past_its_timeout_is_cancelled_in_the_database() {
         body,
         json!({ "error": { "code": "timeout", "message": "`dbt_sleepy` ran past its timeout of 500ms" } })
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // Without a statement_timeout the sleep would go on for a minute, holding a connection.
     wait_for("the sleeping statement to be cancelled", WAIT, || async {
         (s.sleepers().await == 0).then_some(())
@@ -131,7 +140,11 @@ async fn a_query_past_its_timeout_is_cancelled_in_the_database() {
 
     // A mutation's statement too, and its writes are rolled back.
     let (status, body, _) = s.post("/_api/rpc/dbt_sleepy_write", None, json!({})).await;
-    assert_eq!((status, &body["error"]["code"]), (504, &json!("timeout")), "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (504, &json!("timeout")),
+        "{body}"
+    );
     wait_for("the sleeping statement to be cancelled", WAIT, || async {
         (s.sleepers().await == 0).then_some(())
     })
@@ -193,19 +206,22 @@ async fn a_first_subscription_does_not_wait_behind_a_lock_on_its_table() {
             .unwrap();
         t0.elapsed()
     };
-    let (answer, writer_waited) = tokio::time::timeout(WAIT, async {
-        tokio::join!(subscribe("first"), writer)
-    })
-    .await
-    .expect("the subscription and the writer answer while the lock is held");
+    let (answer, writer_waited) =
+        tokio::time::timeout(WAIT, async { tokio::join!(subscribe("first"), writer) })
+            .await
+            .expect("the subscription and the writer answer while the lock is held");
     let took = started.elapsed();
     let (status, body, retry_after) = answer;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(!body.to_string().contains("55P03") && !body.to_string().contains("lock timeout"));
     assert_eq!(retry_after.as_deref(), Some("1"));
-    let bound = forge_runtime::store::WATCH_LOCK_TIMEOUT * (forge_runtime::store::WATCH_LOCK_ATTEMPTS + 2);
-    assert!(took < bound + Duration::from_secs(2), "answered after {took:?}");
+    let bound =
+        forge_runtime::store::WATCH_LOCK_TIMEOUT * (forge_runtime::store::WATCH_LOCK_ATTEMPTS + 2);
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
     assert!(
         writer_waited < forge_runtime::store::WATCH_LOCK_TIMEOUT + Duration::from_millis(700),
         "a writer waited {writer_waited:?} behind the trigger's lock"

@@ -69,7 +69,7 @@ async fn events(
             .unwrap_or_default(),
         None => rt.config().anonymous_session_lifetime,
     };
-    let expires_at = Some(tokio::time::Instant::now() + left);
+    let expires_at = tokio::time::Instant::now() + left;
     // Set by the gateway's server for each connection; absent when the routes are served
     // without it, and then no per-address cap applies.
     let ip = extensions

@@ -19,9 +19,9 @@ pub use migrate::MIGRATIONS;
 pub use realtime::{
     is_lock_timeout, DbSnapshot, TableWatch, TrackedRead, WATCH_LOCK_ATTEMPTS, WATCH_LOCK_TIMEOUT,
 };
-pub use transactions::{is_statement_timeout, set_statement_timeout};
 pub use retention::Finished;
 pub use schedules::*;
+pub use transactions::{is_statement_timeout, set_statement_timeout};
 pub use workflows::{
     cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
     take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
