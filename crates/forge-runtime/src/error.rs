@@ -293,6 +293,17 @@ pub enum RuntimeError {
         name: &'static str,
         source: sqlx::Error,
     },
+    #[error(
+        "migration {version} ({name}) could not take its locks within {timeout:?}, {attempts} \
+         times: another transaction on forge's tables holds them (look for it in \
+         pg_stat_activity); no node applied the migration"
+    )]
+    MigrationLocked {
+        version: i32,
+        name: &'static str,
+        attempts: u32,
+        timeout: std::time::Duration,
+    },
     #[error("invalid configuration `{field}`: {message}")]
     Config {
         field: &'static str,

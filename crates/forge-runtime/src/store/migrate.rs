@@ -1,5 +1,7 @@
 //! Versioned migrations embedded in the binary, applied in a dedicated `forge` schema.
 
+use std::time::Duration;
+
 use sqlx::{Connection, Executor, PgPool};
 
 use crate::error::RuntimeError;
@@ -67,6 +69,31 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
 /// Any fixed number works; it only has to be the same on every node.
 const MIGRATION_LOCK: i64 = 0x0066_6f72_6765_6d69;
 
+/// How long one try of a migration waits for a table lock. A migration that alters a table
+/// queues for its exclusive lock behind any open transaction that touched the table, and every
+/// later reader and writer queues behind the migration: without a bound, one forgotten
+/// transaction would stall every node's claims for as long as it stays open.
+pub const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries before a node gives up on a migration it cannot get the locks for.
+pub const MIGRATION_LOCK_ATTEMPTS: u32 = 8;
+/// The pause after the first failed try; it doubles after each, up to 8 s.
+const MIGRATION_LOCK_PAUSE: Duration = Duration::from_millis(500);
+const MIGRATION_LOCK_MAX_PAUSE: Duration = Duration::from_secs(8);
+
+/// How migrations wait for their locks; tests shorten it.
+#[derive(Clone, Copy)]
+struct LockWait {
+    timeout: Duration,
+    attempts: u32,
+    pause: Duration,
+}
+
+const LOCK_WAIT: LockWait = LockWait {
+    timeout: MIGRATION_LOCK_TIMEOUT,
+    attempts: MIGRATION_LOCK_ATTEMPTS,
+    pause: MIGRATION_LOCK_PAUSE,
+};
+
 pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
     let mut conn = pool.acquire().await?;
     // Two nodes starting at the same moment would otherwise both see version N missing and
@@ -75,7 +102,7 @@ pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)
         .await?;
-    let result = apply_missing(&mut conn).await;
+    let result = apply_missing(&mut conn, MIGRATIONS, LOCK_WAIT).await;
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)
@@ -88,7 +115,11 @@ pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
 // Statements run as `conn.execute(raw_sql(..))`, not `raw_sql(..).execute(conn)`: the latter
 // is a generic `async fn` whose future the compiler cannot prove `Send` for every lifetime,
 // which made `Forge::connect` (and a node's `run`) impossible to `tokio::spawn`.
-async fn apply_missing(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError> {
+async fn apply_missing(
+    conn: &mut sqlx::PgConnection,
+    migrations: &[(i32, &'static str, &str)],
+    wait: LockWait,
+) -> Result<(), RuntimeError> {
     conn.execute(sqlx::raw_sql(
         "CREATE SCHEMA IF NOT EXISTS forge;
          CREATE TABLE IF NOT EXISTS forge.schema_migrations (
@@ -100,30 +131,63 @@ async fn apply_missing(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError
     let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM forge.schema_migrations")
         .fetch_all(&mut *conn)
         .await?;
-    for &(version, name, sql) in MIGRATIONS {
+    for &(version, name, sql) in migrations {
         if applied.contains(&version) {
             continue;
         }
-        apply(conn, version, name, sql)
-            .await
-            .map_err(|source| RuntimeError::Migration {
-                version,
-                name,
-                source,
-            })?;
+        let mut pause = wait.pause;
+        let mut attempt = 1;
+        loop {
+            match apply(conn, version, name, sql, wait.timeout).await {
+                Ok(()) => break,
+                Err(e) if super::is_lock_timeout(&e) => {
+                    if attempt == wait.attempts {
+                        return Err(RuntimeError::MigrationLocked {
+                            version,
+                            name,
+                            attempts: wait.attempts,
+                            timeout: wait.timeout,
+                        });
+                    }
+                    tracing::warn!(
+                        version,
+                        name,
+                        attempt,
+                        "a migration could not take its locks; another transaction on forge's \
+                         tables holds them, trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MIGRATION_LOCK_MAX_PAUSE);
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(RuntimeError::Migration {
+                        version,
+                        name,
+                        source,
+                    })
+                }
+            }
+        }
         tracing::info!(version, name, "applied migration");
     }
     Ok(())
 }
 
-/// One migration and its record, in one transaction.
+/// One migration and its record, in one transaction, waiting at most `lock_timeout` for each
+/// lock it takes.
 async fn apply(
     conn: &mut sqlx::PgConnection,
     version: i32,
     name: &str,
     sql: &str,
+    lock_timeout: Duration,
 ) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_timeout.as_millis()))
+        .execute(&mut *tx)
+        .await?;
     tx.execute(sqlx::raw_sql(sql)).await?;
     sqlx::query("INSERT INTO forge.schema_migrations (version, name) VALUES ($1, $2)")
         .bind(version)
@@ -144,7 +208,117 @@ pub(super) async fn is_current(pool: &PgPool) -> Result<bool, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use forge_test_support::{wait_for, TestDb};
+    use sqlx::postgres::PgPoolOptions;
+
     use super::super::Store;
+    use super::{apply_missing, LockWait};
+    use crate::error::RuntimeError;
+
+    static PROBE: &[(i32, &str, &str)] = &[(
+        1000,
+        "probe",
+        "ALTER TABLE forge.jobs ADD COLUMN probe integer",
+    )];
+
+    /// A migration that alters a table behind an open transaction gives up its place in the
+    /// lock queue every `timeout`, so the table's readers and writers wait at most that long
+    /// behind it; it fails with a typed error after its tries, and applies once the
+    /// transaction ends between two tries.
+    #[tokio::test]
+    async fn a_migration_behind_an_open_transaction_never_blocks_the_table_for_long() {
+        let db = TestDb::new().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        Store::new(pool.clone()).migrate().await.unwrap();
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT count(*) FROM forge.jobs")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+
+        let wait = LockWait {
+            timeout: Duration::from_millis(200),
+            attempts: 3,
+            pause: Duration::from_millis(100),
+        };
+        let mut conn = pool.acquire().await.unwrap().detach();
+        let migrating =
+            tokio::spawn(async move { apply_missing(&mut conn, PROBE, wait).await.map(|()| conn) });
+        let mut slowest = Duration::ZERO;
+        while !migrating.is_finished() {
+            let started = std::time::Instant::now();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                sqlx::query("SELECT count(*) FROM forge.jobs").execute(&pool),
+            )
+            .await
+            .expect("a reader of the table is not stuck behind the migration")
+            .unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a reader waited {slowest:?}"
+        );
+        match migrating.await.unwrap() {
+            Err(RuntimeError::MigrationLocked {
+                version: 1000,
+                name: "probe",
+                attempts: 3,
+                ..
+            }) => {}
+            other => panic!("expected MigrationLocked, got {:?}", other.map(|_| ())),
+        }
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM forge.schema_migrations WHERE version = 1000")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(recorded, 0);
+
+        // Now the transaction ends while the migration waits between tries.
+        let wait = LockWait {
+            attempts: 50,
+            ..wait
+        };
+        let mut conn = pool.acquire().await.unwrap().detach();
+        let migrating = tokio::spawn(async move { apply_missing(&mut conn, PROBE, wait).await });
+        wait_for(
+            "the migration to queue for its lock",
+            Duration::from_secs(10),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+        holder.rollback().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), migrating)
+            .await
+            .expect("the migration applies once the transaction ends")
+            .unwrap()
+            .unwrap();
+        let column: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_schema = 'forge' AND table_name = 'jobs' AND column_name = 'probe'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(column, 1);
+    }
 
     /// Nodes migrate inside spawned tasks: this does not compile unless the future of
     /// `Store::migrate` is `Send`.

@@ -15,7 +15,7 @@ pub use jobs::{
     JobRow, NewJob, ProgressWrite, StartWrite, UpdateBatch,
 };
 pub use listen::Listen;
-pub use migrate::MIGRATIONS;
+pub use migrate::{MIGRATIONS, MIGRATION_LOCK_ATTEMPTS, MIGRATION_LOCK_TIMEOUT};
 pub use realtime::{
     is_lock_timeout, DbSnapshot, TableWatch, TrackedRead, WATCH_LOCK_ATTEMPTS, WATCH_LOCK_TIMEOUT,
 };
