@@ -25,6 +25,7 @@
 //! anonymous_session_lifetime = "1h" # FORGE_ANONYMOUS_SESSION_LIFETIME
 //! max_live_queries = 10000         # FORGE_MAX_LIVE_QUERIES: query groups per node
 //! max_starts_per_minute = 120      # FORGE_MAX_STARTS_PER_MINUTE: jobs/workflows per caller
+//! max_result_bytes = 4194304       # FORGE_MAX_RESULT_BYTES: a query's or mutation's answer, as JSON
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -110,6 +111,8 @@ pub struct GatewayConfig {
     /// Jobs and workflows one caller (a signed-in user, else a client address) may start over
     /// RPC a minute, a whole minute's worth at once at most: a token bucket per caller.
     pub max_starts_per_minute: u32,
+    /// Largest answer of a query or mutation (a call or a live-query run), in bytes of JSON.
+    pub max_result_bytes: usize,
     pub realtime: RealtimeConfig,
 }
 
@@ -127,6 +130,7 @@ impl GatewayConfig {
             batch_limit: 100,
             header_read_timeout: Duration::from_secs(10),
             max_starts_per_minute: 120,
+            max_result_bytes: 4 * 1024 * 1024,
             realtime: RealtimeConfig::default(),
         }
     }
@@ -200,6 +204,7 @@ struct GatewayFile {
     anonymous_session_lifetime: Option<String>,
     max_live_queries: Option<usize>,
     max_starts_per_minute: Option<u32>,
+    max_result_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -370,6 +375,12 @@ impl Config {
                     "FORGE_MAX_LIVE_QUERIES",
                     f.gateway.max_live_queries,
                     &mut g.realtime.max_query_groups,
+                ),
+                (
+                    "gateway.max_result_bytes",
+                    "FORGE_MAX_RESULT_BYTES",
+                    f.gateway.max_result_bytes,
+                    &mut g.max_result_bytes,
                 ),
             ];
             for (setting, var, file, value) in caps {
@@ -676,6 +687,7 @@ mod tests {
         .gateway
         .unwrap();
         assert_eq!(g.max_starts_per_minute, 5);
+        assert_eq!(g.max_result_bytes, 4 * 1024 * 1024);
         let g = load(
             Some("[gateway]\nanonymous_session_lifetime = \"10m\"\n"),
             &base,

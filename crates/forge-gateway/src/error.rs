@@ -110,6 +110,16 @@ impl ApiError {
     }
 
     /// 503 with `Retry-After`: the database cannot be reached right now.
+    /// A query's or mutation's answer over `gateway.max_result_bytes`: a fault of the function
+    /// (it should page), not of the call, so retrying does not help.
+    pub fn result_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "result_too_large",
+            message,
+        )
+    }
+
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

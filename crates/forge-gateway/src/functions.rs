@@ -198,6 +198,8 @@ pub(crate) struct Caller {
     pub(crate) realtime: Realtime,
     /// For functions without a `timeout` of their own.
     pub(crate) default_timeout: Duration,
+    /// Largest answer of a query or mutation, in bytes of JSON.
+    pub(crate) max_result_bytes: usize,
     /// How fast each caller may start jobs and workflows.
     pub(crate) starts: Arc<StartLimiter>,
 }
@@ -269,7 +271,7 @@ impl Caller {
                 let ctx = QueryContext::new(self.forge.store().clone(), user)
                     .with_statement_timeout(timeout);
                 let out = match (def.run)(&ctx, call.args) {
-                    Ok(fut) => guarded(def.name, timeout, fut).await,
+                    Ok(fut) => guarded(def.name, timeout, self.max_result_bytes, fut).await,
                     Err(e) => Err(args_error(e)),
                 };
                 if let Err(e) = ctx.finish().await {
@@ -282,7 +284,7 @@ impl Caller {
                 let ctx = MutationContext::new(self.forge.store().clone(), user)
                     .with_statement_timeout(timeout);
                 let out = match (def.run)(&ctx, call.args) {
-                    Ok(fut) => guarded(def.name, timeout, fut).await,
+                    Ok(fut) => guarded(def.name, timeout, self.max_result_bytes, fut).await,
                     Err(e) => Err(args_error(e)),
                 };
                 match out {
@@ -409,11 +411,12 @@ impl Caller {
     }
 }
 
-/// Runs a function's future within its timeout; a panic is an internal error (and, for a
-/// mutation, rolls its transaction back like any other failure).
+/// Runs a function's future within its timeout; a panic, or an answer over `max_result_bytes`,
+/// is an error (and, for a mutation, rolls its transaction back like any other failure).
 async fn guarded(
     name: &'static str,
     timeout: Duration,
+    max_result_bytes: usize,
     fut: BoxFuture<'_, Result<Value, Error>>,
 ) -> Result<Value, ApiError> {
     match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
@@ -422,14 +425,49 @@ async fn guarded(
             "function `{name}` panicked: {}",
             panic_message(&*panic)
         ))),
-        Ok(Ok(out)) => out.map_err(|e| {
-            if cancelled_by_statement_timeout(&e) {
-                timed_out(name, timeout)
+        Ok(Ok(Ok(value))) => {
+            if fits(&value, max_result_bytes) {
+                Ok(value)
             } else {
-                function_error(name, e)
+                tracing::warn!(
+                    function = name,
+                    max_result_bytes,
+                    "answer over the size limit"
+                );
+                Err(ApiError::result_too_large(format!(
+                    "`{name}` answered with more than {max_result_bytes} bytes of JSON, the \
+                     most an answer may hold (gateway.max_result_bytes); return fewer rows, or \
+                     a page of them"
+                )))
             }
+        }
+        Ok(Ok(Err(e))) => Err(if cancelled_by_statement_timeout(&e) {
+            timed_out(name, timeout)
+        } else {
+            function_error(name, e)
         }),
     }
+}
+
+/// Whether `value` serializes to at most `limit` bytes of JSON. Counting stops at the limit,
+/// so a huge answer costs no more than `limit` bytes of work to refuse.
+fn fits(value: &Value, limit: usize) -> bool {
+    struct Count {
+        left: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.left = self
+                .left
+                .checked_sub(buf.len())
+                .ok_or_else(|| std::io::Error::other("over the limit"))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Count { left: limit }, value).is_ok()
 }
 
 /// Whether PostgreSQL cancelled one of the function's statements: the function's timeout is
@@ -507,6 +545,7 @@ impl QueryResolver for Caller {
             args,
             user: caller.map(Identity::user),
             timeout: def.options.timeout.unwrap_or(self.default_timeout),
+            max_result_bytes: self.max_result_bytes,
         }))
     }
 }
@@ -517,6 +556,7 @@ struct LiveCall {
     args: Value,
     user: Option<User>,
     timeout: Duration,
+    max_result_bytes: usize,
 }
 
 impl LiveQuery for LiveCall {
@@ -527,7 +567,7 @@ impl LiveQuery for LiveCall {
                 .map_err(ApiError::internal)?;
             let ctx = QueryContext::on_connection(conn, self.user.clone());
             let fut = (self.def.run)(&ctx, self.args.clone()).map_err(args_error)?;
-            guarded(self.def.name, self.timeout, fut).await
+            guarded(self.def.name, self.timeout, self.max_result_bytes, fut).await
         })
     }
 }

@@ -106,6 +106,7 @@ impl Gateway {
             functions: functions.clone(),
             realtime: realtime.clone(),
             default_timeout: config.function_timeout,
+            max_result_bytes: config.max_result_bytes,
             starts: Arc::new(StartLimiter::new(config.max_starts_per_minute)),
         };
         let realtime = realtime.with_query_resolver(caller.clone());
