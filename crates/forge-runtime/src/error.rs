@@ -160,6 +160,37 @@ impl Error {
     pub fn source_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
     }
+
+    /// The text a job's or workflow's `error` shows its followers. A database error passed on
+    /// as it is (`?` on a sqlx error) is replaced by a stable sentence with its SQLSTATE: the
+    /// driver's text names addresses, constraints and statements, which are for the operator's
+    /// log, not for every browser following the job. A message of the handler's own is kept.
+    pub fn shown(&self) -> String {
+        let Some(db) = self
+            .source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<sqlx::Error>())
+        else {
+            return self.message.clone();
+        };
+        if self.message != db.to_string() {
+            return self.message.clone();
+        }
+        match db {
+            sqlx::Error::Database(d) => match d.code() {
+                Some(code) => format!("a database statement failed (SQLSTATE {code})"),
+                None => "a database statement failed".into(),
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => "the database could not be reached".into(),
+            sqlx::Error::RowNotFound => "a query found no row where one was expected".into(),
+            _ => "a database operation failed".into(),
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -382,4 +413,31 @@ pub enum WaitError {
     /// The event arrived, but its payload does not fit the type waited for.
     #[error("the payload of event `{event}` does not fit: {message}")]
     InvalidPayload { event: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn a_driver_error_passed_on_is_shown_as_a_stable_sentence() {
+        let reset = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "Connection reset by peer",
+        );
+        let e = Error::from(sqlx::Error::Io(reset));
+        assert!(e.to_string().contains("Connection reset by peer"), "{e}");
+        assert_eq!(e.shown(), "the database could not be reached");
+        assert_eq!(
+            Error::from(sqlx::Error::PoolTimedOut).shown(),
+            "the database could not be reached"
+        );
+        assert_eq!(
+            Error::from(sqlx::Error::RowNotFound).shown(),
+            "a query found no row where one was expected"
+        );
+        assert_eq!(Error::msg("disk full").shown(), "disk full");
+        let io = Error::from(std::io::Error::other("not a database"));
+        assert_eq!(io.shown(), "not a database");
+    }
 }

@@ -209,6 +209,38 @@ async fn progress_out_of_range_is_refused_and_changes_nothing() {
     worker.shutdown().await;
 }
 
+#[forge::job(max_attempts = 1)]
+async fn divides_by_zero(ctx: &JobContext, own_message: bool) -> Result<i32> {
+    let answer = sqlx::query_scalar("SELECT 1 / 0").fetch_one(ctx.db()).await;
+    if own_message {
+        return answer.map_err(|e| Error::fatal(format!("could not divide: {e}")));
+    }
+    Ok(answer?)
+}
+
+/// A database error passed on with `?` is shown to followers as a stable sentence with its
+/// SQLSTATE, not the driver's text; a message the job wrote itself is kept as it is.
+#[tokio::test]
+async fn a_database_error_shows_its_sqlstate_not_the_drivers_text() {
+    let (_db, forge, worker) = setup(worker_config()).await;
+    let id = forge
+        .enqueue(divides_by_zero::request(false))
+        .await
+        .unwrap();
+    let r = wait_status(&forge, id, JobStatus::Failed).await;
+    assert_eq!(
+        r.error.as_deref(),
+        Some("a database statement failed (SQLSTATE 22012)")
+    );
+    let id = forge.enqueue(divides_by_zero::request(true)).await.unwrap();
+    let r = wait_status(&forge, id, JobStatus::Failed).await;
+    assert_eq!(
+        r.error.as_deref(),
+        Some("could not divide: error returned from database: division by zero")
+    );
+    worker.shutdown().await;
+}
+
 #[forge::job]
 async fn chatty(ctx: &JobContext) -> Result<()> {
     ctx.progress(5, "é".repeat(2_000)).await?;

@@ -150,7 +150,13 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             Ok(()) => FinishStatus::Completed(output),
             Err(e) => FinishStatus::Failed(value::error_text(format!("output {e}"))),
         },
-        End::Returned(Ok(Err(e))) => classify(&job, &handler, &cancel, e.kind(), e.to_string()),
+        End::Returned(Ok(Err(e))) => {
+            let shown = e.shown();
+            if shown != e.to_string() {
+                tracing::warn!(job = %job.id, name = %job.function_name, error = %e, "job failed on a database error");
+            }
+            classify(&job, &handler, &cancel, e.kind(), shown)
+        }
         End::Returned(Err(join)) => {
             let msg = if join.is_panic() {
                 format!("job panicked: {}", text::panic_message(&*join.into_panic()))

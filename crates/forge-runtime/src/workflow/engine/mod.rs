@@ -250,7 +250,12 @@ impl Execution {
                         .await
                 }
             },
-            (None, Some(Ok(Err(e)))) => self.compensate(Some(e.to_string())).await,
+            (None, Some(Ok(Err(e)))) => {
+                if e.shown() != e.to_string() {
+                    tracing::warn!(error = %e, "workflow failed on a database error");
+                }
+                self.compensate(Some(e.shown())).await
+            }
             (None, Some(Err(panic))) => {
                 let why = format!("the workflow panicked: {}", panic_message(&*panic));
                 self.compensate(Some(why)).await

@@ -176,13 +176,17 @@ impl Execution {
             },
             Err(e) => e,
         };
+        let shown = err.shown();
+        if shown != err.to_string() {
+            tracing::warn!(step = %name, error = %err, "a step failed on a database error");
+        }
         if err.is_retryable() && (attempt as u32) < policy.max_attempts {
             let wake = after(self.now(), policy.backoff.delay(attempt as u32));
             let u = StepUpdate {
                 run_seq: seq,
                 status: StepStatus::Running,
                 output: None,
-                error: Some(format!("attempt {attempt} failed: {err}")),
+                error: Some(format!("attempt {attempt} failed: {shown}")),
                 compensation_attempts: None,
                 wake_at: Some(wake),
             };
@@ -192,7 +196,7 @@ impl Execution {
                 .park(None, &name, WorkflowStatus::Running, None, wake)
                 .await;
         }
-        self.fail_step(seq, err.to_string());
+        self.fail_step(seq, shown);
         Err(err)
     }
 
