@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 mod functions;
+mod guard;
 mod openapi;
 mod rate;
 pub mod realtime;
