@@ -2,14 +2,16 @@
 //! function's timeout passes, and a first subscription does not wait (nor make writers wait)
 //! behind a transaction that holds a lock on the table it reads.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod realtime_support;
+
+use std::time::{Duration, Instant};
 
 use forge::prelude::*;
-use forge_gateway::{Gateway, GatewayConfig};
+use forge_gateway::GatewayConfig;
 use forge_test_support::{wait_for, TestDb};
+use realtime_support::SECRET;
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"db-timeouts-test-secret-db-timeouts";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Sleeps in PostgreSQL for far longer than its timeout.
@@ -57,12 +59,7 @@ async fn server() -> Server {
         .execute(forge.pool())
         .await
         .unwrap();
-    let gateway = Gateway::new(&forge, GatewayConfig::new(SECRET))
-        .await
-        .unwrap();
-    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let (base, _) = realtime_support::serve_gateway(&forge, GatewayConfig::new(SECRET)).await;
     Server {
         _db: db,
         forge,
@@ -72,16 +69,7 @@ async fn server() -> Server {
 }
 
 fn token(user: &str) -> String {
-    let exp = (SystemTime::now() + Duration::from_secs(3600))
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({ "sub": user, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
+    realtime_support::token(user, &[])
 }
 
 impl Server {

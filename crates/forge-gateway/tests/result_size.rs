@@ -2,14 +2,16 @@
 //! call answers `500 result_too_large`, a mutation's writes are rolled back, and a live query
 //! pushes the error instead of the result.
 
+mod realtime_support;
+
 use std::time::Duration;
 
 use forge::prelude::*;
-use forge_gateway::{Gateway, GatewayConfig};
+use forge_gateway::GatewayConfig;
 use forge_test_support::{sse::SseStream, TestDb};
+use realtime_support::SECRET;
 use serde_json::{json, Value};
 
-const SECRET: &[u8] = b"result-size-test-secret-result-size";
 const WAIT: Duration = Duration::from_secs(15);
 const LIMIT: usize = 1000;
 
@@ -52,10 +54,7 @@ impl Server {
             .unwrap();
         let mut config = GatewayConfig::new(SECRET);
         config.max_result_bytes = LIMIT;
-        let gateway = Gateway::new(&forge, config).await.unwrap();
-        let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(gateway.serve(listener, std::future::pending()));
+        let (base, _) = realtime_support::serve_gateway(&forge, config).await;
         Server {
             _db: db,
             forge,

@@ -1,14 +1,16 @@
 //! Run-time schedules over HTTP: each user creates, lists, pauses, resumes and deletes their
 //! own, and never sees or changes another's.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod realtime_support;
+
+use std::time::Duration;
 
 use forge::prelude::*;
-use forge_gateway::{Gateway, GatewayConfig};
+use forge_gateway::GatewayConfig;
 use forge_test_support::TestDb;
+use realtime_support::token;
+use realtime_support::SECRET;
 use serde_json::{json, Value};
-
-const SECRET: &[u8] = b"schedules-test-secret-schedules-0";
 
 #[forge::job]
 async fn sched_digest(_ctx: &JobContext, to: String) -> Result<String> {
@@ -18,20 +20,6 @@ async fn sched_digest(_ctx: &JobContext, to: String) -> Result<String> {
 #[forge::job(role = "admin")]
 async fn sched_admin_only(_ctx: &JobContext) -> Result<()> {
     Ok(())
-}
-
-fn token(user: &str, roles: &[&str]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({ "sub": user, "roles": roles, "exp": now + 3600 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
 }
 
 struct Server {
@@ -47,10 +35,7 @@ impl Server {
         let forge = Forge::connect(&db.url).await.unwrap();
         let mut config = GatewayConfig::new(SECRET);
         config.admin_role = Some("admin".into());
-        let gateway = Gateway::new(&forge, config).await.unwrap();
-        let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(gateway.serve(listener, std::future::pending()));
+        let (base, _) = realtime_support::serve_gateway(&forge, config).await;
         Server {
             _db: db,
             forge,

@@ -1,29 +1,22 @@
 //! The caps on event streams: per node, per user and per client address. A stream over a cap
 //! is refused with `429 too_many_sessions` and `Retry-After`; a closed stream frees its slot.
 
+mod realtime_support;
+
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use forge::prelude::*;
-use forge_gateway::{Gateway, GatewayConfig};
+use forge_gateway::GatewayConfig;
 use forge_test_support::sse::SseStream;
 use forge_test_support::{wait_for, TestDb};
-use serde_json::{json, Value};
+use realtime_support::SECRET;
+use serde_json::Value;
 
-const SECRET: &[u8] = b"stream-caps-test-secret-stream-caps";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn token(user: &str) -> String {
-    let exp = (SystemTime::now() + Duration::from_secs(3600))
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({ "sub": user, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
-    )
-    .unwrap()
+    realtime_support::token(user, &[])
 }
 
 /// A client whose connections come from `ip` (any address of 127.0.0.0/8 reaches the node).
@@ -73,11 +66,7 @@ async fn streams_over_a_cap_are_refused_until_one_closes() {
     config.realtime.max_sessions_per_ip = 3;
     // A closed stream is noticed at its next write: the keep-alive comment, made frequent.
     config.realtime.keep_alive = Duration::from_millis(100);
-    let gateway = Gateway::new(&forge, config).await.unwrap();
-    let realtime = gateway.realtime().clone();
-    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let (base, realtime) = realtime_support::serve_gateway(&forge, config).await;
     let one = client_from("127.0.0.1");
     let two = client_from("127.0.0.2");
 
@@ -114,11 +103,7 @@ async fn anonymous_streams_end_after_their_lifetime_and_reconnect() {
     let mut config = GatewayConfig::new(SECRET);
     config.realtime.anonymous_session_lifetime = lifetime;
     config.realtime.keep_alive = Duration::from_millis(100);
-    let gateway = Gateway::new(&forge, config).await.unwrap();
-    let realtime = gateway.realtime().clone();
-    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let (base, realtime) = realtime_support::serve_gateway(&forge, config).await;
     let http = reqwest::Client::new();
 
     let opened = std::time::Instant::now();

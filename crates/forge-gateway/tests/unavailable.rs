@@ -2,17 +2,18 @@
 //! resets every connection), calls answer `503 unavailable` with `Retry-After` within a couple
 //! of seconds, without the database's words; once it is back, they work again.
 
+mod realtime_support;
+
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use forge::prelude::*;
-use forge_gateway::{Gateway, GatewayConfig};
+use forge_gateway::GatewayConfig;
 use forge_test_support::proxy::Proxy;
 use forge_test_support::{wait_for, TestDb};
+use realtime_support::SECRET;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
-
-const SECRET: &[u8] = b"unavailable-test-secret-unavailable";
 
 #[forge::query(public)]
 async fn down_count(ctx: &QueryContext) -> Result<i64> {
@@ -55,12 +56,7 @@ async fn calls_answer_503_within_seconds_while_the_database_is_unreachable() {
     let proxy = Proxy::start(addr).await.unwrap();
     let url = db.url.replacen(&upstream, &proxy.addr().to_string(), 1);
     let forge = Forge::connect(&url).await.unwrap();
-    let gateway = Gateway::new(&forge, GatewayConfig::new(SECRET))
-        .await
-        .unwrap();
-    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    let (base, _) = realtime_support::serve_gateway(&forge, GatewayConfig::new(SECRET)).await;
     let http = reqwest::Client::new();
     assert_eq!(call(&http, &base, "down_count").await.0, 200);
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use forge::Forge;
 use forge_gateway::auth::Auth;
 use forge_gateway::realtime::{Realtime, RealtimeConfig};
+use forge_gateway::{Gateway, GatewayConfig};
 use forge_test_support::sse::SseStream;
 use serde_json::{json, Value};
 
@@ -47,6 +48,17 @@ pub(crate) async fn serve(forge: &Forge, config: RealtimeConfig) -> (String, Rea
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}"), realtime)
+}
+
+/// Serves the whole gateway of `forge` (every route, as `forge_gateway::run` does) on
+/// 127.0.0.1 with `config`; returns its base URL and its realtime handle.
+pub(crate) async fn serve_gateway(forge: &Forge, config: GatewayConfig) -> (String, Realtime) {
+    let gateway = Gateway::new(forge, config).await.unwrap();
+    let realtime = gateway.realtime().clone();
+    let listener = forge_gateway::bind("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    (base, realtime)
 }
 
 /// A client of the event stream: the stream, its session, and the token it uses.
