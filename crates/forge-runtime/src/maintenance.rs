@@ -72,6 +72,8 @@ impl RetentionConfig {
 pub struct Deleted {
     pub jobs: u64,
     pub workflows: u64,
+    /// Records of handled schedule ticks whose jobs are gone.
+    pub schedule_ticks: u64,
 }
 
 /// One round of retention: every rule, batch after batch, until each has nothing left that
@@ -96,6 +98,15 @@ pub async fn retain(store: &Store, config: &RetentionConfig) -> Result<Deleted, 
             tokio::task::yield_now().await;
         }
     }
+    // After the jobs: a tick goes once its job went.
+    loop {
+        let n = store.prune_schedule_ticks(batch).await?;
+        deleted.schedule_ticks += n;
+        if n < batch.unsigned_abs() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     Ok(deleted)
 }
 
@@ -109,8 +120,13 @@ pub(crate) async fn retention_loop(store: Store, config: RetentionConfig) {
     loop {
         tick.tick().await;
         match retain(&store, &config).await {
-            Ok(d) if d.jobs + d.workflows > 0 => {
-                tracing::debug!(jobs = d.jobs, workflows = d.workflows, "retention deleted");
+            Ok(d) if d.jobs + d.workflows + d.schedule_ticks > 0 => {
+                tracing::debug!(
+                    jobs = d.jobs,
+                    workflows = d.workflows,
+                    schedule_ticks = d.schedule_ticks,
+                    "retention deleted"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention failed; trying again next round"),

@@ -130,7 +130,8 @@ async fn finished_rows_go_after_their_status_age_and_unfinished_ones_stay() {
         d,
         Deleted {
             jobs: 2,
-            workflows: 0
+            workflows: 0,
+            schedule_ticks: 0
         }
     );
     assert_eq!(
@@ -150,7 +151,8 @@ async fn finished_rows_go_after_their_status_age_and_unfinished_ones_stay() {
         d,
         Deleted {
             jobs: 2,
-            workflows: 3
+            workflows: 3,
+            schedule_ticks: 0
         }
     );
     assert_eq!(
@@ -197,7 +199,8 @@ async fn an_age_is_measured_from_the_end_and_old_rows_go_with_the_defaults() {
         d,
         Deleted {
             jobs: 2,
-            workflows: 0
+            workflows: 0,
+            schedule_ticks: 0
         }
     );
     let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM forge.jobs")

@@ -241,6 +241,65 @@ async fn each_missed_tick_policy_does_what_it_says_after_every_node_was_stopped(
     }
 }
 
+/// Retention removes the record of a tick once its job is gone, keeps the ticks whose jobs
+/// remain, and a pruned tick is not run again.
+#[tokio::test]
+async fn retention_prunes_the_ticks_whose_jobs_are_gone_and_they_do_not_run_again() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    wait_ticks(forge.pool(), "every_second", 3).await;
+    worker.shutdown().await;
+    let before = ticks(forge.pool(), "every_second").await;
+    let jobs_before = jobs_of(forge.pool(), "every_second").await;
+    let completed = jobs_before.iter().filter(|(_, s)| s == "completed").count();
+    assert!(completed >= 1, "{jobs_before:?}");
+
+    let config = forge::RetentionConfig {
+        job_completed: Some(Duration::ZERO),
+        ..forge::RetentionConfig::default()
+    };
+    let d = forge_runtime::maintenance::retain(forge.store(), &config)
+        .await
+        .unwrap();
+    // Every declared schedule of this binary ran here: this one's completed jobs are among
+    // those deleted, and so are their ticks.
+    assert!(d.jobs as usize >= completed, "{d:?}");
+    assert!(d.schedule_ticks as usize >= completed, "{d:?}");
+    let after = ticks(forge.pool(), "every_second").await;
+    assert_eq!(
+        after.len(),
+        before.len() - completed,
+        "{before:?} {after:?}"
+    );
+    let jobs_after = jobs_of(forge.pool(), "every_second").await;
+    for (_, job) in &after {
+        let job = job.expect("a tick with a job");
+        assert!(
+            jobs_after.iter().any(|(id, _)| *id == job),
+            "tick of a deleted job kept"
+        );
+    }
+
+    // The schedule's cursor is past the pruned ticks: a new worker runs later ticks only.
+    let worker = forge.start_worker(worker_config()).await.unwrap();
+    wait_ticks(forge.pool(), "every_second", after.len() + 2).await;
+    worker.shutdown().await;
+    let last_pruned = before
+        .iter()
+        .filter(|t| !after.contains(t))
+        .map(|t| t.0)
+        .max()
+        .unwrap();
+    let newer = ticks(forge.pool(), "every_second").await;
+    for (tick, _) in newer.iter().filter(|t| !after.contains(t)) {
+        assert!(
+            *tick > last_pruned,
+            "tick {tick} ran again after it was pruned"
+        );
+    }
+}
+
 #[tokio::test]
 async fn overlap_skip_holds_while_a_slow_run_is_going() {
     let (_db, forge, worker) = setup(worker_config()).await;

@@ -1,5 +1,6 @@
 //! Retention: deleting finished jobs and workflows (their steps and events go with them, by
-//! the foreign keys' `ON DELETE CASCADE`) once they are older than their status's age.
+//! the foreign keys' `ON DELETE CASCADE`) once they are older than their status's age, and
+//! the records of schedule ticks whose jobs are gone.
 //!
 //! Each statement deletes at most one batch, found through the primary key and taken with
 //! `FOR UPDATE SKIP LOCKED`: rows a worker or another node's retention holds are skipped, not
@@ -59,6 +60,31 @@ impl Store {
             .bind(limit)
             .execute(&self.pool)
             .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl Store {
+    /// Deletes up to `limit` records of handled schedule ticks that nothing needs any more:
+    /// the tick is behind its schedule's cursor (the scheduler moved past it under the
+    /// schedule's lock, so no node tries it again), and its job is gone (deleted by retention)
+    /// or it had none (a skipped tick). A tick whose job still exists is kept, for
+    /// `JobContext::scheduled_for`. Returns how many it deleted.
+    pub async fn prune_schedule_ticks(&self, limit: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM forge.schedule_ticks t USING (
+                 SELECT d.schedule_id, d.tick FROM forge.schedule_ticks d
+                 JOIN forge.schedules s ON s.id = d.schedule_id
+                 WHERE d.tick < s.next_tick
+                   AND (d.job_id IS NULL
+                        OR NOT EXISTS (SELECT 1 FROM forge.jobs j WHERE j.id = d.job_id))
+                 LIMIT $1
+                 FOR UPDATE OF d SKIP LOCKED) old
+             WHERE t.schedule_id = old.schedule_id AND t.tick = old.tick",
+        )
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }
