@@ -109,7 +109,6 @@ impl ApiError {
         }
     }
 
-    /// 503 with `Retry-After`: the database cannot be reached right now.
     /// A query's or mutation's answer over `gateway.max_result_bytes`: a fault of the function
     /// (it should page), not of the call, so retrying does not help.
     pub fn result_too_large(message: impl Into<String>) -> Self {
@@ -120,6 +119,7 @@ impl ApiError {
         )
     }
 
+    /// 503 with `Retry-After`: the database cannot be reached right now.
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -199,13 +199,21 @@ impl IntoResponse for ApiError {
 /// routes hand their failures to [`ApiError::internal`] as text, so this is where the kind is
 /// still visible; the spellings are sqlx's, and a test pins them.
 fn database_unreachable(text: &str) -> bool {
-    const SIGNS: [&str; 3] = [
+    const SIGNS: [&str; 7] = [
         // sqlx::Error::PoolTimedOut
         "pool timed out while waiting for an open connection",
         // sqlx::Error::Io: refused, reset, broken pipe, timed out
         "error communicating with database",
         // sqlx::Error::PoolClosed
         "attempted to acquire a connection on a closed pool",
+        // The server going away or not up yet, as PostgreSQL says it (in English, its
+        // default): 57P01 when it stops or an operator ends the session, 57P02 after another
+        // backend crashed, 57P03 while it shuts down, starts up or recovers...
+        "terminating connection due to administrator command",
+        "terminating connection because of crash of another server process",
+        "the database system is ",
+        // ...and the same by SQLSTATE, where the error is debug-printed.
+        "code: \"57P0",
     ];
     SIGNS.iter().any(|s| text.contains(s))
 }
@@ -270,6 +278,22 @@ mod tests {
                 assert!(!a.message.contains("gone"), "{}", a.message);
                 assert!(a.correlation_id.is_some());
             }
+        }
+        // The server stopping or starting while a call runs.
+        for text in [
+            "starting job `x`: database error: error returned from database: terminating \
+             connection due to administrator command",
+            "starting job `x`: database error: error returned from database: the database \
+             system is starting up",
+            "function `x` failed: Error { source: Some(Database(PgDatabaseError { severity: \
+             Fatal, code: \"57P03\", message: \"...\" })) }",
+        ] {
+            let a = ApiError::internal(text);
+            assert_eq!(
+                (a.status, a.code),
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                "{text}"
+            );
         }
         let r = ApiError::internal(sqlx::Error::PoolTimedOut).into_response();
         assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");

@@ -178,6 +178,10 @@ impl Error {
         }
         match db {
             sqlx::Error::Database(d) => match d.code() {
+                // Connection exceptions, and the server stopping, crashing or starting up.
+                Some(code) if code.starts_with("08") || code.starts_with("57P0") => {
+                    "the database could not be reached".into()
+                }
                 Some(code) => format!("a database statement failed (SQLSTATE {code})"),
                 None => "a database statement failed".into(),
             },
