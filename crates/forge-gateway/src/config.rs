@@ -261,15 +261,12 @@ impl Config {
                 setting: "database.url",
                 env: "DATABASE_URL",
             })?;
-        let max_connections = number(
+        let max_connections = positive(
             "database.max_connections",
             env("FORGE_DATABASE_MAX_CONNECTIONS"),
             f.database.max_connections,
             20,
         )?;
-        if max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1"));
-        }
 
         let roles = match env("FORGE_ROLES").map(|v| list(&v)).or(f.node.roles) {
             None => Roles {
@@ -333,15 +330,12 @@ impl Config {
             if let Some(v) = env("FORGE_FUNCTION_TIMEOUT").or(f.gateway.function_timeout) {
                 g.function_timeout = duration("gateway.function_timeout", &v)?;
             }
-            g.batch_limit = number(
+            g.batch_limit = positive(
                 "gateway.batch_limit",
                 env("FORGE_BATCH_LIMIT"),
                 f.gateway.batch_limit,
                 g.batch_limit,
             )?;
-            if g.batch_limit == 0 {
-                return Err(invalid("gateway.batch_limit", "must be at least 1"));
-            }
             if let Some(v) = env("FORGE_HEADER_READ_TIMEOUT").or(f.gateway.header_read_timeout) {
                 g.header_read_timeout = duration("gateway.header_read_timeout", &v)?;
                 if g.header_read_timeout.is_zero() {
@@ -384,23 +378,14 @@ impl Config {
                 ),
             ];
             for (setting, var, file, value) in caps {
-                *value = number(setting, env(var), file, *value)?;
-                if *value == 0 {
-                    return Err(invalid(setting, "must be at least 1"));
-                }
+                *value = positive(setting, env(var), file, *value)?;
             }
-            g.max_starts_per_minute = number(
+            g.max_starts_per_minute = positive(
                 "gateway.max_starts_per_minute",
                 env("FORGE_MAX_STARTS_PER_MINUTE"),
                 f.gateway.max_starts_per_minute,
                 g.max_starts_per_minute,
             )?;
-            if g.max_starts_per_minute == 0 {
-                return Err(invalid(
-                    "gateway.max_starts_per_minute",
-                    "must be at least 1",
-                ));
-            }
             if let Some(v) =
                 env("FORGE_ANONYMOUS_SESSION_LIFETIME").or(f.gateway.anonymous_session_lifetime)
             {
@@ -416,15 +401,12 @@ impl Config {
         };
 
         let mut worker = WorkerConfig::default();
-        worker.concurrency = number(
+        worker.concurrency = positive(
             "worker.concurrency",
             env("FORGE_WORKER_CONCURRENCY"),
             f.worker.concurrency,
             worker.concurrency,
         )?;
-        if worker.concurrency == 0 {
-            return Err(invalid("worker.concurrency", "must be at least 1"));
-        }
         if let Some(queues) = env("FORGE_WORKER_QUEUES")
             .map(|v| list(&v))
             .or(f.worker.queues)
@@ -505,6 +487,24 @@ where
             .map_err(|e| invalid(setting, format!("`{v}` is not a valid number: {e}"))),
         None => Ok(file.unwrap_or(default)),
     }
+}
+
+/// [`number`], refused when it is 0 (`must be at least 1`).
+fn positive<T>(
+    setting: &'static str,
+    env: Option<String>,
+    file: Option<T>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    let value = number(setting, env, file, default)?;
+    if value == T::default() {
+        return Err(invalid(setting, "must be at least 1"));
+    }
+    Ok(value)
 }
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"2h"`.
