@@ -1,6 +1,7 @@
 //! Errors. [`Error`] is what user functions return; the other types are the runtime's own,
 //! one `thiserror` enum per operation so callers can match on what went wrong.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::status::{JobStatus, WorkflowStatus};
@@ -165,18 +166,19 @@ impl Error {
     /// as it is (`?` on a sqlx error) is replaced by a stable sentence with its SQLSTATE: the
     /// driver's text names addresses, constraints and statements, which are for the operator's
     /// log, not for every browser following the job. A message of the handler's own is kept.
-    pub fn shown(&self) -> String {
+    /// `Cow::Owned` means the text was replaced (so the caller logs the original).
+    pub fn shown(&self) -> Cow<'_, str> {
         let Some(db) = self
             .source
             .as_deref()
             .and_then(|s| s.downcast_ref::<sqlx::Error>())
         else {
-            return self.message.clone();
+            return Cow::Borrowed(&self.message);
         };
         if self.message != db.to_string() {
-            return self.message.clone();
+            return Cow::Borrowed(&self.message);
         }
-        match db {
+        Cow::Owned(match db {
             sqlx::Error::Database(d) => match d.code() {
                 // Connection exceptions, and the server stopping, crashing or starting up.
                 Some(code) if code.starts_with("08") || code.starts_with("57P0") => {
@@ -193,7 +195,7 @@ impl Error {
             | sqlx::Error::WorkerCrashed => "the database could not be reached".into(),
             sqlx::Error::RowNotFound => "a query found no row where one was expected".into(),
             _ => "a database operation failed".into(),
-        }
+        })
     }
 }
 

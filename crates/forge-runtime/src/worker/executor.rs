@@ -1,6 +1,7 @@
 //! The executor: a slot runs one job at a time in its own task, enforces its timeout and
 //! cancellation, and hands how it ended to the writer.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,10 +153,10 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         },
         End::Returned(Ok(Err(e))) => {
             let shown = e.shown();
-            if shown != e.to_string() {
+            if let Cow::Owned(_) = shown {
                 tracing::warn!(job = %job.id, name = %job.function_name, error = %e, "job failed on a database error");
             }
-            classify(&job, &handler, &cancel, e.kind(), shown)
+            classify(&job, &handler, &cancel, e.kind(), shown.into_owned())
         }
         End::Returned(Err(join)) => {
             let msg = if join.is_panic() {

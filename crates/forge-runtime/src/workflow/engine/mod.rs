@@ -18,6 +18,7 @@
 //! (the body between steps must be deterministic), so a crash in between re-runs the step
 //! exactly as a crash during it would.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -251,10 +252,11 @@ impl Execution {
                 }
             },
             (None, Some(Ok(Err(e)))) => {
-                if e.shown() != e.to_string() {
+                let shown = e.shown();
+                if let Cow::Owned(_) = shown {
                     tracing::warn!(error = %e, "workflow failed on a database error");
                 }
-                self.compensate(Some(e.shown())).await
+                self.compensate(Some(shown.into_owned())).await
             }
             (None, Some(Err(panic))) => {
                 let why = format!("the workflow panicked: {}", panic_message(&*panic));

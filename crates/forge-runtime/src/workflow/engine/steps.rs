@@ -1,5 +1,6 @@
 //! Steps: run (or replay) a step, with its retries, timeout and compensation.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -177,7 +178,7 @@ impl Execution {
             Err(e) => e,
         };
         let shown = err.shown();
-        if shown != err.to_string() {
+        if let Cow::Owned(_) = shown {
             tracing::warn!(step = %name, error = %err, "a step failed on a database error");
         }
         if err.is_retryable() && (attempt as u32) < policy.max_attempts {
@@ -196,7 +197,7 @@ impl Execution {
                 .park(None, &name, WorkflowStatus::Running, None, wake)
                 .await;
         }
-        self.fail_step(seq, shown);
+        self.fail_step(seq, shown.into_owned());
         Err(err)
     }
 
