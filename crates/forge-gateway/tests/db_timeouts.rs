@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use forge::prelude::*;
 use forge_gateway::GatewayConfig;
-use forge_test_support::{wait_for, TestDb};
-use realtime_support::SECRET;
+use forge_test_support::wait_for;
+use realtime_support::{GatewayNode, SECRET};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -45,64 +45,29 @@ async fn dbt_count(ctx: &QueryContext) -> Result<i64> {
         .await?)
 }
 
-struct Server {
-    _db: TestDb,
-    forge: Forge,
-    base: String,
-    http: reqwest::Client,
-}
-
-async fn server() -> Server {
-    let db = TestDb::new().await;
-    let forge = Forge::connect(&db.url).await.unwrap();
+async fn server() -> GatewayNode {
+    let node = GatewayNode::start(GatewayConfig::new(SECRET)).await;
     sqlx::query("CREATE TABLE dbt_items (id serial PRIMARY KEY, name text)")
-        .execute(forge.pool())
+        .execute(node.forge.pool())
         .await
         .unwrap();
-    let (base, _) = realtime_support::serve_gateway(&forge, GatewayConfig::new(SECRET)).await;
-    Server {
-        _db: db,
-        forge,
-        base,
-        http: reqwest::Client::new(),
-    }
+    node
 }
 
 fn token(user: &str) -> String {
     realtime_support::token(user, &[])
 }
 
-impl Server {
-    async fn post(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> (u16, Value, Option<String>) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        (status, res.json().await.unwrap_or(Value::Null), retry_after)
-    }
-
-    /// Statements of `dbt_sleepy` still running in PostgreSQL.
-    async fn sleepers(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE query LIKE '%''dbt_sleepy''%' AND pid <> pg_backend_pid()
-               AND state = 'active'",
-        )
-        .fetch_one(self.forge.pool())
-        .await
-        .unwrap()
-    }
+/// Statements of `dbt_sleepy` still running in PostgreSQL.
+async fn sleepers(s: &GatewayNode) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE query LIKE '%''dbt_sleepy''%' AND pid <> pg_backend_pid()
+           AND state = 'active'",
+    )
+    .fetch_one(s.forge.pool())
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -122,7 +87,7 @@ async fn a_query_past_its_timeout_is_cancelled_in_the_database() {
     );
     // Without a statement_timeout the sleep would go on for a minute, holding a connection.
     wait_for("the sleeping statement to be cancelled", WAIT, || async {
-        (s.sleepers().await == 0).then_some(())
+        (sleepers(&s).await == 0).then_some(())
     })
     .await;
 
@@ -134,7 +99,7 @@ async fn a_query_past_its_timeout_is_cancelled_in_the_database() {
         "{body}"
     );
     wait_for("the sleeping statement to be cancelled", WAIT, || async {
-        (s.sleepers().await == 0).then_some(())
+        (sleepers(&s).await == 0).then_some(())
     })
     .await;
     let (status, body, _) = s.post("/_api/rpc/dbt_count", None, json!({})).await;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use forge::prelude::*;
 use forge_gateway::GatewayConfig;
-use forge_test_support::{sse::SseStream, TestDb};
-use realtime_support::SECRET;
+use forge_test_support::sse::SseStream;
+use realtime_support::{GatewayNode, SECRET};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -37,62 +37,39 @@ async fn rs_add(ctx: &MutationContext, count: i32) -> Result<Vec<String>> {
         .await?)
 }
 
-struct Server {
-    _db: TestDb,
-    forge: Forge,
-    base: String,
-    http: reqwest::Client,
+async fn start() -> GatewayNode {
+    let mut config = GatewayConfig::new(SECRET);
+    config.max_result_bytes = LIMIT;
+    let node = GatewayNode::start(config).await;
+    sqlx::query("CREATE TABLE rs_items (id serial PRIMARY KEY, name text NOT NULL)")
+        .execute(node.forge.pool())
+        .await
+        .unwrap();
+    node
 }
 
-impl Server {
-    async fn start() -> Server {
-        let db = TestDb::new().await;
-        let forge = Forge::connect(&db.url).await.unwrap();
-        sqlx::query("CREATE TABLE rs_items (id serial PRIMARY KEY, name text NOT NULL)")
-            .execute(forge.pool())
-            .await
-            .unwrap();
-        let mut config = GatewayConfig::new(SECRET);
-        config.max_result_bytes = LIMIT;
-        let (base, _) = realtime_support::serve_gateway(&forge, config).await;
-        Server {
-            _db: db,
-            forge,
-            base,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json().await.unwrap())
-    }
-
-    async fn rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM rs_items")
-            .fetch_one(self.forge.pool())
-            .await
-            .unwrap()
-    }
+async fn rows(s: &GatewayNode) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM rs_items")
+        .fetch_one(s.forge.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn an_answer_over_the_limit_is_refused_and_a_mutations_writes_roll_back() {
-    let s = Server::start().await;
-    let (status, body) = s.post("/_api/rpc/rs_add", json!({ "count": 5 })).await;
+    let s = start().await;
+    let (status, body, _) = s
+        .post("/_api/rpc/rs_add", None, json!({ "count": 5 }))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 5);
-    let (status, body) = s.post("/_api/rpc/rs_names", json!({})).await;
+    let (status, body, _) = s.post("/_api/rpc/rs_names", None, json!({})).await;
     assert_eq!(status, 200, "{body}");
 
     // 15 rows do not fit: the mutation's answer is refused, and its rows are not kept.
-    let (status, body) = s.post("/_api/rpc/rs_add", json!({ "count": 10 })).await;
+    let (status, body, _) = s
+        .post("/_api/rpc/rs_add", None, json!({ "count": 10 }))
+        .await;
     assert_eq!(
         (status, body),
         (
@@ -102,16 +79,17 @@ async fn an_answer_over_the_limit_is_refused_and_a_mutations_writes_roll_back() 
                  (gateway.max_result_bytes); return fewer rows, or a page of them" } })
         )
     );
-    assert_eq!(s.rows().await, 5);
+    assert_eq!(rows(&s).await, 5);
 
     // Once the table holds more, the query's answer is refused too, in a batch alone.
     sqlx::query("INSERT INTO rs_items (name) SELECT repeat('y', 100) FROM generate_series(1, 10)")
         .execute(s.forge.pool())
         .await
         .unwrap();
-    let (status, body) = s
+    let (status, body, _) = s
         .post(
             "/_api/rpc/batch",
+            None,
             json!([{ "fn": "rs_names", "args": {} }, { "fn": "rs_add", "args": { "count": 0 } }]),
         )
         .await;
@@ -125,8 +103,10 @@ async fn an_answer_over_the_limit_is_refused_and_a_mutations_writes_roll_back() 
 
 #[tokio::test]
 async fn a_live_query_pushes_the_error_once_its_answer_grows_over_the_limit() {
-    let s = Server::start().await;
-    let (status, _) = s.post("/_api/rpc/rs_add", json!({ "count": 2 })).await;
+    let s = start().await;
+    let (status, _, _) = s
+        .post("/_api/rpc/rs_add", None, json!({ "count": 2 }))
+        .await;
     assert_eq!(status, 200);
     let mut stream = SseStream::open(&s.http, &format!("{}/_api/events", s.base), None)
         .await
@@ -134,9 +114,10 @@ async fn a_live_query_pushes_the_error_once_its_answer_grows_over_the_limit() {
     let (_, name, data) = stream.next_event(WAIT, "the session event").await;
     assert_eq!(name, "session");
     let session: Value = serde_json::from_str(&data).unwrap();
-    let (status, body) = s
+    let (status, body, _) = s
         .post(
             "/_api/subscribe",
+            None,
             json!({
                 "sessionId": session["sessionId"], "sessionSecret": session["sessionSecret"],
                 "subscriptionId": "names", "fn": "rs_names", "args": {},

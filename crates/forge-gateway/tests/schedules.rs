@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use forge::prelude::*;
 use forge_gateway::GatewayConfig;
-use forge_test_support::TestDb;
 use realtime_support::token;
-use realtime_support::SECRET;
+use realtime_support::{GatewayNode, SECRET};
 use serde_json::{json, Value};
 
 #[forge::job]
@@ -22,60 +21,35 @@ async fn sched_admin_only(_ctx: &JobContext) -> Result<()> {
     Ok(())
 }
 
-struct Server {
-    _db: TestDb,
-    forge: Forge,
-    base: String,
-    http: reqwest::Client,
+async fn start() -> GatewayNode {
+    let mut config = GatewayConfig::new(SECRET);
+    config.admin_role = Some("admin".into());
+    GatewayNode::start(config).await
 }
 
-impl Server {
-    async fn start() -> Server {
-        let db = TestDb::new().await;
-        let forge = Forge::connect(&db.url).await.unwrap();
-        let mut config = GatewayConfig::new(SECRET);
-        config.admin_role = Some("admin".into());
-        let (base, _) = realtime_support::serve_gateway(&forge, config).await;
-        Server {
-            _db: db,
-            forge,
-            base,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn post(&self, route: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}/_api/schedules/{route}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let res = req.send().await.unwrap();
-        (
-            res.status().as_u16(),
-            res.json().await.unwrap_or(Value::Null),
-        )
-    }
+/// Calls the schedules route `route`: its status and JSON answer.
+async fn call(s: &GatewayNode, route: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let (status, answer, _) = s
+        .post(&format!("/_api/schedules/{route}"), token, body)
+        .await;
+    (status, answer)
 }
 
 #[tokio::test]
 async fn a_users_schedules_are_invisible_and_untouchable_to_another() {
-    let s = Server::start().await;
+    let s = start().await;
     let (alice, bob) = (token("alice", &[]), token("bob", &[]));
-    let (status, body) = s
-        .post(
-            "create",
-            Some(&alice),
-            json!({
-                "function": "sched_digest", "args": {"to": "alice@example.com"},
-                "cron": "0 9 * * MON", "timezone": "Europe/Berlin",
-                "name": "weekly digest", "missed": "latest", "overlap": "skip"
-            }),
-        )
-        .await;
+    let (status, body) = call(
+        &s,
+        "create",
+        Some(&alice),
+        json!({
+            "function": "sched_digest", "args": {"to": "alice@example.com"},
+            "cron": "0 9 * * MON", "timezone": "Europe/Berlin",
+            "name": "weekly digest", "missed": "latest", "overlap": "skip"
+        }),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let created = &body["data"];
     assert_eq!(created["owner"], "alice");
@@ -83,30 +57,24 @@ async fn a_users_schedules_are_invisible_and_untouchable_to_another() {
     assert_eq!(created["nextTicks"].as_array().unwrap().len(), 5);
     let id = created["id"].clone();
 
-    let (_, mine) = s.post("list", Some(&alice), json!({})).await;
+    let (_, mine) = call(&s, "list", Some(&alice), json!({})).await;
     assert_eq!(mine["data"].as_array().unwrap().len(), 1);
-    let (_, theirs) = s.post("list", Some(&bob), json!({})).await;
+    let (_, theirs) = call(&s, "list", Some(&bob), json!({})).await;
     assert_eq!(theirs["data"], json!([]));
     for route in ["get", "pause", "resume", "delete"] {
-        let (status, body) = s.post(route, Some(&bob), json!({ "scheduleId": id })).await;
+        let (status, body) = call(&s, route, Some(&bob), json!({ "scheduleId": id })).await;
         assert_eq!(status, 404, "{route}: {body}");
         assert_eq!(body["error"]["details"]["field"], "scheduleId");
     }
     // An admin sees every schedule.
-    let (_, all) = s
-        .post("list", Some(&token("root", &["admin"])), json!({}))
-        .await;
+    let (_, all) = call(&s, "list", Some(&token("root", &["admin"])), json!({})).await;
     assert_eq!(all["data"].as_array().unwrap().len(), 1);
 
-    let (status, paused) = s
-        .post("pause", Some(&alice), json!({ "scheduleId": id }))
-        .await;
+    let (status, paused) = call(&s, "pause", Some(&alice), json!({ "scheduleId": id })).await;
     assert_eq!(status, 200);
     assert_eq!(paused["data"]["paused"], true);
     assert_eq!(paused["data"]["nextTicks"], json!([]));
-    let (_, resumed) = s
-        .post("resume", Some(&alice), json!({ "scheduleId": id }))
-        .await;
+    let (_, resumed) = call(&s, "resume", Some(&alice), json!({ "scheduleId": id })).await;
     assert_eq!(resumed["data"]["paused"], false);
 
     // Its ticks enqueue jobs that belong to alice.
@@ -118,19 +86,17 @@ async fn a_users_schedules_are_invisible_and_untouchable_to_another() {
     let job = s.forge.job(ran[0].job_id.unwrap()).await.unwrap().unwrap();
     assert_eq!(job.owner.as_deref(), Some("alice"));
 
-    let (status, _) = s
-        .post("delete", Some(&alice), json!({ "scheduleId": id }))
-        .await;
+    let (status, _) = call(&s, "delete", Some(&alice), json!({ "scheduleId": id })).await;
     assert_eq!(status, 200);
-    let (_, mine) = s.post("list", Some(&alice), json!({})).await;
+    let (_, mine) = call(&s, "list", Some(&alice), json!({})).await;
     assert_eq!(mine["data"], json!([]));
 }
 
 #[tokio::test]
 async fn bad_requests_name_the_field() {
-    let s = Server::start().await;
+    let s = start().await;
     let alice = token("alice", &[]);
-    let (status, _) = s.post("list", None, json!({})).await;
+    let (status, _) = call(&s, "list", None, json!({})).await;
     assert_eq!(status, 401);
     let create = |patch: Value| {
         let mut body =
@@ -153,17 +119,17 @@ async fn bad_requests_name_the_field() {
         (json!({ "args": {"to": 3} }), 400, "args.to"),
         (json!({ "function": "nope" }), 404, "function"),
     ] {
-        let (got, body) = s.post("create", Some(&alice), create(patch.clone())).await;
+        let (got, body) = call(&s, "create", Some(&alice), create(patch.clone())).await;
         assert_eq!(got, status, "{patch}: {body}");
         assert_eq!(body["error"]["details"]["field"], field, "{patch}: {body}");
     }
-    let (status, _) = s
-        .post(
-            "create",
-            Some(&alice),
-            json!({ "function": "sched_admin_only", "cron": "0 9 * * *" }),
-        )
-        .await;
+    let (status, _) = call(
+        &s,
+        "create",
+        Some(&alice),
+        json!({ "function": "sched_admin_only", "cron": "0 9 * * *" }),
+    )
+    .await;
     assert_eq!(status, 403);
 }
 
@@ -175,7 +141,7 @@ async fn sched_nightly(_ctx: &JobContext) -> Result<()> {
 
 #[tokio::test]
 async fn declared_schedules_are_in_the_openapi_document() {
-    let s = Server::start().await;
+    let s = start().await;
     let doc: Value = s
         .http
         .get(format!("{}/_api/openapi.json", s.base))

@@ -10,6 +10,7 @@ use forge_gateway::auth::Auth;
 use forge_gateway::realtime::{Realtime, RealtimeConfig};
 use forge_gateway::{Gateway, GatewayConfig};
 use forge_test_support::sse::SseStream;
+use forge_test_support::TestDb;
 use serde_json::{json, Value};
 
 pub(crate) const SECRET: &[u8] = b"realtime-test-secret-realtime-test-secret";
@@ -59,6 +60,49 @@ pub(crate) async fn serve_gateway(forge: &Forge, config: GatewayConfig) -> (Stri
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     (base, realtime)
+}
+
+/// A whole gateway over a test database of its own, and an HTTP client for it.
+pub(crate) struct GatewayNode {
+    _db: TestDb,
+    pub(crate) forge: Forge,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+}
+
+impl GatewayNode {
+    pub(crate) async fn start(config: GatewayConfig) -> GatewayNode {
+        let db = TestDb::new().await;
+        let forge = Forge::connect(&db.url).await.unwrap();
+        let (base, _) = serve_gateway(&forge, config).await;
+        GatewayNode {
+            _db: db,
+            forge,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs `body` as JSON to `path`, with `token` if given: the status, the JSON answer
+    /// (`null` when there is none) and the `Retry-After` header.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value, Option<String>) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, res.json().await.unwrap_or(Value::Null), retry_after)
+    }
 }
 
 /// A client of the event stream: the stream, its session, and the token it uses.
