@@ -213,7 +213,8 @@ async fn jobs_in(mode: Mode) {
             15,
             0,
         ),
-        Mode::Held => (worker_config(), 0, 300),
+        // Enough that the claim pace ramps up to held claims even on a loaded machine.
+        Mode::Held => (worker_config(), 0, 1500),
     };
     let (_db, forge, worker) = setup(config).await;
     let mut updates = Updates::subscribe(&forge).await;
