@@ -168,11 +168,13 @@ impl Error {
     /// log, not for every browser following the job. A message of the handler's own is kept.
     /// `Cow::Owned` means the text was replaced (so the caller logs the original).
     pub fn shown(&self) -> Cow<'_, str> {
-        let Some(db) = self
-            .source
-            .as_deref()
-            .and_then(|s| s.downcast_ref::<sqlx::Error>())
-        else {
+        // The engine shares one database error among the workflows of a failed batch.
+        let Some(db) = self.source.as_deref().and_then(|s| {
+            s.downcast_ref::<sqlx::Error>().or_else(|| {
+                s.downcast_ref::<std::sync::Arc<sqlx::Error>>()
+                    .map(|a| &**a)
+            })
+        }) else {
             return Cow::Borrowed(&self.message);
         };
         if self.message != db.to_string() {

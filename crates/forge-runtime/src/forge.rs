@@ -189,6 +189,14 @@ impl Forge {
         workflow::start(self.pool(), req).await
     }
 
+    /// Starts many workflows in one statement (see [`workflow::start_many`]).
+    pub async fn start_workflows<O>(
+        &self,
+        reqs: impl IntoIterator<Item = WorkflowRequest<O>>,
+    ) -> Result<Vec<Uuid>, StartError> {
+        workflow::start_many(self.pool(), reqs).await
+    }
+
     /// Starts a workflow by name with JSON arguments (as the gateway does). Arguments that do
     /// not fit are rejected with the field named, and nothing is written.
     pub async fn start_workflow_json(

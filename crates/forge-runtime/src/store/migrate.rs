@@ -64,6 +64,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "held_claim_log",
         include_str!("../../migrations/0012_held_claim_log.sql"),
     ),
+    (
+        13,
+        "engine_batches",
+        include_str!("../../migrations/0013_engine_batches.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

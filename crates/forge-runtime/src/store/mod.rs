@@ -23,10 +23,11 @@ pub use retention::Finished;
 pub use schedules::*;
 pub use transactions::{is_statement_timeout, set_statement_timeout};
 pub use workflows::{
-    cancel_workflow, deliver_event, get_workflow, insert_workflow, load_workflow, lock_workflow,
-    take_event, workflow_job_name, write_workflow, CancelOutcome, DeliverOutcome, Fence,
-    HistoryEntry, LoadedWorkflow, NewWorkflow, Park, StepKind, StepStart, StepUpdate, WorkflowRow,
-    WorkflowWrite, WriteOutcome, WORKFLOW_JOB_ATTEMPTS, WORKFLOW_JOB_PREFIX,
+    cancel_workflow, deliver_event, get_workflow, insert_workflow, insert_workflows,
+    load_workflows, lock_workflow, take_event, workflow_job_name, write_workflows, CancelOutcome,
+    DeliverOutcome, Fence, HistoryEntry, LoadedWorkflow, NewWorkflow, Park, StepKind, StepStart,
+    StepUpdate, WorkflowRow, WorkflowWrite, WriteOutcome, WORKFLOW_JOB_ATTEMPTS,
+    WORKFLOW_JOB_PREFIX,
 };
 
 use std::time::Duration;

@@ -206,6 +206,11 @@ impl JobContext {
         &self.inner.pool
     }
 
+    /// The node's workflow engine writer (a workflow runs as a job).
+    pub(crate) fn engine(&self) -> &crate::workflow::EngineWriter {
+        self.inner.writer.engine()
+    }
+
     /// Reports progress: `percent` from 0 to 100 and a message. Stored on the job and
     /// published to whoever follows it; resolves once written. Messages longer than
     /// [`MAX_MESSAGE_CHARS`] characters, or than 2,000 bytes as JSON, are cut. A message with

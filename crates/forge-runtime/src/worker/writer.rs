@@ -17,6 +17,7 @@ use super::Write;
 use crate::store::{
     refused_data, Applied, Finish, FinishStatus, ProgressWrite, StartWrite, Store, UpdateBatch,
 };
+use crate::workflow::EngineWriter;
 
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 2_000;
@@ -28,16 +29,24 @@ pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Write>,
     /// Writes of jobs whose held claim is open go to the claim instead.
     held: Arc<HeldJobs>,
+    /// The workflow engine's writer, for the workflows this node runs (as jobs).
+    engine: EngineWriter,
 }
 
 impl Writer {
     pub(crate) fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let engine = EngineWriter::spawn(store.pool().clone());
         tokio::spawn(run(store, rx));
         Self {
             held: Arc::new(HeldJobs::new(tx.clone())),
+            engine,
             tx,
         }
+    }
+
+    pub(crate) fn engine(&self) -> &EngineWriter {
+        &self.engine
     }
 
     pub(crate) fn held(&self) -> &HeldJobs {

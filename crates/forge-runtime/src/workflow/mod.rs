@@ -34,6 +34,13 @@
 //! after its lease runs out, and the workflow goes on from its last recorded step: **the step
 //! that was interrupted runs again, so steps must be idempotent.**
 //!
+//! Every record goes through the node's engine writer (`engine::writer`): the records of all
+//! the workflows running on the node that arrive while one batch commits go in the next, one
+//! statement and one commit for up to 1,000 of them. A step's record is committed before the
+//! body goes on, as with one commit per record; under load the commits are shared.
+//! [`start_many`] (or [`Forge::start_workflows`](crate::Forge::start_workflows)) starts many
+//! workflows in one statement.
+//!
 //! # Failure and cancellation
 //! When the body returns an error (a step that failed for good, a wait that timed out, and
 //! `?`), the workflow becomes `compensating`, the compensations of its completed steps run
@@ -50,7 +57,8 @@
 //! # Publishing
 //! Every change of a workflow's status, current step, wait or any step's status is published
 //! on `forge_workflow_updates` by triggers, as for jobs (see
-//! [`WorkflowUpdate`](crate::publish::WorkflowUpdate)).
+//! [`WorkflowUpdate`](crate::publish::WorkflowUpdate)): one state per workflow per
+//! statement, however many of its rows the statement changed.
 
 mod cancel;
 mod context;
@@ -61,8 +69,9 @@ mod start;
 
 pub use cancel::cancel;
 pub use context::{Sleep, Step, WaitForEvent, WorkflowContext};
+pub(crate) use engine::EngineWriter;
 pub use events::send_event;
-pub use start::{start, start_json, WorkflowRequest};
+pub use start::{start, start_json, start_many, WorkflowRequest};
 
 use std::collections::HashMap;
 

@@ -88,6 +88,23 @@ pub async fn start<'e, O, E: PgExecutor<'e>>(
     Ok(store::insert_workflow(exec, &wf).await?)
 }
 
+/// Starts many workflows in one statement: all or none (a request that does not fit the
+/// registry rejects the batch before anything is written). Returns their ids in order; two
+/// requests with the same idempotency key get the same workflow.
+pub async fn start_many<'e, O, E: PgExecutor<'e>>(
+    exec: E,
+    reqs: impl IntoIterator<Item = WorkflowRequest<O>>,
+) -> Result<Vec<Uuid>, StartError> {
+    let wfs = reqs
+        .into_iter()
+        .map(WorkflowRequest::prepare)
+        .collect::<Result<Vec<_>, _>>()?;
+    if wfs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(store::insert_workflows(exec, &wfs).await?)
+}
+
 /// Starts the workflow `name` with JSON arguments, as the gateway does. Arguments that do not
 /// fit are rejected with the field named, and nothing is written.
 pub async fn start_json<'e, E: PgExecutor<'e>>(

@@ -4,14 +4,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::status::{StepStatus, WorkflowStatus};
-use crate::store::{self, HistoryEntry, StepUpdate, WriteOutcome};
+use crate::store::{HistoryEntry, StepUpdate, WriteOutcome};
 
 use super::steps::run_attempt;
-use super::{after, Execution, Outcome};
+use super::{after, DbFailure, Execution, Outcome};
 
 impl Execution {
     /// The body returned `Ok`.
-    pub(super) async fn complete(&self, output: Value) -> Result<Outcome, sqlx::Error> {
+    pub(super) async fn complete(&self, output: Value) -> Result<Outcome, DbFailure> {
         let (status, unreached) = {
             let st = self.state();
             let unreached = st
@@ -39,7 +39,7 @@ impl Execution {
         let mut w = self.write(WorkflowStatus::Running, WorkflowStatus::Completed);
         w.output = Some(output);
         w.finish = true;
-        match store::write_workflow(&self.pool, &w).await? {
+        match self.writer.write(w).await? {
             WriteOutcome::Applied => Ok(Outcome::Ended),
             WriteOutcome::StatusWas(WorkflowStatus::Compensating) => {
                 self.state().status = WorkflowStatus::Compensating;
@@ -68,7 +68,7 @@ impl Execution {
 
     /// Ends the workflow `failed` without compensating: its code and history disagree, so
     /// the compensations it would register cannot be trusted either.
-    pub(super) async fn fail(&self, why: String) -> Result<Outcome, sqlx::Error> {
+    pub(super) async fn fail(&self, why: String) -> Result<Outcome, DbFailure> {
         tracing::error!(workflow_id = %self.fence.workflow_id, error = %why, "workflow failed");
         loop {
             let (expect, previous) = {
@@ -85,7 +85,7 @@ impl Execution {
                 },
             );
             w.finish = true;
-            match store::write_workflow(&self.pool, &w).await? {
+            match self.writer.write(w).await? {
                 // A cancel came in between: fail it from there.
                 WriteOutcome::StatusWas(s @ WorkflowStatus::Compensating) if s != expect => {
                     let mut st = self.state();
@@ -101,7 +101,7 @@ impl Execution {
     /// Compensates the completed steps, newest first, then ends `compensated` (or `failed`
     /// when a compensation fails for good). `reason` is why, when the workflow is still
     /// `running` (a cancel has set its own).
-    pub(super) async fn compensate(&self, reason: Option<String>) -> Result<Outcome, sqlx::Error> {
+    pub(super) async fn compensate(&self, reason: Option<String>) -> Result<Outcome, DbFailure> {
         let to_undo: Vec<HistoryEntry> = {
             let st = self.state();
             st.history
@@ -124,7 +124,7 @@ impl Execution {
                 w.updates.extend(self.unfinished("did not finish"));
                 w.finish = true;
             }
-            match store::write_workflow(&self.pool, &w).await? {
+            match self.writer.write(w).await? {
                 WriteOutcome::Applied if to_undo.is_empty() => return Ok(Outcome::Ended),
                 WriteOutcome::Applied => {
                     let mut st = self.state();
@@ -172,7 +172,7 @@ impl Execution {
                         wake_at: None,
                     });
                     w.step = Some(e.name.clone());
-                    match store::write_workflow(&self.pool, &w).await? {
+                    match self.writer.write(w).await? {
                         WriteOutcome::Applied => {}
                         _ => return Ok(Outcome::Superseded),
                     }
@@ -207,7 +207,7 @@ impl Execution {
                         e.name
                     ));
                     w.finish = true;
-                    store::write_workflow(&self.pool, &w).await?;
+                    self.writer.write(w).await?;
                     return Ok(Outcome::Ended);
                 }
             }
@@ -215,7 +215,7 @@ impl Execution {
         let mut w = self.write(WorkflowStatus::Compensating, WorkflowStatus::Compensated);
         w.updates.extend(self.unfinished("did not finish"));
         w.finish = true;
-        store::write_workflow(&self.pool, &w).await?;
+        self.writer.write(w).await?;
         Ok(Outcome::Ended)
     }
 
@@ -225,12 +225,12 @@ impl Execution {
         step: &str,
         updates: Vec<StepUpdate>,
         until: DateTime<Utc>,
-    ) -> Result<Outcome, sqlx::Error> {
+    ) -> Result<Outcome, DbFailure> {
         let mut w = self.write(WorkflowStatus::Compensating, WorkflowStatus::Compensating);
         w.updates.extend(updates);
         w.step = Some(step.to_string());
         w.park = self.park_at(until);
-        store::write_workflow(&self.pool, &w).await?;
+        self.writer.write(w).await?;
         Ok(Outcome::Suspended)
     }
 }

@@ -39,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::status::{StepStatus, WorkflowStatus};
 use crate::store::{
-    self, Fence, HistoryEntry, Park, StepKind, StepStart, StepUpdate, WorkflowWrite, WriteOutcome,
+    Fence, HistoryEntry, Park, StepKind, StepStart, StepUpdate, WorkflowWrite, WriteOutcome,
 };
 use crate::text::panic_message;
 use crate::value;
@@ -48,6 +48,10 @@ use crate::worker::JobContext;
 mod endings;
 mod steps;
 mod waits;
+mod writer;
+
+use writer::DbFailure;
+pub(crate) use writer::EngineWriter;
 
 /// How often a step (and its compensation) is tried, and how long an attempt may take.
 #[derive(Debug, Clone, Copy)]
@@ -86,12 +90,12 @@ enum Abort {
     /// It cannot go on: its code does not match its history.
     Broken(String),
     /// The database failed; the job is retried and the workflow replayed.
-    Database(sqlx::Error),
+    Database(DbFailure),
 }
 
 impl From<sqlx::Error> for Abort {
     fn from(e: sqlx::Error) -> Self {
-        Abort::Database(e)
+        Abort::Database(Arc::new(e))
     }
 }
 
@@ -111,6 +115,7 @@ struct State {
 /// One run of a workflow inside one job attempt.
 pub(crate) struct Execution {
     pool: PgPool,
+    writer: EngineWriter,
     fence: Fence,
     def: &'static WorkflowDef,
     owner: Option<String>,
@@ -153,35 +158,36 @@ async fn run(job: JobContext, args: Value) -> Result<Value, Error> {
         attempt: job.attempt() as i32,
     };
     let pool = job.db().clone();
-    let outcome =
-        match store::load_workflow(&pool, workflow_id, fence.job_id, fence.attempt).await? {
-            None => Outcome::Superseded,
-            Some(loaded) => {
-                // Claims only take jobs whose handler this node has, so the definition exists.
-                let def = def::workflow(&loaded.name).ok_or_else(|| {
-                    Error::fatal(format!("workflow `{}` is not registered", loaded.name))
-                })?;
-                let exec = Arc::new(Execution {
-                    pool,
-                    fence,
-                    def,
-                    owner: loaded.owner,
-                    clock: (loaded.now, Instant::now()),
-                    state: Mutex::new(State {
-                        history: loaded.history.into_iter().map(|e| (e.run_seq, e)).collect(),
-                        next_seq: 1,
-                        status: loaded.status,
-                        error: loaded.error,
-                        pending: Vec::new(),
-                        compensations: HashMap::new(),
-                        abort: None,
-                    }),
-                    writes: tokio::sync::Mutex::new(()),
-                    aborted: Notify::new(),
-                });
-                exec.drive(loaded.args).await.map_err(Error::from)?
-            }
-        };
+    let writer = job.engine().clone();
+    let outcome = match writer.load(fence).await? {
+        None => Outcome::Superseded,
+        Some(loaded) => {
+            // Claims only take jobs whose handler this node has, so the definition exists.
+            let def = def::workflow(&loaded.name).ok_or_else(|| {
+                Error::fatal(format!("workflow `{}` is not registered", loaded.name))
+            })?;
+            let exec = Arc::new(Execution {
+                pool,
+                writer,
+                fence,
+                def,
+                owner: loaded.owner,
+                clock: (loaded.now, Instant::now()),
+                state: Mutex::new(State {
+                    history: loaded.history.into_iter().map(|e| (e.run_seq, e)).collect(),
+                    next_seq: 1,
+                    status: loaded.status,
+                    error: loaded.error,
+                    pending: Vec::new(),
+                    compensations: HashMap::new(),
+                    abort: None,
+                }),
+                writes: tokio::sync::Mutex::new(()),
+                aborted: Notify::new(),
+            });
+            exec.drive(loaded.args).await.map_err(Error::from)?
+        }
+    };
     Ok(json!({ "workflowId": workflow_id, "outcome": outcome }))
 }
 
@@ -228,7 +234,7 @@ impl Execution {
         std::future::pending().await
     }
 
-    async fn drive(self: Arc<Self>, args: Value) -> Result<Outcome, sqlx::Error> {
+    async fn drive(self: Arc<Self>, args: Value) -> Result<Outcome, DbFailure> {
         let ctx = WorkflowContext::new(self.clone());
         let body = AssertUnwindSafe((self.def.run)(ctx, args)).catch_unwind();
         let returned = tokio::select! {
@@ -344,7 +350,7 @@ impl Execution {
 
     /// Sends a write made while the body runs. Returns only if it applied.
     async fn send(&self, w: WorkflowWrite) {
-        match store::write_workflow(&self.pool, &w).await {
+        match self.writer.write(w).await {
             Ok(WriteOutcome::Applied) => {}
             Ok(WriteOutcome::StatusWas(WorkflowStatus::Compensating)) => {
                 self.state().status = WorkflowStatus::Compensating;

@@ -197,8 +197,8 @@ impl Execution {
         w.waiting_for = waiting_for;
         w.park = park;
         // The row is locked by this transaction with the expected status: the write applies.
-        match store::write_workflow(&mut *tx, &w).await? {
-            WriteOutcome::Applied => {}
+        match store::write_workflows(&mut *tx, std::slice::from_ref(&w)).await?[..] {
+            [WriteOutcome::Applied] => {}
             _ => return Err(Abort::Lost),
         }
         tx.commit().await?;
