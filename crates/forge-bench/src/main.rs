@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p forge-bench -- jobs                # 50,000 jobs, 500 latency samples
 //! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
-//! cargo run --release -p forge-bench -- workflows --count 5000 --samples 200
+//! cargo run --release -p forge-bench -- workflows                # 50,000 workflows, 500 samples
 //! cargo build --release -p fault-node && cargo run --release -p forge-bench -- faults
 //! cargo run --release -p forge-bench -- soak --duration 3m --rate 2000 --keep 10s
 //! ```
@@ -15,8 +15,9 @@
 //! `soak` runs jobs at a steady rate with retention on and prints the jobs table's size and
 //! the node's memory every 10 s (see `soak.rs`); CI does not run it.
 //!
-//! `workflows` prints the SQL statements one 3-step no-op workflow costs and workflows/s (see
-//! `workflows.rs`).
+//! `workflows` prints no-op jobs/s, the SQL statements one 3-step no-op workflow costs, the
+//! latency from a step's end to its notification, and workflows/s with their ratio to jobs/s
+//! (see `workflows.rs`).
 //!
 //! `jobs` prints three numbers:
 //! * bulk enqueue: jobs/s of one `enqueue_many` call, no worker running;
@@ -238,6 +239,25 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
     worker.shutdown().await;
     forge.close().await;
     Ok(())
+}
+
+/// No-op jobs/s end to end on a fresh database: every job enqueued at once, until the last
+/// completion is published (the yardstick of `forge-bench workflows`).
+async fn noop_jobs_per_sec(
+    count: usize,
+    config: WorkerConfig,
+) -> std::result::Result<f64, Box<dyn std::error::Error>> {
+    let db = TestDb::new().await;
+    let forge = Forge::connect(&db.url).await?;
+    let worker = forge.start_worker(config).await?;
+    let mut events = forge.notifier().await?.subscribe();
+    let reqs: Vec<_> = (0..count).map(|_| bench_noop::request()).collect();
+    let t0 = Instant::now();
+    let ids = forge.enqueue_many(reqs).await?;
+    let done = wait_all_completed(&forge, &mut events, ids.into_iter().collect()).await?;
+    worker.shutdown().await;
+    forge.close().await;
+    Ok(count as f64 / (done - t0).as_secs_f64())
 }
 
 /// Waits until every job of `pending` was published as `completed` and returns when the last

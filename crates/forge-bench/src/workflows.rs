@@ -1,15 +1,21 @@
-//! `forge-bench workflows`: a 3-step no-op workflow, measured two ways.
+//! `forge-bench workflows`: a 3-step no-op workflow, measured against no-op jobs in the same
+//! run.
 //!
+//! * **jobs/s**: no-op jobs end to end (as `forge-bench jobs` measures them), the yardstick.
 //! * **SQL statements per workflow**: every statement this process sends (sqlx reports each on
 //!   its `sqlx::query` tracing target, `BEGIN` and `COMMIT` included), counted while
 //!   workflows run one at a time from start to `completed`, and grouped by statement. The
 //!   node's background work in that window (polls, lease renewals, the lease reaper) is
 //!   counted too, and shown apart. Nothing else runs on the database.
-//! * **workflows/s**: `--count` workflows started at once (from 64 tasks), from the first
-//!   start to the last `completed` seen on `forge_workflow_updates`, one worker node in this
-//!   process.
+//! * **step→listener latency**: from the moment step `one` returned to the moment the
+//!   notification of its completion (the workflow's current step becoming `two`) reached a
+//!   `LISTEN` connection of the node, the one the gateway fans out from. Measured on an idle
+//!   node (one workflow every 20 ms) and for every workflow of the throughput run.
+//! * **workflows/s**: `--count` workflows started in batches of 1,000
+//!   ([`Forge::start_workflows`]) as fast as they go in, from the first start to the last
+//!   `completed` seen on `forge_workflow_updates`, one worker node in this process.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,10 +30,22 @@ use tracing::{Event as TraceEvent, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use uuid::Uuid;
 
+/// When step `one` of each workflow returned (its first run, not a replay's).
+static STEP_ONE_DONE: OnceLock<Mutex<HashMap<Uuid, Instant>>> = OnceLock::new();
+
+fn step_one_done() -> &'static Mutex<HashMap<Uuid, Instant>> {
+    STEP_ONE_DONE.get_or_init(Default::default)
+}
+
 /// Three steps that do nothing: what is measured is the engine around them.
 #[forge::workflow(steps = ["one", "two", "three"])]
 async fn bench_three_steps(ctx: &WorkflowContext) -> Result<()> {
-    ctx.step("one", || async { Ok(()) }).await?;
+    let id = ctx.workflow_id();
+    ctx.step("one", move || async move {
+        step_one_done().lock().unwrap().insert(id, Instant::now());
+        Ok(())
+    })
+    .await?;
     ctx.step("two", || async { Ok(()) }).await?;
     ctx.step("three", || async { Ok(()) }).await?;
     Ok(())
@@ -144,16 +162,38 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
         "forge-bench workflows: a 3-step no-op workflow; {} for throughput, {} counted one at a time, worker concurrency {}",
         s.count, s.samples, config.concurrency
     );
+    let jobs_per_sec = crate::noop_jobs_per_sec(s.count, config.clone()).await?;
+    println!(
+        "no-op jobs:          {jobs_per_sec:>7.0} jobs/s  ({} jobs end to end, the yardstick)",
+        s.count
+    );
+
     let db = TestDb::new().await;
     let forge = Forge::connect_with(&db.url, 50).await?;
     let worker = forge.start_worker(config).await?;
     let mut events = forge.notifier().await?.subscribe();
+    let mut latencies = Vec::new();
 
     // Warm-up: connections opened, statements prepared.
     for _ in 0..20 {
         let id = forge.start_workflow(bench_three_steps::request()).await?;
-        wait_all_completed(&forge, &mut events, HashSet::from([id])).await?;
+        wait_all_completed(&forge, &mut events, HashSet::from([id]), &mut latencies).await?;
     }
+
+    // Step→listener latency on an idle node.
+    latencies.clear();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..s.samples {
+        tick.tick().await;
+        let id = forge.start_workflow(bench_three_steps::request()).await?;
+        wait_all_completed(&forge, &mut events, HashSet::from([id]), &mut latencies).await?;
+    }
+    print_latencies(
+        "step→listener, idle:",
+        &mut latencies,
+        "one workflow every 20 ms",
+    );
 
     // Statements, one workflow at a time.
     counter.counts.lock().unwrap().clear();
@@ -161,7 +201,7 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
     let t0 = Instant::now();
     for _ in 0..s.samples {
         let id = forge.start_workflow(bench_three_steps::request()).await?;
-        wait_all_completed(&forge, &mut events, HashSet::from([id])).await?;
+        wait_all_completed(&forge, &mut events, HashSet::from([id]), &mut latencies).await?;
     }
     let one_at_a_time = t0.elapsed();
     counter.on.store(false, Ordering::SeqCst);
@@ -209,35 +249,34 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
         background as f64 / n
     );
 
-    // Throughput: everything started at once.
+    // Throughput: every workflow started, in batches, as fast as they go in.
+    const START_BATCH: usize = 1_000;
+    step_one_done().lock().unwrap().clear();
+    latencies.clear();
     counter.counts.lock().unwrap().clear();
     counter.on.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let per_task = s.count.div_ceil(64);
-    let mut starters = Vec::new();
-    for t in 0..64 {
+    let starter = {
         let forge = forge.clone();
-        let tx = tx.clone();
-        let n = per_task.min(s.count.saturating_sub(t * per_task));
-        starters.push(tokio::spawn(async move {
-            for _ in 0..n {
-                let id = forge.start_workflow(bench_three_steps::request()).await?;
-                let _ = tx.send(id);
+        let count = s.count;
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            while ids.len() < count {
+                let n = START_BATCH.min(count - ids.len());
+                let reqs = (0..n).map(|_| bench_three_steps::request());
+                ids.extend(forge.start_workflows(reqs).await?);
             }
-            Ok::<_, forge::error::StartError>(())
-        }));
-    }
-    drop(tx);
-    for s in starters {
-        s.await??;
-    }
-    let started = t0.elapsed();
-    let mut ids = HashSet::new();
-    while let Some(id) = rx.recv().await {
-        ids.insert(id);
-    }
-    let done = wait_all_completed(&forge, &mut events, ids).await?;
+            Ok::<_, forge::error::StartError>((ids, t0.elapsed()))
+        })
+    };
+    let (ids, started) = starter.await??;
+    let done = wait_all_completed(
+        &forge,
+        &mut events,
+        ids.into_iter().collect(),
+        &mut latencies,
+    )
+    .await?;
     counter.on.store(false, Ordering::SeqCst);
     let total: u64 = {
         let counts = counter.counts.lock().unwrap();
@@ -247,13 +286,23 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
             .sum();
         counts.values().map(|c| c.0).sum::<u64>() + commits
     };
+    let per_sec = s.count as f64 / (done - t0).as_secs_f64();
     println!(
-        "throughput:          {:>7.0} workflows/s  ({} workflows in {:.1} ms, all started within {:.1} ms; {:.2} statements/workflow under this load)",
-        s.count as f64 / (done - t0).as_secs_f64(),
+        "throughput:          {per_sec:>7.0} workflows/s  ({} workflows in {:.1} ms, all started within {:.1} ms in batches of {START_BATCH}; {:.2} statements/workflow under this load)",
         s.count,
         ms(done - t0),
         ms(started),
         total as f64 / s.count as f64
+    );
+    println!(
+        "workflows/s ÷ no-op jobs/s: {:.3}  (each workflow is 3 steps: {:.0} steps/s)",
+        per_sec / jobs_per_sec,
+        3.0 * per_sec
+    );
+    print_latencies(
+        "step→listener, load:",
+        &mut latencies,
+        "every workflow of the throughput run",
     );
 
     worker.shutdown().await;
@@ -261,12 +310,32 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
     Ok(())
 }
 
+fn print_latencies(title: &str, latencies: &mut [Duration], how: &str) {
+    if latencies.is_empty() {
+        println!("{title:<21}no samples (the listener lagged and the bench polled instead)");
+        return;
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((p * latencies.len() as f64).ceil() as usize).max(1) - 1];
+    println!(
+        "{title:<21}p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms  ({} samples, {how})",
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(latencies[latencies.len() - 1]),
+        latencies.len()
+    );
+}
+
 /// Waits until every workflow of `pending` was published as `completed`; returns when the last
 /// one was. If the notifier's channel overflowed, the database says when all are done.
+/// Adds to `latencies` the time from each step `one` returning to its completion's
+/// notification.
 async fn wait_all_completed(
     forge: &Forge,
     events: &mut broadcast::Receiver<Event>,
     mut pending: HashSet<Uuid>,
+    latencies: &mut Vec<Duration>,
 ) -> BenchResult<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !pending.is_empty() {
@@ -275,7 +344,13 @@ async fn wait_all_completed(
         }
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
             Ok(Ok(Event::WorkflowUpdates(updates))) => {
+                let seen = Instant::now();
                 for u in updates.decode()? {
+                    if u.step.as_deref() == Some("two") {
+                        if let Some(done) = step_one_done().lock().unwrap().remove(&u.workflow_id) {
+                            latencies.push(seen - done);
+                        }
+                    }
                     match u.status {
                         WorkflowStatus::Completed => {
                             pending.remove(&u.workflow_id);
