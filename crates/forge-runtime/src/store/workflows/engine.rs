@@ -488,3 +488,184 @@ impl<'a> Columns<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use forge_test_support::TestDb;
+    use serde_json::json;
+    use sqlx::postgres::{PgListener, PgPoolOptions};
+
+    use super::super::{insert_workflows, NewWorkflow};
+    use super::*;
+    use crate::publish::{WorkflowUpdate, WorkflowUpdates};
+    use crate::store::Store;
+
+    fn new_workflow(key: Option<&str>) -> NewWorkflow {
+        NewWorkflow {
+            id: Uuid::now_v7(),
+            name: "batch".into(),
+            args: json!({}),
+            owner: None,
+            queue: "default".into(),
+            declared_steps: vec!["one".into(), "two".into()],
+            idempotency_key: key.map(str::to_string),
+            job_id: Uuid::now_v7(),
+        }
+    }
+
+    fn starts_one(fence: Fence, expect: WorkflowStatus) -> WorkflowWrite {
+        WorkflowWrite {
+            fence,
+            updates: vec![],
+            expect,
+            start: Some(StepStart {
+                run_seq: 1,
+                name: "one".into(),
+                kind: StepKind::Step,
+                status: StepStatus::Running,
+                output: None,
+                error: None,
+                attempts: 1,
+                has_compensation: false,
+                wake_at: None,
+            }),
+            status: WorkflowStatus::Running,
+            step: Some("one".into()),
+            waiting_for: None,
+            output: None,
+            error: None,
+            park: None,
+            finish: false,
+        }
+    }
+
+    /// Reads the updates published until `until` holds for one of them; returns them all.
+    async fn updates_until(
+        listener: &mut PgListener,
+        until: impl Fn(&WorkflowUpdate) -> bool,
+    ) -> Vec<WorkflowUpdate> {
+        let mut seen = Vec::new();
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("the update is published")
+                .unwrap();
+            let batch = WorkflowUpdates::new(n.payload()).decode().unwrap();
+            let done = batch.iter().any(&until);
+            seen.extend(batch);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// One statement writes several workflows, each by its own fence: a write whose job lost
+    /// the workflow changes nothing, one that expected another status applies only its step
+    /// updates. Each workflow written is published once, with its steps, and a lost one not
+    /// at all. Repeated idempotency keys in one start are one workflow.
+    #[tokio::test]
+    async fn one_statement_writes_many_workflows_each_by_its_fence_published_once_each() {
+        let db = TestDb::new().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        Store::new(pool.clone()).migrate().await.unwrap();
+        let mut listener = PgListener::connect(&db.url).await.unwrap();
+        listener.listen("forge_workflow_updates").await.unwrap();
+
+        let wfs = [
+            new_workflow(None),
+            new_workflow(None),
+            new_workflow(Some("k")),
+            new_workflow(Some("k")),
+        ];
+        let ids = insert_workflows(&pool, &wfs).await.unwrap();
+        assert_eq!(ids[..3], [wfs[0].id, wfs[1].id, wfs[2].id]);
+        assert_eq!(ids[3], wfs[2].id, "a repeated key is the same workflow");
+        let again = insert_workflows(&pool, &[new_workflow(Some("k"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            [wfs[2].id],
+            "a key taken before is the workflow holding it"
+        );
+
+        let fence = |wf: &NewWorkflow, attempt| Fence {
+            workflow_id: wf.id,
+            job_id: wf.job_id,
+            attempt,
+        };
+        let (a, b, c) = (fence(&wfs[0], 1), fence(&wfs[1], 1), fence(&wfs[2], 1));
+        let loaded = load_workflows(&pool, &[a, b, c]).await.unwrap();
+        assert_eq!(loaded.len(), 3);
+        assert!(loaded
+            .iter()
+            .all(|(_, l)| l.status == WorkflowStatus::Running && l.history.is_empty()));
+        updates_until(&mut listener, |u| {
+            u.workflow_id == c.workflow_id && u.status == WorkflowStatus::Running
+        })
+        .await;
+
+        let lost = Fence { attempt: 2, ..b };
+        let outcomes = write_workflows(
+            &pool,
+            &[
+                starts_one(a, WorkflowStatus::Running),
+                starts_one(lost, WorkflowStatus::Running),
+                starts_one(c, WorkflowStatus::Waiting),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                WriteOutcome::Applied,
+                WriteOutcome::Lost,
+                WriteOutcome::StatusWas(WorkflowStatus::Running)
+            ]
+        );
+        // A statement after it marks where its updates end.
+        let mut finish_a = starts_one(a, WorkflowStatus::Running);
+        finish_a.start = None;
+        finish_a.status = WorkflowStatus::Completed;
+        finish_a.finish = true;
+        assert_eq!(
+            write_workflows(&pool, &[finish_a]).await.unwrap(),
+            [WriteOutcome::Applied]
+        );
+        let mut published = updates_until(&mut listener, |u| {
+            u.workflow_id == a.workflow_id && u.status == WorkflowStatus::Completed
+        })
+        .await;
+        published.pop();
+        let mut times: HashMap<Uuid, usize> = HashMap::new();
+        for u in &published {
+            *times.entry(u.workflow_id).or_default() += 1;
+        }
+        assert_eq!(times.get(&a.workflow_id), Some(&1), "{published:?}");
+        assert_eq!(times.get(&c.workflow_id), Some(&1), "{published:?}");
+        assert_eq!(times.get(&b.workflow_id), None, "{published:?}");
+        let state_a = published
+            .iter()
+            .find(|u| u.workflow_id == a.workflow_id)
+            .and_then(|u| u.state.clone())
+            .expect("published with its state");
+        assert_eq!(state_a.step.as_deref(), Some("one"));
+        let steps: Vec<_> = state_a
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.status))
+            .collect();
+        assert_eq!(
+            steps,
+            [("one", StepStatus::Running), ("two", StepStatus::Pending)]
+        );
+    }
+}
