@@ -150,6 +150,25 @@ impl Store {
         }
     }
 
+    /// A pool of its own for the workflow engine's writer (see `workflow::engine::writer`):
+    /// two connections, one for loads and one for writes, opened when first used. Its
+    /// sessions never scan a table sequentially: each engine statement touches a few rows
+    /// per workflow by key, but after a burst of starts the planner's row counts lag behind
+    /// the tables by up to a minute (until autovacuum analyzes them), and it then scanned the
+    /// whole workflows and steps tables once per statement.
+    pub(crate) fn engine_pool(&self) -> PgPool {
+        let opts = self
+            .settings
+            .options
+            .clone()
+            .application_name("forge-engine")
+            .options([("enable_seqscan", "off")]);
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(self.settings.config.internal_acquire_timeout)
+            .connect_lazy_with(opts)
+    }
+
     /// The same store whose operations run on the internal pool: what a worker uses, so that
     /// its claims, writes and lease renewals never wait behind requests. [`pool`](Self::pool)
     /// stays the request pool (job handlers' queries are the application's work).

@@ -36,7 +36,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine = EngineWriter::spawn(store.pool().clone());
+        let engine = EngineWriter::spawn(store.engine_pool());
         tokio::spawn(run(store, rx));
         Self {
             held: Arc::new(HeldJobs::new(tx.clone())),

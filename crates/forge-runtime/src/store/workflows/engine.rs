@@ -280,15 +280,16 @@ pub async fn write_workflows<'e, E: PgExecutor<'e>>(
                       park_job, park_at, finish, s_seq, s_name, s_kind, s_status, s_output,
                       s_error, s_attempts, s_has_comp, s_wake)
          ), wf AS (
-             SELECT f.id, f.status, f.name, f.queue
-             FROM forge.workflows f JOIN w ON f.id = w.id AND f.job_id = w.job_id
-                                           AND f.attempt = w.attempt
+             -- Joined on the id alone, the fence checked in a column: joined on all three
+             -- keys, the planner expects one row, and nested loops over CTEs of hundreds of
+             -- rows made the statement quadratic in the batch's size.
+             SELECT w.*, f.status AS wf_status, f.name AS wf_name, f.queue,
+                    f.job_id = w.job_id AND f.attempt = w.attempt AS fenced,
+                    f.job_id = w.job_id AND f.attempt = w.attempt
+                        AND f.status = w.expect AS ok
+             FROM forge.workflows f JOIN w ON f.id = w.id
              ORDER BY f.id
              FOR UPDATE OF f
-         ), ok AS (
-             SELECT w.*, wf.name AS wf_name, wf.queue
-             FROM w JOIN wf ON wf.id = w.id
-             WHERE wf.status = w.expect
          ), updated AS (
              UPDATE forge.workflow_steps s SET
                  status = u.status,
@@ -304,26 +305,27 @@ pub async fn write_workflows<'e, E: PgExecutor<'e>>(
              FROM wf, unnest($22::uuid[], $23::int[], $24::text[], $25::jsonb[], $26::text[],
                              $27::int[], $28::timestamptz[])
                       AS u(workflow_id, run_seq, status, output, error, comp_attempts, wake_at)
-             WHERE wf.id = u.workflow_id AND s.workflow_id = u.workflow_id
+             WHERE wf.fenced AND wf.id = u.workflow_id AND s.workflow_id = u.workflow_id
                AND s.run_seq = u.run_seq
-         ), target AS (
-             SELECT ok.id, COALESCE(
-                 (SELECT idx FROM forge.workflow_steps s
-                  WHERE s.workflow_id = ok.id AND s.run_seq = ok.s_seq),
-                 (SELECT min(idx) FROM forge.workflow_steps s
-                  WHERE s.workflow_id = ok.id AND s.run_seq IS NULL AND s.status = 'pending'
-                    AND s.name = ok.s_name),
-                 (SELECT COALESCE(max(idx), 0) + 1 FROM forge.workflow_steps s
-                  WHERE s.workflow_id = ok.id)) AS idx
-             FROM ok WHERE ok.s_seq IS NOT NULL
          ), started AS (
+             -- The row it takes: its own (a step started again), the first declared one of
+             -- its name not reached yet, or a new one at the end.
              INSERT INTO forge.workflow_steps AS s
                  (workflow_id, idx, run_seq, name, kind, status, output, error, attempts,
                   has_compensation, wake_at, started_at, finished_at)
-             SELECT ok.id, target.idx, ok.s_seq, ok.s_name, ok.s_kind, ok.s_status,
-                    ok.s_output, ok.s_error, ok.s_attempts, ok.s_has_comp, ok.s_wake, now(),
-                    CASE WHEN ok.s_status IN ('completed', 'failed') THEN now() END
-             FROM target JOIN ok ON ok.id = target.id
+             SELECT wf.id,
+                    COALESCE(
+                        (SELECT idx FROM forge.workflow_steps s
+                         WHERE s.workflow_id = wf.id AND s.run_seq = wf.s_seq),
+                        (SELECT min(idx) FROM forge.workflow_steps s
+                         WHERE s.workflow_id = wf.id AND s.run_seq IS NULL
+                           AND s.status = 'pending' AND s.name = wf.s_name),
+                        (SELECT COALESCE(max(idx), 0) + 1 FROM forge.workflow_steps s
+                         WHERE s.workflow_id = wf.id)),
+                    wf.s_seq, wf.s_name, wf.s_kind, wf.s_status, wf.s_output, wf.s_error,
+                    wf.s_attempts, wf.s_has_comp, wf.s_wake, now(),
+                    CASE WHEN wf.s_status IN ('completed', 'failed') THEN now() END
+             FROM wf WHERE wf.ok AND wf.s_seq IS NOT NULL
              ON CONFLICT (workflow_id, idx) DO UPDATE SET
                  run_seq = EXCLUDED.run_seq, kind = EXCLUDED.kind, status = EXCLUDED.status,
                  output = EXCLUDED.output, error = COALESCE(EXCLUDED.error, s.error),
@@ -332,35 +334,37 @@ pub async fn write_workflows<'e, E: PgExecutor<'e>>(
                  finished_at = EXCLUDED.finished_at
          ), skipped AS (
              UPDATE forge.workflow_steps s SET status = 'skipped'
-             FROM ok WHERE ok.finish AND s.workflow_id = ok.id AND s.status = 'pending'
+             FROM wf WHERE wf.ok AND wf.finish AND s.workflow_id = wf.id
+                       AND s.status = 'pending'
          ), changed AS (
              -- Every fenced workflow, applied or not: touching its row publishes it, and its
              -- steps may have changed.
              UPDATE forge.workflows f SET
-                 status = COALESCE(ok.status, f.status),
-                 step = COALESCE(ok.step, f.step),
-                 waiting_for = CASE WHEN ok.id IS NULL THEN f.waiting_for
-                                    ELSE ok.waiting_for END,
-                 output = COALESCE(ok.output, f.output),
-                 error = COALESCE(ok.error, f.error),
-                 job_id = COALESCE(ok.park_job, f.job_id),
-                 resume_at = CASE WHEN ok.id IS NULL THEN f.resume_at ELSE ok.park_at END,
+                 status = CASE WHEN wf.ok THEN wf.status ELSE f.status END,
+                 step = CASE WHEN wf.ok THEN COALESCE(wf.step, f.step) ELSE f.step END,
+                 waiting_for = CASE WHEN wf.ok THEN wf.waiting_for ELSE f.waiting_for END,
+                 output = CASE WHEN wf.ok THEN COALESCE(wf.output, f.output) ELSE f.output END,
+                 error = CASE WHEN wf.ok THEN COALESCE(wf.error, f.error) ELSE f.error END,
+                 job_id = CASE WHEN wf.ok THEN COALESCE(wf.park_job, f.job_id)
+                               ELSE f.job_id END,
+                 resume_at = CASE WHEN wf.ok THEN wf.park_at ELSE f.resume_at END,
                  updated_at = now(),
-                 finished_at = CASE WHEN ok.id IS NULL THEN f.finished_at
-                                    WHEN ok.finish THEN now() END
-             FROM wf LEFT JOIN ok ON ok.id = wf.id
-             WHERE f.id = wf.id
+                 finished_at = CASE WHEN NOT wf.ok THEN f.finished_at
+                                    WHEN wf.finish THEN now() END
+             FROM wf
+             WHERE f.id = wf.id AND wf.fenced
          ){park}
-         SELECT w.id, wf.status, ok.id IS NOT NULL AS applied
-         FROM w LEFT JOIN wf ON wf.id = w.id LEFT JOIN ok ON ok.id = w.id",
+         SELECT w.id, CASE WHEN wf.fenced THEN wf.wf_status END AS status,
+                COALESCE(wf.ok, false) AS applied
+         FROM w LEFT JOIN wf ON wf.id = w.id",
         // Only a batch that parks has the INSERT: any INSERT statement on `forge.jobs`, even
         // of no rows, wakes every worker.
         park = if parks {
             ", parked AS (
              INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts, run_at)
-             SELECT ok.park_job, 'workflow:' || ok.wf_name,
-                    jsonb_build_object('workflowId', ok.id), ok.queue, $29, ok.park_at
-             FROM ok WHERE ok.park_job IS NOT NULL
+             SELECT wf.park_job, 'workflow:' || wf.wf_name,
+                    jsonb_build_object('workflowId', wf.id), wf.queue, $29, wf.park_at
+             FROM wf WHERE wf.ok AND wf.park_job IS NOT NULL
          )"
         } else {
             ""
