@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use forge::prelude::*;
 use forge::updates::Event;
 use forge_test_support::TestDb;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::field::{Field, Visit};
 use tracing::subscriber::Interest;
 use tracing::{Event as TraceEvent, Metadata, Subscriber};
@@ -191,7 +191,7 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
     }
     print_latencies(
         "step→listener, idle:",
-        &mut latencies,
+        &latencies,
         "one workflow every 20 ms",
     );
 
@@ -256,27 +256,23 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
     counter.counts.lock().unwrap().clear();
     counter.on.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
+    let (ids_tx, ids_rx) = mpsc::unbounded_channel();
     let starter = {
         let forge = forge.clone();
         let count = s.count;
         tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(count);
-            while ids.len() < count {
-                let n = START_BATCH.min(count - ids.len());
+            let mut left = count;
+            while left > 0 {
+                let n = START_BATCH.min(left);
                 let reqs = (0..n).map(|_| bench_three_steps::request());
-                ids.extend(forge.start_workflows(reqs).await?);
+                let _ = ids_tx.send(forge.start_workflows(reqs).await?);
+                left -= n;
             }
-            Ok::<_, forge::error::StartError>((ids, t0.elapsed()))
+            Ok::<_, forge::error::StartError>(t0.elapsed())
         })
     };
-    let (ids, started) = starter.await??;
-    let done = wait_all_completed(
-        &forge,
-        &mut events,
-        ids.into_iter().collect(),
-        &mut latencies,
-    )
-    .await?;
+    let done = wait_started_completed(&forge, &mut events, ids_rx, &mut latencies).await?;
+    let started = starter.await??;
     counter.on.store(false, Ordering::SeqCst);
     let total: u64 = {
         let counts = counter.counts.lock().unwrap();
@@ -299,18 +295,27 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
         per_sec / jobs_per_sec,
         3.0 * per_sec
     );
+    let starting = t0 + started;
+    let (during, after): (Vec<_>, Vec<_>) = latencies.iter().partition(|s| s.0 < starting);
     print_latencies(
         "step→listener, load:",
-        &mut latencies,
+        &latencies,
         "every workflow of the throughput run",
     );
+    print_latencies(
+        "  while starting:",
+        &during,
+        "steps that ended while starts went in",
+    );
+    print_latencies("  after:", &after, "the others");
 
     worker.shutdown().await;
     forge.close().await;
     Ok(())
 }
 
-fn print_latencies(title: &str, latencies: &mut [Duration], how: &str) {
+fn print_latencies(title: &str, samples: &[(Instant, Duration)], how: &str) {
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     if latencies.is_empty() {
         println!("{title:<21}no samples (the listener lagged and the bench polled instead)");
         return;
@@ -327,54 +332,93 @@ fn print_latencies(title: &str, latencies: &mut [Duration], how: &str) {
     );
 }
 
-/// Waits until every workflow of `pending` was published as `completed`; returns when the last
-/// one was. If the notifier's channel overflowed, the database says when all are done.
-/// Adds to `latencies` the time from each step `one` returning to its completion's
-/// notification.
+/// Waits until every workflow of `pending` was published as `completed`; see
+/// [`wait_started_completed`].
 async fn wait_all_completed(
     forge: &Forge,
     events: &mut broadcast::Receiver<Event>,
-    mut pending: HashSet<Uuid>,
-    latencies: &mut Vec<Duration>,
+    pending: HashSet<Uuid>,
+    latencies: &mut Vec<(Instant, Duration)>,
+) -> BenchResult<Instant> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(pending.into_iter().collect());
+    drop(tx);
+    wait_started_completed(forge, events, rx, latencies).await
+}
+
+/// Waits until every workflow whose id comes on `ids` (until it closes) was published as
+/// `completed`; returns when the last one was. Updates are read while starts still go in, so
+/// that each is timed when it arrives. If the notifier's channel overflowed, the database
+/// says when all are done. Adds to `latencies` the time from each step `one` returning to
+/// its completion's notification.
+async fn wait_started_completed(
+    forge: &Forge,
+    events: &mut broadcast::Receiver<Event>,
+    mut ids: mpsc::UnboundedReceiver<Vec<Uuid>>,
+    latencies: &mut Vec<(Instant, Duration)>,
 ) -> BenchResult<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !pending.is_empty() {
+    let mut pending = HashSet::new();
+    // Completed before their start call returned.
+    let mut early = HashSet::new();
+    let mut starting = true;
+    while starting || !pending.is_empty() {
         if Instant::now() > deadline {
             return Err(format!("{} workflows did not complete in time", pending.len()).into());
         }
-        match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-            Ok(Ok(Event::WorkflowUpdates(updates))) => {
-                let seen = Instant::now();
-                for u in updates.decode()? {
-                    if u.step.as_deref() == Some("two") {
-                        if let Some(done) = step_one_done().lock().unwrap().remove(&u.workflow_id) {
-                            latencies.push(seen - done);
+        tokio::select! {
+            batch = ids.recv(), if starting => match batch {
+                Some(batch) => {
+                    for id in batch {
+                        if !early.remove(&id) {
+                            pending.insert(id);
                         }
                     }
-                    match u.status {
-                        WorkflowStatus::Completed => {
-                            pending.remove(&u.workflow_id);
+                }
+                None => starting = false,
+            },
+            event = tokio::time::timeout(Duration::from_secs(1), events.recv()) => match event {
+                Ok(Ok(Event::WorkflowUpdates(updates))) => {
+                    let seen = Instant::now();
+                    for u in updates.decode()? {
+                        if u.step.as_deref() == Some("two") {
+                            if let Some(done) =
+                                step_one_done().lock().unwrap().remove(&u.workflow_id)
+                            {
+                                latencies.push((done, seen - done));
+                            }
                         }
-                        s if s.is_terminal() || s == WorkflowStatus::Compensating => {
+                        let s = u.status;
+                        if s == WorkflowStatus::Completed {
+                            // A completion can outrun the batch of ids its start belongs to.
+                            if !pending.remove(&u.workflow_id) {
+                                early.insert(u.workflow_id);
+                            }
+                        } else if s.is_terminal() || s == WorkflowStatus::Compensating {
                             return Err(format!("workflow {} ended {s}", u.workflow_id).into());
                         }
-                        _ => {}
                     }
                 }
-            }
-            Ok(Ok(_)) | Err(_) => {}
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                eprintln!("(the bench's subscriber lagged by {n} notifications; polling instead)");
-                let ids: Vec<Uuid> = pending.into_iter().collect();
-                loop {
-                    let rows = forge.store().get_workflows(&ids).await?;
-                    if rows.iter().all(|r| r.status == WorkflowStatus::Completed) {
-                        return Ok(Instant::now());
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    eprintln!("(the bench's subscriber lagged by {n} notifications; polling instead)");
+                    while let Some(batch) = ids.recv().await {
+                        pending.extend(batch);
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    pending.extend(early.drain());
+                    let ids: Vec<Uuid> = pending.into_iter().collect();
+                    loop {
+                        let rows = forge.store().get_workflows(&ids).await?;
+                        if rows.iter().all(|r| r.status == WorkflowStatus::Completed) {
+                            return Ok(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
-            }
-            Ok(Err(broadcast::error::RecvError::Closed)) => return Err("notifier stopped".into()),
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err("notifier stopped".into())
+                }
+            },
         }
     }
     Ok(Instant::now())
