@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release -p forge-bench -- jobs                # 50,000 jobs, 500 latency samples
 //! cargo run --release -p forge-bench -- jobs --count 100000 --samples 1000 --concurrency 256
-//! cargo run --release -p forge-bench -- workflows                # 50,000 workflows, 500 samples
+//! cargo run --release -p forge-bench -- workflows           # 50,000 workflows, concurrency 256
 //! cargo build --release -p fault-node && cargo run --release -p forge-bench -- faults
 //! cargo run --release -p forge-bench -- soak --duration 3m --rate 2000 --keep 10s
 //! ```
@@ -17,7 +17,9 @@
 //!
 //! `workflows` prints no-op jobs/s, the SQL statements one 3-step no-op workflow costs, the
 //! latency from a step's end to its notification, and workflows/s with their ratio to jobs/s
-//! (see `workflows.rs`).
+//! (see `workflows.rs`). Its worker concurrency defaults to 256, not the node's default: a node
+//! steps at most `concurrency` workflows at once, and a no-op workflow spends its time waiting
+//! for its own durable writes, not on a core.
 //!
 //! `jobs` prints three numbers:
 //! * bulk enqueue: jobs/s of one `enqueue_many` call, no worker running;
@@ -78,12 +80,12 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-fn parse_settings(mut args: impl Iterator<Item = String>) -> Settings {
+fn parse_settings(mut args: impl Iterator<Item = String>, concurrency: usize) -> Settings {
     let defaults = WorkerConfig::default();
     let mut s = Settings {
         count: 50_000,
         samples: 500,
-        concurrency: defaults.concurrency,
+        concurrency,
         claim_batch: defaults.claim_batch,
     };
     while let Some(flag) = args.next() {
@@ -118,10 +120,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
                     .with_writer(std::io::stderr)
                     .init();
             }
-            jobs(parse_settings(args), logging).await
+            jobs(
+                parse_settings(args, WorkerConfig::default().concurrency),
+                logging,
+            )
+            .await
         }
         Some("workflows") => {
-            let s = parse_settings(args);
+            let s = parse_settings(args, workflows::DEFAULT_CONCURRENCY);
             let settings = workflows::Settings {
                 count: s.count,
                 samples: s.samples,

@@ -51,6 +51,12 @@ async fn bench_three_steps(ctx: &WorkflowContext) -> Result<()> {
     Ok(())
 }
 
+/// A node steps at most `concurrency` workflows at once, and each no-op workflow spends nearly
+/// all its time waiting for its step's group commit, so the node's default (sized for jobs
+/// that use a core) would measure the slots, not the engine. Workflows that wait on I/O want
+/// the same setting in production (docs/concepts.md, Workflows).
+pub(crate) const DEFAULT_CONCURRENCY: usize = 256;
+
 pub(crate) struct Settings {
     pub(crate) count: usize,
     pub(crate) samples: usize,
