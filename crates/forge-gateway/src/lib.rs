@@ -5,6 +5,8 @@
 //! * `rpc`: calls (`/_api/rpc/{fn}`, `/_api/rpc`, `/_api/rpc/batch`) and `/_api/cancel-job`;
 //!   `functions`: the registry's queries, mutations and jobs as one namespace, the access
 //!   check and the call itself; `openapi`: the OpenAPI document of them.
+//! * `runs`: lists and details of jobs and workflows (`/_api/jobs/...`,
+//!   `/_api/workflows/...`) and the admin role's actions on them (`/_api/admin/...`).
 //! * `schedules`: run-time schedules (`/_api/schedules/...`), each user's own.
 //! * [`error`]: the JSON error envelope every route answers failures with.
 //! * [`auth`]: bearer tokens (JWT) and the caller's identity.
@@ -21,6 +23,7 @@ mod openapi;
 mod rate;
 pub mod realtime;
 mod rpc;
+mod runs;
 mod schedules;
 mod server;
 mod state;

@@ -30,7 +30,11 @@ const ERRORS: &[(&str, &str, &str)] = &[
 ];
 
 /// The document, for the functions of `functions`.
-pub(crate) fn document(functions: &Functions, batch_limit: usize) -> Value {
+pub(crate) fn document(
+    functions: &Functions,
+    batch_limit: usize,
+    admin_role: Option<&str>,
+) -> Value {
     let mut gen = SchemaGenerator::new(SchemaSettings::openapi3());
     let mut paths = Map::new();
     for f in functions.iter() {
@@ -48,6 +52,9 @@ pub(crate) fn document(functions: &Functions, batch_limit: usize) -> Value {
         "/_api/cancel-workflow".into(),
         cancel("workflow", workflow_status),
     );
+    for (path, op) in crate::runs::openapi_paths(&mut gen, admin_role, &finish, &error_refs) {
+        paths.insert(path, op);
+    }
     paths.insert(
         "/_api/health".into(),
         probe("health", "The node answers HTTP"),

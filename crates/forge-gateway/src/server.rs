@@ -110,7 +110,7 @@ impl Gateway {
             starts: Arc::new(StartLimiter::new(config.max_starts_per_minute)),
         };
         let realtime = realtime.with_query_resolver(caller.clone());
-        let doc = openapi::document(&functions, config.batch_limit);
+        let doc = openapi::document(&functions, config.batch_limit, config.admin_role.as_deref());
         let openapi = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value serializes"));
         Ok(Self {
             state: Arc::new(AppState {
@@ -138,6 +138,7 @@ impl Gateway {
         let app = Router::new()
             .merge(rpc::routes(self.state.clone()))
             .merge(crate::schedules::routes(self.state.clone()))
+            .merge(crate::runs::routes(self.state.clone()))
             .merge(self.realtime.routes())
             .merge(ops)
             .fallback(unknown_route)

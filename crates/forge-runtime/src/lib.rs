@@ -11,6 +11,8 @@
 //! * [`queue`] checks and enqueues jobs; [`worker`] claims and runs them.
 //! * [`publish`] owns the notification channels and their payloads; [`notifier`] is the
 //!   node's single LISTEN connection, which decodes them.
+//! * [`runs`] lists and inspects jobs and workflows, and retries, cancels and deletes jobs,
+//!   for application code and operators.
 //! * [`schedule`] enqueues a job at each tick of a cron schedule, once across all nodes.
 //! * [`workflow`] runs durable workflows on the same workers: each run (and each resume after a
 //!   wait) is a job that replays the workflow's recorded steps.
@@ -69,6 +71,7 @@ pub mod notifier;
 pub mod publish;
 pub mod queue;
 pub mod registry;
+pub mod runs;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -74,6 +74,7 @@
 pub use forge_macros::cron;
 pub use forge_macros::workflow;
 pub use forge_macros::{job, mutation, query};
+pub use forge_runtime::runs;
 pub use forge_runtime::schedule;
 pub use forge_runtime::workflow;
 // What users write against: jobs, workflows, functions, their contexts, errors and

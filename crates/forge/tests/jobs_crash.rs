@@ -115,6 +115,24 @@ async fn a_job_of_a_killed_node_is_run_again_by_another_after_its_lease_runs_out
     );
     // The new attempt started clean.
     assert_eq!((r.progress, r.message), (None, None));
+    // The history tells why there were two attempts, and which node ran each.
+    let detail = forge.job_detail(id, None).await.unwrap().unwrap();
+    let history = &detail.attempt_history;
+    assert_eq!(history.len(), 2, "{history:?}");
+    let (first, second) = (&history[0], &history[1]);
+    assert_eq!((first.attempt, first.outcome), (1, JobStatus::Retry));
+    assert_eq!(
+        first.error.as_deref(),
+        Some("the worker running this job stopped (lease expired)")
+    );
+    assert!(first.started_at.is_some() && first.ended_at >= Some(expires));
+    assert_ne!(first.worker_id, Some(worker.worker_id()));
+    assert!(first.worker_id.is_some());
+    assert_eq!((second.attempt, second.outcome), (2, JobStatus::Completed));
+    assert_eq!(second.worker_id, Some(worker.worker_id()));
+    assert_eq!(second.error, None);
+    assert!(second.started_at.unwrap() >= first.ended_at.unwrap());
+    assert!(second.ended_at.unwrap() >= second.started_at.unwrap());
     worker.shutdown().await;
 }
 

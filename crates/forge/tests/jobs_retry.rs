@@ -61,6 +61,33 @@ async fn a_retryable_error_retries_with_growing_backoff_then_completes() {
     let r = wait_status(&forge, id, JobStatus::Completed).await;
     assert_eq!((r.attempts, r.output.clone()), (3, Some(json!(3))));
     assert_eq!(r.error, None);
+    // Each attempt is in the history with how it ended: why the job retried needs no logs.
+    let history = forge
+        .job_detail(id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .attempt_history;
+    let summary: Vec<_> = history
+        .iter()
+        .map(|a| (a.attempt, a.outcome, a.error.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, JobStatus::Retry, Some("flaky failure 1".to_string())),
+            (2, JobStatus::Retry, Some("flaky failure 2".to_string())),
+            (3, JobStatus::Completed, None),
+        ]
+    );
+    for (a, next) in history.iter().zip(history.iter().skip(1)) {
+        assert!(a.started_at.unwrap() <= a.ended_at.unwrap(), "{a:?}");
+        assert!(
+            a.ended_at.unwrap() <= next.started_at.unwrap(),
+            "{a:?} then {next:?}"
+        );
+        assert_eq!(a.worker_id, Some(worker.worker_id()));
+    }
     let gap_1 = millis(failed_1, attempt_started(&forge, id, 2).await);
     let gap_2 = millis(
         attempt_failed(&forge, id, 2).await,

@@ -2,12 +2,13 @@
 //! whenever one of them changes (the gateway re-runs it on job updates).
 
 use forge::prelude::*;
+use forge::runs::{self, JobFilter, Page};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// One job in the list.
-#[derive(Debug, Serialize, Deserialize, JsonSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct JobSummary {
     pub id: Uuid,
@@ -24,7 +25,7 @@ pub(crate) struct JobSummary {
 }
 
 /// The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
-/// their own, which are left out: the page shows the workflows themselves.
+/// their own, which the runs API leaves out: the page shows the workflows themselves.
 #[forge::query]
 pub(crate) async fn recent_jobs(ctx: &QueryContext, limit: u32) -> Result<Vec<JobSummary>> {
     if !(1..=50).contains(&limit) {
@@ -32,17 +33,26 @@ pub(crate) async fn recent_jobs(ctx: &QueryContext, limit: u32) -> Result<Vec<Jo
     }
     let user = ctx.user().expect("not public, so signed in");
     let mut db = ctx.db().await?;
-    // Forge's job table is readable like any other; reading it is what makes the live
-    // subscription follow job changes.
-    Ok(sqlx::query_as::<_, JobSummary>(
-        "SELECT id, function_name AS name, status, progress, message, error, attempts, \
-                max_attempts, created_at \
-         FROM forge.jobs \
-         WHERE owner = $1 AND function_name NOT LIKE 'workflow:%' \
-         ORDER BY created_at DESC, id DESC LIMIT $2",
-    )
-    .bind(&user.id)
-    .bind(i64::from(limit))
-    .fetch_all(&mut *db)
-    .await?)
+    // On the query's own connection: what it reads is what makes the live subscription
+    // follow changes of these jobs.
+    let filter = JobFilter {
+        owner: Some(user.id.clone()),
+        ..JobFilter::default()
+    };
+    let page = runs::list_jobs(&mut *db, &filter, &Page::first(limit)).await?;
+    Ok(page
+        .items
+        .into_iter()
+        .map(|j| JobSummary {
+            id: j.state.job_id,
+            name: j.function,
+            status: j.state.status.to_string(),
+            progress: j.state.progress,
+            message: j.state.message,
+            error: j.state.error,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            created_at: j.created_at,
+        })
+        .collect())
 }

@@ -69,6 +69,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "engine_batches",
         include_str!("../../migrations/0013_engine_batches.sql"),
     ),
+    (
+        14,
+        "attempt_log",
+        include_str!("../../migrations/0014_attempt_log.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

@@ -1,6 +1,7 @@
 //! All of Forge's SQL. Workers, the gateway and the workflow engine call the named operations
 //! here (in the manner of River's driver interface) and never write SQL themselves.
 
+mod admin;
 mod jobs;
 mod listen;
 mod migrate;
@@ -10,6 +11,11 @@ mod schedules;
 mod transactions;
 mod workflows;
 
+pub use admin::{
+    act_on_jobs, job_record_by_id, list_jobs, list_workflows, workflow_record_by_id, EventRecord,
+    JobAction, JobRecord, LoggedAttempt, Selection, StepRecord, WorkflowRecord, BULK_BATCH,
+    MAX_EVENTS_SHOWN,
+};
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, HeldClaim, HeldEnd, HeldWrite,
     JobRow, NewJob, ProgressWrite, StartWrite, UpdateBatch,

@@ -369,7 +369,13 @@ async fn write_held(
          UPDATE forge.jobs j SET
              status = u.status,
              attempts = u.attempt,
-             worker_id = CASE WHEN u.status IN ('claimed', 'running') THEN $10::uuid END,
+             worker_id = $10::uuid,
+             attempt_log = CASE WHEN u.status = 'retry'
+                 THEN forge.log_attempt(j.attempt_log, jsonb_build_object(
+                     'attempt', u.attempt, 'workerId', $10::uuid,
+                     'startedAt', CASE WHEN u.started THEN now() END,
+                     'endedAt', now(), 'outcome', 'retry', 'error', u.error))
+                 ELSE j.attempt_log END,
              lease_expires_at = CASE WHEN u.status IN ('claimed', 'running')
                                      THEN now() + $11 * interval '1 millisecond' END,
              started_at = CASE WHEN u.started THEN now() ELSE j.started_at END,

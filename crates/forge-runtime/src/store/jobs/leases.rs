@@ -74,7 +74,15 @@ impl Store {
                               ELSE 'the worker running this job stopped (lease expired)' END,
                  finished_at = CASE WHEN j.status = 'cancel_requested'
                                       OR j.attempts >= j.max_attempts THEN now() END,
-                 run_at = now(), worker_id = NULL, lease_expires_at = NULL
+                 attempt_log = CASE WHEN j.status <> 'cancel_requested'
+                                     AND j.attempts < j.max_attempts
+                     THEN forge.log_attempt(j.attempt_log, jsonb_build_object(
+                         'attempt', j.attempts, 'workerId', j.worker_id,
+                         'startedAt', CASE WHEN j.status = 'running' THEN j.started_at END,
+                         'endedAt', now(), 'outcome', 'retry',
+                         'error', 'the worker running this job stopped (lease expired)'))
+                     ELSE j.attempt_log END,
+                 run_at = now(), lease_expires_at = NULL
              WHERE j.id IN (
                  SELECT id FROM forge.jobs
                  WHERE status IN ('claimed', 'running', 'cancel_requested')

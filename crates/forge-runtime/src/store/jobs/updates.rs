@@ -171,7 +171,9 @@ async fn apply_updates_on(
             delays.push(delay);
         }
         // A job whose cancel was requested and that then failed in any way ends
-        // `cancelled`: the user asked for it to stop, and it stopped.
+        // `cancelled`: the user asked for it to stop, and it stopped. `worker_id` stays: it
+        // names the node of the attempt the row describes (attempt history). An attempt
+        // that another may follow moves to `attempt_log`; a final one stays in the row.
         let finished: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE forge.jobs j SET
                  status = CASE WHEN j.status = 'cancel_requested' AND u.status <> 'completed'
@@ -186,7 +188,13 @@ async fn apply_updates_on(
                                     THEN NULL ELSE now() END,
                  started_at = CASE WHEN u.started AND j.status = 'claimed' THEN now()
                                    ELSE j.started_at END,
-                 worker_id = NULL,
+                 attempt_log = CASE WHEN u.status = 'retry' AND j.status <> 'cancel_requested'
+                     THEN forge.log_attempt(j.attempt_log, jsonb_build_object(
+                         'attempt', j.attempts, 'workerId', j.worker_id,
+                         'startedAt', CASE WHEN j.status = 'running' THEN j.started_at
+                                           WHEN u.started THEN now() END,
+                         'endedAt', now(), 'outcome', 'retry', 'error', u.error))
+                     ELSE j.attempt_log END,
                  lease_expires_at = NULL
              FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[],
                          $6::float8[], $7::bool[])

@@ -108,14 +108,15 @@ pub(super) fn status_of(s: &str) -> Result<WorkflowStatus, sqlx::Error> {
 }
 
 /// The columns and steps of [`WorkflowRow`]; `w` is the workflows table.
-const ROW_COLUMNS: &str = "w.id, w.name, w.status, w.step, w.waiting_for, w.output, w.error, \
+pub(super) const ROW_COLUMNS: &str =
+    "w.id, w.name, w.status, w.step, w.waiting_for, w.output, w.error, \
     w.owner, w.created_at, w.started_at, w.finished_at,
     (SELECT COALESCE(jsonb_agg(jsonb_build_object('name', s.name, 'status', s.status,
                                                   'error', s.error)
                                ORDER BY s.run_seq NULLS LAST, s.idx), '[]')
      FROM forge.workflow_steps s WHERE s.workflow_id = w.id) AS steps";
 
-fn workflow_row(row: &sqlx::postgres::PgRow) -> Result<WorkflowRow, sqlx::Error> {
+pub(super) fn workflow_row(row: &sqlx::postgres::PgRow) -> Result<WorkflowRow, sqlx::Error> {
     let status: String = row.try_get("status")?;
     let steps: sqlx::types::Json<Vec<StepState>> = row.try_get("steps")?;
     Ok(WorkflowRow {

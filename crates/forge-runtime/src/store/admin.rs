@@ -1,0 +1,380 @@
+//! The operator's reads and writes: jobs and workflows listed by filter, one job with its
+//! attempt history, one workflow with its steps and events, and retry, cancel and delete by
+//! id or by filter. The shapes callers see are built in [`crate::admin`]; here are the rows.
+//!
+//! Lists are newest first by id: ids are UUIDv7, so the primary key is in creation order and
+//! a page walks it backwards from the cursor (the last id of the previous page) without an
+//! index of its own, which every job's insert would pay for.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use super::jobs::{job_row, JOB_COLUMNS};
+use super::workflows::{workflow_row, ROW_COLUMNS, WORKFLOW_JOB_PREFIX};
+use super::{JobRow, Store, WorkflowRow};
+
+/// Which jobs or workflows a list or a bulk operation takes. Every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub ids: Option<Vec<Uuid>>,
+    pub owner: Option<String>,
+    /// The job's function, or the workflow's name.
+    pub function: Option<String>,
+    pub statuses: Vec<String>,
+    pub queue: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only ids below this one (the cursor of a page).
+    pub before_id: Option<Uuid>,
+}
+
+/// The WHERE clause of a [`Selection`] on a table aliased `t`, its values bound as `$1`..`$8`
+/// in [`bind_selection`]'s order. `name` is the column holding the function's name.
+fn selection_clause(name: &str) -> String {
+    format!(
+        "($1::uuid[] IS NULL OR t.id = ANY($1))
+         AND ($2::text IS NULL OR t.owner = $2)
+         AND ($3::text IS NULL OR t.{name} = $3)
+         AND (cardinality($4::text[]) = 0 OR t.status = ANY($4))
+         AND ($5::text IS NULL OR t.queue = $5)
+         AND ($6::timestamptz IS NULL OR t.created_at >= $6)
+         AND ($7::timestamptz IS NULL OR t.created_at < $7)
+         AND ($8::uuid IS NULL OR t.id < $8)"
+    )
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_selection<'q>(q: Query<'q>, s: &'q Selection) -> Query<'q> {
+    q.bind(s.ids.as_deref())
+        .bind(s.owner.as_deref())
+        .bind(s.function.as_deref())
+        .bind(&s.statuses)
+        .bind(s.queue.as_deref())
+        .bind(s.created_after)
+        .bind(s.created_before)
+        .bind(s.before_id)
+}
+
+/// A job with what only the operator's views show.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub row: JobRow,
+    /// The node's worker that ran (or runs) the attempt the row describes.
+    pub worker_id: Option<Uuid>,
+    /// The attempts before the one the row describes, oldest first (see migration 0014).
+    pub attempt_log: Vec<LoggedAttempt>,
+}
+
+/// One attempt of `forge.jobs.attempt_log`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedAttempt {
+    pub attempt: i32,
+    pub worker_id: Option<Uuid>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+fn job_record(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
+    let log: Option<sqlx::types::Json<Vec<LoggedAttempt>>> = row.try_get("attempt_log")?;
+    Ok(JobRecord {
+        row: job_row(row)?,
+        worker_id: row.try_get("worker_id")?,
+        attempt_log: log.map(|l| l.0).unwrap_or_default(),
+    })
+}
+
+/// Up to `limit` jobs of `s`, newest first. Jobs that run workflows are left out: their
+/// workflows are listed instead.
+pub async fn list_jobs<'e, E: PgExecutor<'e>>(
+    exec: E,
+    s: &Selection,
+    limit: i64,
+) -> Result<Vec<JobRecord>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, worker_id, attempt_log FROM forge.jobs t
+         WHERE {} AND t.function_name NOT LIKE '{WORKFLOW_JOB_PREFIX}%'
+         ORDER BY t.id DESC LIMIT $9",
+        selection_clause("function_name")
+    );
+    let rows = bind_selection(sqlx::query(&sql), s)
+        .bind(limit)
+        .fetch_all(exec)
+        .await?;
+    rows.iter().map(job_record).collect()
+}
+
+/// One job with its arguments and attempt history, restricted to `owner`'s when given.
+pub async fn job_record_by_id<'e, E: PgExecutor<'e>>(
+    exec: E,
+    id: Uuid,
+    owner: Option<&str>,
+) -> Result<Option<(JobRecord, Value)>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {JOB_COLUMNS}, worker_id, attempt_log, args FROM forge.jobs
+         WHERE id = $1 AND ($2::text IS NULL OR owner = $2)"
+    ))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(exec)
+    .await?;
+    row.map(|r| Ok((job_record(&r)?, r.try_get("args")?)))
+        .transpose()
+}
+
+/// Up to `limit` workflows of `s`, newest first.
+pub async fn list_workflows<'e, E: PgExecutor<'e>>(
+    exec: E,
+    s: &Selection,
+    limit: i64,
+) -> Result<Vec<(WorkflowRow, String)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {ROW_COLUMNS}, w.queue FROM forge.workflows w
+         WHERE w.id IN (SELECT t.id FROM forge.workflows t WHERE {}
+                        ORDER BY t.id DESC LIMIT $9)
+         ORDER BY w.id DESC",
+        selection_clause("name")
+    );
+    let rows = bind_selection(sqlx::query(&sql), s)
+        .bind(limit)
+        .fetch_all(exec)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((workflow_row(r)?, r.try_get("queue")?)))
+        .collect()
+}
+
+/// A step as the operator sees it.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub attempts: i32,
+    pub compensation_attempts: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub compensated_at: Option<DateTime<Utc>>,
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// An event sent to a workflow.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub name: String,
+    pub payload: Value,
+    pub received_at: DateTime<Utc>,
+    /// Whether a wait of the workflow took it.
+    pub consumed: bool,
+}
+
+/// One workflow with what only the operator's views show.
+#[derive(Debug, Clone)]
+pub struct WorkflowRecord {
+    pub row: WorkflowRow,
+    pub args: Value,
+    pub queue: String,
+    pub resume_at: Option<DateTime<Utc>>,
+    pub steps: Vec<StepRecord>,
+    pub events: Vec<EventRecord>,
+}
+
+/// Most events a workflow's record carries, the newest.
+pub const MAX_EVENTS_SHOWN: i64 = 100;
+
+/// One workflow with its steps in display order and its newest events, restricted to
+/// `owner`'s when given. Reads in one statement, so steps and events match the row.
+pub async fn workflow_record_by_id<'e, E: PgExecutor<'e>>(
+    exec: E,
+    id: Uuid,
+    owner: Option<&str>,
+) -> Result<Option<WorkflowRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {ROW_COLUMNS}, w.args, w.queue, w.resume_at,
+            (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                 'name', s.name, 'kind', s.kind, 'status', s.status, 'error', s.error,
+                 'attempts', s.attempts, 'compensationAttempts', s.compensation_attempts,
+                 'startedAt', s.started_at, 'finishedAt', s.finished_at,
+                 'compensatedAt', s.compensated_at, 'wakeAt', s.wake_at)
+                 ORDER BY s.run_seq NULLS LAST, s.idx), '[]')
+             FROM forge.workflow_steps s WHERE s.workflow_id = w.id) AS step_records,
+            (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                 'name', e.name, 'payload', e.payload, 'receivedAt', e.received_at,
+                 'consumed', e.consumed_by IS NOT NULL) ORDER BY e.id), '[]')
+             FROM (SELECT * FROM forge.workflow_events
+                   WHERE workflow_id = w.id ORDER BY id DESC LIMIT {MAX_EVENTS_SHOWN}) e)
+                AS event_records
+         FROM forge.workflows w WHERE w.id = $1 AND ($2::text IS NULL OR w.owner = $2)"
+    ))
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(exec)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Step {
+        name: String,
+        kind: String,
+        status: String,
+        error: Option<String>,
+        attempts: i32,
+        compensation_attempts: i32,
+        started_at: Option<DateTime<Utc>>,
+        finished_at: Option<DateTime<Utc>>,
+        compensated_at: Option<DateTime<Utc>>,
+        wake_at: Option<DateTime<Utc>>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Event {
+        name: String,
+        payload: Value,
+        received_at: DateTime<Utc>,
+        consumed: bool,
+    }
+    let steps: sqlx::types::Json<Vec<Step>> = row.try_get("step_records")?;
+    let events: sqlx::types::Json<Vec<Event>> = row.try_get("event_records")?;
+    Ok(Some(WorkflowRecord {
+        row: workflow_row(&row)?,
+        args: row.try_get("args")?,
+        queue: row.try_get("queue")?,
+        resume_at: row.try_get("resume_at")?,
+        steps: steps
+            .0
+            .into_iter()
+            .map(|s| StepRecord {
+                name: s.name,
+                kind: s.kind,
+                status: s.status,
+                error: s.error,
+                attempts: s.attempts,
+                compensation_attempts: s.compensation_attempts,
+                started_at: s.started_at,
+                finished_at: s.finished_at,
+                compensated_at: s.compensated_at,
+                wake_at: s.wake_at,
+            })
+            .collect(),
+        events: events
+            .0
+            .into_iter()
+            .map(|e| EventRecord {
+                name: e.name,
+                payload: e.payload,
+                received_at: e.received_at,
+                consumed: e.consumed,
+            })
+            .collect(),
+    }))
+}
+
+/// What an operator does to jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAction {
+    /// `failed` and `dead_letter` jobs get a new attempt, due now; the attempt that ended is
+    /// moved to the attempt history, and `max_attempts` grows to allow the new one.
+    Retry,
+    /// As [`Store::request_cancel`]: waiting jobs end `cancelled`, running ones become
+    /// `cancel_requested`.
+    Cancel,
+    /// Finished jobs (`completed`, `failed`, `dead_letter`, `cancelled`) are deleted.
+    Delete,
+}
+
+impl JobAction {
+    /// The statuses a job must have for the action to apply.
+    pub fn applies_to(self) -> &'static [&'static str] {
+        match self {
+            JobAction::Retry => &["failed", "dead_letter"],
+            JobAction::Cancel => &["pending", "claimed", "retry", "running"],
+            JobAction::Delete => &["completed", "failed", "dead_letter", "cancelled"],
+        }
+    }
+}
+
+/// Rows one bulk statement changes at most; a bulk action runs as many as it needs.
+pub const BULK_BATCH: i64 = 1_000;
+
+/// Applies `action` to up to [`BULK_BATCH`] jobs of `s` whose status allows it (the
+/// selection's own statuses, if any, narrow further), newest first, skipping rows another
+/// transaction holds. Returns the ids changed; the smallest is the cursor of the next batch.
+/// Jobs that run workflows are never taken.
+pub async fn act_on_jobs<'e, E: PgExecutor<'e>>(
+    exec: E,
+    action: JobAction,
+    s: &Selection,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let change = match action {
+        JobAction::Retry => {
+            "UPDATE forge.jobs j SET
+                 status = 'pending', run_at = now(),
+                 max_attempts = GREATEST(j.max_attempts, j.attempts + 1),
+                 attempt_log = CASE WHEN j.attempts > 0 THEN
+                     forge.log_attempt(j.attempt_log, jsonb_build_object(
+                         'attempt', j.attempts, 'workerId', j.worker_id,
+                         'startedAt', j.started_at, 'endedAt', j.finished_at,
+                         'outcome', j.status, 'error', j.error))
+                     ELSE j.attempt_log END,
+                 output = NULL, error = NULL, progress = NULL, message = NULL,
+                 started_at = NULL, finished_at = NULL, worker_id = NULL,
+                 lease_expires_at = NULL
+             FROM picked WHERE j.id = picked.id RETURNING j.id"
+        }
+        JobAction::Cancel => {
+            "UPDATE forge.jobs j SET
+                 status = CASE WHEN j.status = 'running' THEN 'cancel_requested'
+                               ELSE 'cancelled' END,
+                 error = CASE WHEN j.status = 'running' THEN j.error ELSE 'cancelled' END,
+                 finished_at = CASE WHEN j.status = 'running' THEN NULL ELSE now() END,
+                 lease_expires_at = CASE WHEN j.status = 'running' THEN j.lease_expires_at END
+             FROM picked WHERE j.id = picked.id RETURNING j.id"
+        }
+        JobAction::Delete => {
+            "DELETE FROM forge.jobs j USING picked WHERE j.id = picked.id RETURNING j.id"
+        }
+    };
+    let sql = format!(
+        "WITH picked AS (
+             SELECT t.id FROM forge.jobs t
+             WHERE {} AND t.status = ANY($9) AND t.function_name NOT LIKE '{WORKFLOW_JOB_PREFIX}%'
+             ORDER BY t.id DESC LIMIT {BULK_BATCH}
+             FOR UPDATE SKIP LOCKED
+         ) {change}",
+        selection_clause("function_name")
+    );
+    let statuses: Vec<&str> = action.applies_to().to_vec();
+    let rows = bind_selection(sqlx::query(&sql), s)
+        .bind(&statuses)
+        .fetch_all(exec)
+        .await?;
+    rows.iter().map(|r| r.try_get("id")).collect()
+}
+
+impl Store {
+    /// See [`act_on_jobs`].
+    pub async fn act_on_jobs(
+        &self,
+        action: JobAction,
+        s: &Selection,
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        act_on_jobs(&self.pool, action, s).await
+    }
+
+    /// See [`job_record_by_id`].
+    pub async fn job_record(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Option<(JobRecord, Value)>, sqlx::Error> {
+        job_record_by_id(&self.pool, id, owner).await
+    }
+}
