@@ -30,6 +30,9 @@
 //! * enqueue→start latency on an idle node, one job every 20 ms: from just before the enqueue
 //!   call to the first line of the handler.
 //!
+//! `FORGE_BENCH_METRICS=1` runs `jobs` with the Prometheus recorder installed (as a node with
+//! `gateway.metrics` on), to measure what counting costs.
+//!
 //! `RUST_LOG=forge_runtime=debug,forge_bench=trace` logs each claim and write batch of the
 //! worker and the steps of each latency probe, to stderr (statements are then not counted).
 
@@ -147,9 +150,19 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
         claim_batch: s.claim_batch,
         ..WorkerConfig::default()
     };
+    // `FORGE_BENCH_METRICS=1` records metrics into the Prometheus recorder the gateway
+    // installs, as a node with `gateway.metrics` on does: the cost of counting, measured.
+    let metrics = std::env::var_os("FORGE_BENCH_METRICS").is_some_and(|v| v == "1");
+    if metrics {
+        forge_gateway::metrics::install();
+    }
     println!(
-        "forge-bench jobs: {} jobs, {} latency samples, worker concurrency {}, claim batch {}",
-        s.count, s.samples, config.concurrency, config.claim_batch
+        "forge-bench jobs: {} jobs, {} latency samples, worker concurrency {}, claim batch {}, metrics {}",
+        s.count,
+        s.samples,
+        config.concurrency,
+        config.claim_batch,
+        if metrics { "recorded" } else { "off" }
     );
 
     // Bulk enqueue, with no worker competing for the database.

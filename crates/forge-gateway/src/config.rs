@@ -26,6 +26,8 @@
 //! max_live_queries = 10000         # FORGE_MAX_LIVE_QUERIES: query groups per node
 //! max_starts_per_minute = 120      # FORGE_MAX_STARTS_PER_MINUTE: jobs/workflows per caller
 //! max_result_bytes = 4194304       # FORGE_MAX_RESULT_BYTES: a query's or mutation's answer, as JSON
+//! metrics = "off"                  # FORGE_METRICS: off, admin (the admin role) or open (anyone)
+//! metrics_path = "/_api/metrics"   # FORGE_METRICS_PATH: where Prometheus text is served
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -113,6 +115,10 @@ pub struct GatewayConfig {
     pub max_starts_per_minute: u32,
     /// Largest answer of a query or mutation (a call or a live-query run), in bytes of JSON.
     pub max_result_bytes: usize,
+    /// Who may read Prometheus metrics at `metrics_path`; off by default.
+    pub metrics: crate::metrics::MetricsAccess,
+    /// Where metrics are served when they are on.
+    pub metrics_path: String,
     pub realtime: RealtimeConfig,
 }
 
@@ -131,6 +137,8 @@ impl GatewayConfig {
             header_read_timeout: Duration::from_secs(10),
             max_starts_per_minute: 120,
             max_result_bytes: 4 * 1024 * 1024,
+            metrics: crate::metrics::MetricsAccess::Off,
+            metrics_path: "/_api/metrics".into(),
             realtime: RealtimeConfig::default(),
         }
     }
@@ -205,6 +213,8 @@ struct GatewayFile {
     max_live_queries: Option<usize>,
     max_starts_per_minute: Option<u32>,
     max_result_bytes: Option<usize>,
+    metrics: Option<String>,
+    metrics_path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -394,6 +404,23 @@ impl Config {
                 if g.realtime.anonymous_session_lifetime.is_zero() {
                     return Err(invalid(setting, "must be more than 0"));
                 }
+            }
+            if let Some(v) = env("FORGE_METRICS").or(f.gateway.metrics) {
+                g.metrics = crate::metrics::MetricsAccess::parse(&v).ok_or_else(|| {
+                    invalid(
+                        "gateway.metrics",
+                        format!("must be `off`, `admin` or `open`, not `{v}`"),
+                    )
+                })?;
+            }
+            if let Some(v) = env("FORGE_METRICS_PATH").or(f.gateway.metrics_path) {
+                if !v.starts_with('/') || v.len() < 2 {
+                    return Err(invalid(
+                        "gateway.metrics_path",
+                        format!("must be a path such as `/metrics`, not `{v}`"),
+                    ));
+                }
+                g.metrics_path = v;
             }
             Some(g)
         } else {
@@ -610,6 +637,38 @@ mod tests {
         assert!(err.to_string().contains("unknown role `cron`"), "{err}");
         let err = load(None, &[base[0], ("FORGE_JWT_SECRET", "short")]).unwrap_err();
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_set_by_file_or_environment() {
+        use crate::metrics::MetricsAccess;
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("FORGE_JWT_SECRET", SECRET),
+        ];
+        let g = load(None, &base).unwrap().gateway.unwrap();
+        assert_eq!(
+            (g.metrics, g.metrics_path.as_str()),
+            (MetricsAccess::Off, "/_api/metrics")
+        );
+        let file = "[gateway]\nmetrics = \"admin\"\nmetrics_path = \"/metrics\"\n";
+        let g = load(Some(file), &base).unwrap().gateway.unwrap();
+        assert_eq!(
+            (g.metrics, g.metrics_path.as_str()),
+            (MetricsAccess::Admin, "/metrics")
+        );
+        let g = load(Some(file), &[base[0], base[1], ("FORGE_METRICS", "open")])
+            .unwrap()
+            .gateway
+            .unwrap();
+        assert_eq!(g.metrics, MetricsAccess::Open);
+        let err = load(None, &[base[0], base[1], ("FORGE_METRICS", "on")]).unwrap_err();
+        assert!(
+            err.to_string().contains("`gateway.metrics`") && err.to_string().contains("`on`"),
+            "{err}"
+        );
+        let err = load(None, &[base[0], base[1], ("FORGE_METRICS_PATH", "metrics")]).unwrap_err();
+        assert!(err.to_string().contains("`gateway.metrics_path`"), "{err}");
     }
 
     #[test]

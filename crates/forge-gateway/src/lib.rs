@@ -8,6 +8,7 @@
 //! * `runs`: lists and details of jobs and workflows (`/_api/jobs/...`,
 //!   `/_api/workflows/...`) and the admin role's actions on them (`/_api/admin/...`).
 //! * `schedules`: run-time schedules (`/_api/schedules/...`), each user's own.
+//! * [`metrics`]: Prometheus text at `gateway.metrics_path`, when `gateway.metrics` is on.
 //! * [`error`]: the JSON error envelope every route answers failures with.
 //! * [`auth`]: bearer tokens (JWT) and the caller's identity.
 //! * [`config`]: `forge.toml` and its environment overrides.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 mod functions;
 mod guard;
+pub mod metrics;
 mod openapi;
 mod rate;
 pub mod realtime;

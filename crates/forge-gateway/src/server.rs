@@ -31,6 +31,7 @@ use crate::auth::{Auth, WeakSecret};
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
 use crate::error::ApiError;
 use crate::functions::{Caller, DuplicateName, Functions};
+use crate::metrics::MetricsAccess;
 use crate::rate::StartLimiter;
 use crate::realtime::Realtime;
 use crate::state::AppState;
@@ -112,12 +113,14 @@ impl Gateway {
         let realtime = realtime.with_query_resolver(caller.clone());
         let doc = openapi::document(&functions, config.batch_limit, config.admin_role.as_deref());
         let openapi = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value serializes"));
+        let metrics = (config.metrics != MetricsAccess::Off).then(crate::metrics::install);
         Ok(Self {
             state: Arc::new(AppState {
                 caller,
                 auth,
                 config: Arc::new(config),
                 openapi,
+                metrics,
             }),
             realtime,
             cors,
@@ -130,11 +133,14 @@ impl Gateway {
 
     /// Every route of the gateway with its layers. Merge routes of your own into it, or nest it.
     pub fn router(&self) -> Router {
-        let ops = Router::new()
+        let mut ops = Router::new()
             .route("/_api/health", get(health))
             .route("/_api/ready", get(ready))
-            .route("/_api/openapi.json", get(openapi_document))
-            .with_state(self.state.clone());
+            .route("/_api/openapi.json", get(openapi_document));
+        if self.state.metrics.is_some() {
+            ops = ops.route(&self.state.config.metrics_path, get(crate::metrics::render));
+        }
+        let ops = ops.with_state(self.state.clone());
         let app = Router::new()
             .merge(rpc::routes(self.state.clone()))
             .merge(crate::schedules::routes(self.state.clone()))
@@ -240,6 +246,14 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// ```
 pub async fn run(config: Config) -> Result<(), GatewayError> {
     let forge = Forge::connect_with(&config.database_url, config.max_connections).await?;
+    // Before the worker starts: it registers its metric handles with the recorder it finds.
+    if config
+        .gateway
+        .as_ref()
+        .is_some_and(|g| g.metrics != MetricsAccess::Off)
+    {
+        crate::metrics::install();
+    }
     let worker = if config.roles.worker {
         Some(forge.start_worker(config.worker.clone()).await?)
     } else {

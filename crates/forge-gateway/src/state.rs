@@ -14,4 +14,6 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) openapi: Bytes,
+    /// The process's Prometheus handle, when `gateway.metrics` is on.
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

@@ -67,6 +67,7 @@ pub mod error;
 mod forge;
 pub mod function;
 pub mod maintenance;
+pub mod metrics;
 pub mod notifier;
 pub mod publish;
 pub mod queue;

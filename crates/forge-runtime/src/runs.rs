@@ -495,6 +495,12 @@ pub async fn act_on_jobs(
 ) -> Result<u64, RunsError> {
     let mut selection = match (&selector.job_ids, &selector.filter) {
         (Some(ids), None) => {
+            if ids.is_empty() {
+                return Err(RunsError::Invalid {
+                    field: "jobIds",
+                    message: "give at least one id".into(),
+                });
+            }
             if ids.len() > MAX_SELECTED_IDS {
                 return Err(RunsError::Invalid {
                     field: "jobIds",

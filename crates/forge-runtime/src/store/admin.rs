@@ -378,3 +378,27 @@ impl Store {
         job_record_by_id(&self.pool, id, owner).await
     }
 }
+
+/// How many jobs wait or run, by queue and status (`pending`, `retry`, `claimed`, `running`,
+/// `cancel_requested`), and how many workflows have not finished, by status. Finished runs
+/// are not counted: they would make each reading scan every row retention keeps, and the
+/// node's counters of ended attempts say the same.
+pub async fn count_unfinished<'e, E: PgExecutor<'e> + Copy>(
+    exec: E,
+) -> Result<(Vec<(String, String, i64)>, Vec<(String, i64)>), sqlx::Error> {
+    let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT queue, status, count(*) FROM forge.jobs
+         WHERE status IN ('pending', 'retry', 'claimed', 'running', 'cancel_requested')
+         GROUP BY queue, status",
+    )
+    .fetch_all(exec)
+    .await?;
+    let workflows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM forge.workflows
+         WHERE status IN ('created', 'running', 'waiting', 'compensating')
+         GROUP BY status",
+    )
+    .fetch_all(exec)
+    .await?;
+    Ok((jobs, workflows))
+}

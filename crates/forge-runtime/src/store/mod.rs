@@ -12,9 +12,9 @@ mod transactions;
 mod workflows;
 
 pub use admin::{
-    act_on_jobs, job_record_by_id, list_jobs, list_workflows, workflow_record_by_id, EventRecord,
-    JobAction, JobRecord, LoggedAttempt, Selection, StepRecord, WorkflowRecord, BULK_BATCH,
-    MAX_EVENTS_SHOWN,
+    act_on_jobs, count_unfinished, job_record_by_id, list_jobs, list_workflows,
+    workflow_record_by_id, EventRecord, JobAction, JobRecord, LoggedAttempt, Selection, StepRecord,
+    WorkflowRecord, BULK_BATCH, MAX_EVENTS_SHOWN,
 };
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, HeldClaim, HeldEnd, HeldWrite,
@@ -190,6 +190,15 @@ impl Store {
     #[allow(clippy::misnamed_getters)]
     pub fn pool(&self) -> &PgPool {
         &self.requests
+    }
+
+    /// Size and idle connections of the request pool and the internal pool (the same pool
+    /// twice for a store made with [`Store::new`]).
+    pub fn pool_usage(&self) -> [(&'static str, u32, usize); 2] {
+        [
+            ("requests", self.requests.size(), self.requests.num_idle()),
+            ("internal", self.internal.size(), self.internal.num_idle()),
+        ]
     }
 
     pub fn config(&self) -> &DatabaseConfig {

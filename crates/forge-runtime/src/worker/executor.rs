@@ -104,6 +104,11 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
     // The handler starts without waiting for `running` to be written: the write goes through
     // the same ordered queue as the handler's progress reports, so it lands first anyway,
     // and the job starts a round-trip sooner.
+    let metrics = shared.metrics.get(&job.function_name);
+    if let Some(m) = metrics {
+        m.started(job.run_at);
+    }
+    let began = std::time::Instant::now();
     let mut handle = tokio::spawn((handler.run)(ctx, std::mem::take(&mut job.args)));
 
     let started = async {
@@ -186,6 +191,9 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             return;
         }
     };
+    if let Some(m) = metrics {
+        m.ended(&status, began.elapsed());
+    }
     let id = job.id;
     let requeued = matches!(status, FinishStatus::Retry { .. });
     let after = shared.clone();

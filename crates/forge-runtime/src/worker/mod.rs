@@ -191,6 +191,8 @@ struct Shared {
     config: WorkerConfig,
     handlers: HashMap<String, Handler>,
     names: Vec<String>,
+    /// Each function's counters and histograms (see `crate::metrics`).
+    metrics: HashMap<String, crate::metrics::JobMetrics>,
     local: Mutex<Local>,
     /// Jobs started so far (the fetch loop's measure of pace).
     started: AtomicU64,
@@ -240,6 +242,7 @@ impl Worker {
             store,
             worker_id: Uuid::new_v4(),
             config,
+            metrics: crate::metrics::for_functions(handlers.keys()),
             handlers,
             names,
             local: Mutex::new(Local::default()),

@@ -133,6 +133,8 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Write>) {
 /// leave the job to the lease reaper and run it again, so it is tried until the database is
 /// back. A batch whose data the database refuses is split to find the jobs it refuses.
 async fn write(store: &Store, batch: UpdateBatch) -> Applied {
+    let writes = batch.starts.len() + batch.progress.len() + batch.finishes.len();
+    metrics::histogram!(crate::metrics::JOB_WRITER_BATCH).record(writes as f64);
     match write_retrying(store, &batch).await {
         Ok(applied) => applied,
         Err(refused) => isolate(store, batch, refused).await,

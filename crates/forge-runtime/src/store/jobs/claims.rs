@@ -15,7 +15,7 @@ use crate::status::JobStatus;
 use crate::store::refused_data;
 
 /// A claimed job from a row of a claim: `id`, `function_name`, `args`, `attempt` (the one the
-/// claim starts), `max_attempts`, `owner`.
+/// claim starts), `max_attempts`, `owner`, `run_at`.
 fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
     Ok(ClaimedJob {
         id: r.try_get("id")?,
@@ -24,6 +24,7 @@ fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
         attempt: r.try_get("attempt")?,
         max_attempts: r.try_get("max_attempts")?,
         owner: r.try_get("owner")?,
+        run_at: r.try_get("run_at")?,
     })
 }
 
@@ -153,7 +154,7 @@ impl Store {
         // The transaction's id is returned with each row: the close publishes it (see there).
         let rows = sqlx::query(concat!(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
-                    p.owner, pg_current_xact_id()::text AS xid ",
+                    p.owner, p.run_at, pg_current_xact_id()::text AS xid ",
             runnable_jobs!("AND NOT no_hold")
         ))
         .bind(queues)

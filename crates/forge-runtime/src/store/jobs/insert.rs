@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::Utc;
 use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
@@ -232,6 +233,9 @@ async fn insert_claimed_job<'e, E: PgExecutor<'e>>(
         attempt: 1,
         max_attempts: job.max_attempts,
         owner: job.owner.clone(),
+        // Due at once (an eager start is only for jobs due now); the database's `now()` is
+        // the insert's, which is no later than this.
+        run_at: job.run_at.unwrap_or_else(Utc::now),
     })
 }
 

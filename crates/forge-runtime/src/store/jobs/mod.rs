@@ -48,6 +48,8 @@ pub struct ClaimedJob {
     pub attempt: i32,
     pub max_attempts: i32,
     pub owner: Option<String>,
+    /// When the attempt was due: the job's start time, or its retry's.
+    pub run_at: DateTime<Utc>,
 }
 
 /// A job as stored, for status queries.

@@ -129,6 +129,7 @@ fn write(pool: &PgPool, writes: Vec<(WorkflowWrite, Reply<WriteOutcome>)>) -> Bo
             return;
         }
         let batch: Vec<WorkflowWrite> = writes.iter().map(|(w, _)| w.clone()).collect();
+        metrics::histogram!(crate::metrics::ENGINE_BATCH).record(batch.len() as f64);
         match retrying(|| store::write_workflows(pool, &batch)).await {
             Ok(outcomes) => {
                 for ((_, reply), outcome) in writes.into_iter().zip(outcomes) {
