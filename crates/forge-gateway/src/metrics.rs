@@ -54,6 +54,9 @@ pub const LIVE_QUERIES: &str = "forge_live_queries";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded samples are folded into the metrics (and released), scrape or not.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the Prometheus recorder for this process, once; later calls (another gateway in
 /// the same process) answer the same handle.
 pub fn install() -> PrometheusHandle {
@@ -73,6 +76,16 @@ pub fn install() -> PrometheusHandle {
                 .expect("the bucket lists are not empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histogram samples accumulate until upkeep folds them into their buckets: without
+            // it a node nobody scrapes would grow by two samples per job, forever.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("forge-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                })
+                .expect("a thread can be spawned");
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "another metrics recorder is installed: Forge's metrics go to it, and the metrics route shows none of them"
