@@ -202,7 +202,7 @@ export const liveMyInbox = (client?: ForgeClient) =>
 // query recent_jobs(limit: u32) -> Vec<JobSummary>
 /**
  * The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
- * their own, which are left out: the page shows the workflows themselves.
+ * their own, which the runs API leaves out: the page shows the workflows themselves.
  *
  * Runs the `recent_jobs` query once.
  */
@@ -210,7 +210,7 @@ export const recentJobs = (args: { limit: number }, client?: ForgeClient) =>
   callFunction<{ limit: number }, JobSummary[]>("recent_jobs", args, client);
 /**
  * The caller's `limit` (1 to 50) most recent jobs, newest first. Workflows run on jobs of
- * their own, which are left out: the page shows the workflows themselves.
+ * their own, which the runs API leaves out: the page shows the workflows themselves.
  *
  * The `recent_jobs` query as a live store: its data follows the changes on the server.
  */
