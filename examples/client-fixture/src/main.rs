@@ -12,7 +12,7 @@
 //! Settings (environment): `DATABASE_URL` (default the local server's `postgres` database);
 //! `FIXTURE_DB`: a database of that name is created on the same server and used instead;
 //! `HOST` (127.0.0.1), `PORT` (0: any free port); `FORGE_JWT_SECRET` (HS256, a fixed test
-//! secret by default).
+//! secret by default). The admin role (`auth.admin_role`) is `admin`.
 
 mod functions;
 
@@ -158,7 +158,10 @@ async fn run() -> Result<(), BoxError> {
         })
         .await?;
     let secret = std::env::var("FORGE_JWT_SECRET").unwrap_or_else(|_| DEFAULT_SECRET.into());
-    let gateway = Gateway::new(&forge, GatewayConfig::new(secret.as_bytes())).await?;
+    let mut config = GatewayConfig::new(secret.as_bytes());
+    // Tokens with the role `admin` may act on every user's runs (`/_api/admin/...`).
+    config.admin_role = Some("admin".into());
+    let gateway = Gateway::new(&forge, config).await?;
 
     let (cut_tx, _) = watch::channel(0u64);
     let cut = Arc::new(cut_tx);
