@@ -17,6 +17,7 @@ use forge_runtime::{
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::auth::Identity;
 use crate::error::ApiError;
@@ -217,7 +218,23 @@ impl Caller {
 
     /// Makes `call` as `identity`; returns the `data` of the answer.
     /// `ip` is the client's address, when known: anonymous starts are limited by it.
+    /// Runs `call` in a `forge.rpc` span, under the request's span (which continues the
+    /// client's `traceparent`, see `server`): the jobs and workflows it starts carry it.
     pub(crate) async fn call(
+        &self,
+        identity: Option<&Identity>,
+        ip: Option<IpAddr>,
+        call: Call,
+    ) -> Result<Value, ApiError> {
+        let span = tracing::info_span!(
+            "forge.rpc",
+            otel.name = %format_args!("rpc {}", call.function),
+            rpc.function = %call.function,
+        );
+        self.run_call(identity, ip, call).instrument(span).await
+    }
+
+    async fn run_call(
         &self,
         identity: Option<&Identity>,
         ip: Option<IpAddr>,

@@ -9,6 +9,7 @@
 //!   `/_api/workflows/...`) and the admin role's actions on them (`/_api/admin/...`).
 //! * `schedules`: run-time schedules (`/_api/schedules/...`), each user's own.
 //! * [`metrics`]: Prometheus text at `gateway.metrics_path`, when `gateway.metrics` is on.
+//! * [`telemetry`]: logs, and traces exported over OTLP when `FORGE_OTLP_ENDPOINT` is set.
 //! * [`error`]: the JSON error envelope every route answers failures with.
 //! * [`auth`]: bearer tokens (JWT) and the caller's identity.
 //! * [`config`]: `forge.toml` and its environment overrides.
@@ -29,6 +30,7 @@ mod runs;
 mod schedules;
 mod server;
 mod state;
+pub mod telemetry;
 
 pub use config::{Config, GatewayConfig};
 pub use functions::DuplicateName;

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
 
 use crate::auth::{Auth, WeakSecret};
 use crate::config::{Config, ConfigError, GatewayConfig, ListenConfig};
@@ -148,6 +149,7 @@ impl Gateway {
             .merge(self.realtime.routes())
             .merge(ops)
             .fallback(unknown_route)
+            .layer(axum::middleware::from_fn(trace_request))
             .layer(map_response_with_state(
                 self.state.config.body_limit,
                 envelope_errors,
@@ -372,6 +374,29 @@ async fn openapi_document(State(s): State<Arc<AppState>>) -> Response {
         s.openapi.clone(),
     )
         .into_response()
+}
+
+/// Each request in a `forge.http` span that continues the client's W3C `traceparent` header,
+/// so that a browser's (or a calling service's) trace goes on into the call and the jobs it
+/// starts. Event streams are left out: their span would last as long as the stream.
+async fn trace_request(req: Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path() == "/_api/events" {
+        return next.run(req).await;
+    }
+    let span = tracing::info_span!(
+        "forge.http",
+        otel.name = %format_args!("{} {}", req.method(), req.uri().path()),
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+    );
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        forge_runtime::trace::continue_trace(&span, tp);
+    }
+    next.run(req).instrument(span).await
 }
 
 async fn unknown_route() -> ApiError {

@@ -77,6 +77,7 @@ pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod text;
+pub mod trace;
 pub mod value;
 pub mod worker;
 pub mod workflow;

@@ -131,6 +131,7 @@ impl<O> JobRequest<O> {
             run_at: o.run_at,
             owner: o.owner,
             idempotency_key: o.idempotency_key,
+            trace_context: crate::trace::current(),
         })
     }
 }

@@ -32,17 +32,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,forge_devdb=info".into()),
-        )
-        .init();
-    match server::run().await {
+    // Logs as `RUST_LOG` says; traces to `FORGE_OTLP_ENDPOINT` when it is set.
+    let telemetry = match forge_gateway::telemetry::init("warn,forge_devdb=info") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match server::run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("demo: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -74,6 +74,11 @@ pub static MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempt_log",
         include_str!("../../migrations/0014_attempt_log.sql"),
     ),
+    (
+        15,
+        "trace_context",
+        include_str!("../../migrations/0015_trace_context.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same on every node.

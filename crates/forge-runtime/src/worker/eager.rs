@@ -99,7 +99,7 @@ impl Reservation {
         local.slots += 1;
         local.running += 1;
         drop(local);
-        tokio::spawn(slot(shared, Buffered { job, cancel }));
+        tokio::spawn(slot(shared, Buffered::new(job, cancel)));
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinError;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::context::{CancelSignal, StartGate};
@@ -20,7 +21,8 @@ use crate::{text, value};
 pub(super) async fn slot(shared: Arc<Shared>, mut next: Buffered) {
     loop {
         shared.started.fetch_add(1, Ordering::Relaxed);
-        execute(&shared, next.job, next.cancel).await;
+        drop(next.claim);
+        execute(&shared, next.job, next.cancel, next.span).await;
         let (following, wake, idle) = {
             let mut local = shared.local.lock().unwrap();
             let following = if shared.stop.is_cancelled() {
@@ -80,7 +82,12 @@ enum End {
     Interrupted,
 }
 
-async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSignal>) {
+async fn execute(
+    shared: &Arc<Shared>,
+    mut job: ClaimedJob,
+    cancel: Arc<CancelSignal>,
+    span: tracing::Span,
+) {
     let Some(handler) = shared.handlers.get(&job.function_name).copied() else {
         // Claims are filtered by the names this node can run, so this cannot happen.
         unreachable!("claimed a job without a handler: {}", job.function_name);
@@ -109,7 +116,9 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
         m.started(job.run_at);
     }
     let began = std::time::Instant::now();
-    let mut handle = tokio::spawn((handler.run)(ctx, std::mem::take(&mut job.args)));
+    let run = tracing::info_span!(parent: &span, "forge.job.run");
+    let mut handle =
+        tokio::spawn((handler.run)(ctx, std::mem::take(&mut job.args)).instrument(run));
 
     let started = async {
         tokio::select! {
@@ -197,6 +206,9 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
     let id = job.id;
     let requeued = matches!(status, FinishStatus::Retry { .. });
     let after = shared.clone();
+    // Open until the end is committed (or fenced off).
+    let write =
+        tracing::info_span!(parent: &span, "forge.job.finish", job.outcome = status_name(&status));
     shared.writer.finish(
         Finish {
             id,
@@ -204,8 +216,21 @@ async fn execute(shared: &Arc<Shared>, mut job: ClaimedJob, cancel: Arc<CancelSi
             status,
             started: gate.close(),
         },
-        move |applied| finished(&after, id, applied && requeued),
+        move |applied| {
+            drop(write);
+            finished(&after, id, applied && requeued)
+        },
     );
+}
+
+fn status_name(status: &FinishStatus) -> &'static str {
+    match status {
+        FinishStatus::Completed(_) => "completed",
+        FinishStatus::Retry { .. } => "retry",
+        FinishStatus::Failed(_) => "failed",
+        FinishStatus::DeadLetter(_) => "dead_letter",
+        FinishStatus::Cancelled(_) => "cancelled",
+    }
 }
 
 fn classify(
@@ -237,7 +262,7 @@ pub(super) fn take(shared: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     for job in jobs {
         let cancel = Arc::new(CancelSignal::default());
         local.held.insert(job.id, cancel.clone());
-        local.buffer.push_back(Buffered { job, cancel });
+        local.buffer.push_back(Buffered::new(job, cancel));
     }
     if shared.stop.is_cancelled() {
         // Shutdown releases them.

@@ -148,6 +148,28 @@ const HOLD_FROM_PREFETCH: usize = 8;
 struct Buffered {
     job: ClaimedJob,
     cancel: Arc<CancelSignal>,
+    /// The attempt's span (`forge.job`, see `crate::trace`), and under it `forge.job.claim`,
+    /// which ends when the handler starts.
+    span: tracing::Span,
+    claim: tracing::Span,
+}
+
+impl Buffered {
+    fn new(job: ClaimedJob, cancel: Arc<CancelSignal>) -> Self {
+        let span = crate::trace::job_span(
+            job.id,
+            &job.function_name,
+            job.attempt,
+            job.trace_context.as_deref(),
+        );
+        let claim = tracing::info_span!(parent: &span, "forge.job.claim");
+        Self {
+            job,
+            cancel,
+            span,
+            claim,
+        }
+    }
 }
 
 #[derive(Default)]

@@ -1,9 +1,11 @@
 //! What a workflow body sees: [`WorkflowContext`] and the operations it builds.
 
 use std::future::{Future, IntoFuture};
+
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
@@ -197,10 +199,17 @@ where
     type IntoFuture = BoxFuture<'a, Result<T, Error>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        // Under the attempt's `forge.job.run` span: the step's place in the caller's trace.
+        let span = tracing::info_span!(
+            "forge.step",
+            otel.name = %format_args!("step {}", self.name),
+            step = %self.name,
+        );
         Box::pin(
             self.ctx
                 .exec
-                .run_step(self.name, self.run, self.compensation, self.policy),
+                .run_step(self.name, self.run, self.compensation, self.policy)
+                .instrument(span),
         )
     }
 }

@@ -74,6 +74,7 @@ impl<O> WorkflowRequest<O> {
             declared_steps: def.options.steps.iter().map(|s| s.to_string()).collect(),
             idempotency_key: self.idempotency_key,
             job_id: Uuid::now_v7(),
+            trace_context: crate::trace::current(),
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::status::JobStatus;
 use crate::store::refused_data;
 
 /// A claimed job from a row of a claim: `id`, `function_name`, `args`, `attempt` (the one the
-/// claim starts), `max_attempts`, `owner`, `run_at`.
+/// claim starts), `max_attempts`, `owner`, `run_at`, `trace_context`.
 fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
     Ok(ClaimedJob {
         id: r.try_get("id")?,
@@ -25,6 +25,7 @@ fn claimed_job(r: &sqlx::postgres::PgRow) -> Result<ClaimedJob, sqlx::Error> {
         max_attempts: r.try_get("max_attempts")?,
         owner: r.try_get("owner")?,
         run_at: r.try_get("run_at")?,
+        trace_context: r.try_get("trace_context")?,
     })
 }
 
@@ -39,7 +40,8 @@ macro_rules! runnable_jobs {
         concat!(
             "FROM unnest($1::text[]) AS q(name)
          CROSS JOIN LATERAL (
-             SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at
+             SELECT id, function_name, args, attempts, max_attempts, owner, priority, run_at,
+                    trace_context
              FROM forge.jobs
              WHERE status IN ('pending', 'retry') AND queue = q.name
                AND run_at <= now() AND function_name = ANY($3) ",
@@ -118,7 +120,7 @@ impl Store {
                  progress = NULL, message = NULL, error = NULL
              FROM async_commit WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
              RETURNING j.id, j.function_name, j.args, j.attempts AS attempt, j.max_attempts,
-                       j.owner, j.priority, j.run_at"
+                       j.owner, j.priority, j.run_at, j.trace_context"
         ))
         .bind(queues)
         .bind(limit as i64)
@@ -154,7 +156,7 @@ impl Store {
         // The transaction's id is returned with each row: the close publishes it (see there).
         let rows = sqlx::query(concat!(
             "SELECT p.id, p.function_name, p.args, p.attempts + 1 AS attempt, p.max_attempts,
-                    p.owner, p.run_at, pg_current_xact_id()::text AS xid ",
+                    p.owner, p.run_at, p.trace_context, pg_current_xact_id()::text AS xid ",
             runnable_jobs!("AND NOT no_hold")
         ))
         .bind(queues)

@@ -37,6 +37,8 @@ pub struct NewJob {
     pub run_at: Option<DateTime<Utc>>,
     pub owner: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` of the span that started it (see [`crate::trace`]).
+    pub trace_context: Option<String>,
 }
 
 /// A job a worker has claimed: everything it needs to run it.
@@ -50,6 +52,8 @@ pub struct ClaimedJob {
     pub owner: Option<String>,
     /// When the attempt was due: the job's start time, or its retry's.
     pub run_at: DateTime<Utc>,
+    /// The trace the attempt continues (see [`crate::trace`]).
+    pub trace_context: Option<String>,
 }
 
 /// A job as stored, for status queries.

@@ -283,7 +283,7 @@ pub async fn write_workflows<'e, E: PgExecutor<'e>>(
              -- Joined on the id alone, the fence checked in a column: joined on all three
              -- keys, the planner expects one row, and nested loops over CTEs of hundreds of
              -- rows made the statement quadratic in the batch's size.
-             SELECT w.*, f.status AS wf_status, f.name AS wf_name, f.queue,
+             SELECT w.*, f.status AS wf_status, f.name AS wf_name, f.queue, f.trace_context,
                     f.job_id = w.job_id AND f.attempt = w.attempt AS fenced,
                     f.job_id = w.job_id AND f.attempt = w.attempt
                         AND f.status = w.expect AS ok
@@ -361,9 +361,11 @@ pub async fn write_workflows<'e, E: PgExecutor<'e>>(
         // of no rows, wakes every worker.
         park = if parks {
             ", parked AS (
-             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts, run_at)
+             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts, run_at,
+                                     trace_context)
              SELECT wf.park_job, 'workflow:' || wf.wf_name,
-                    jsonb_build_object('workflowId', wf.id), wf.queue, $29, wf.park_at
+                    jsonb_build_object('workflowId', wf.id), wf.queue, $29, wf.park_at,
+                    wf.trace_context
              FROM wf WHERE wf.ok AND wf.park_job IS NOT NULL
          )"
         } else {
@@ -517,6 +519,7 @@ mod tests {
             declared_steps: vec!["one".into(), "two".into()],
             idempotency_key: key.map(str::to_string),
             job_id: Uuid::now_v7(),
+            trace_context: None,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct NewWorkflow {
     pub declared_steps: Vec<String>,
     pub idempotency_key: Option<String>,
     pub job_id: Uuid,
+    /// The W3C `traceparent` of the span that started it (see [`crate::trace`]): every job
+    /// that runs it continues that trace.
+    pub trace_context: Option<String>,
 }
 
 /// A workflow as stored, with its steps, for status reads.
@@ -187,12 +190,13 @@ pub async fn insert_workflows<'e, E: PgExecutor<'e>>(
          ), n AS (
              SELECT u.* FROM flag,
                  unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
-                        $7::uuid[], $8::jsonb[]) WITH ORDINALITY
-                 AS u(id, name, args, owner, queue, key, job_id, steps, ord)
+                        $7::uuid[], $8::jsonb[], $10::text[]) WITH ORDINALITY
+                 AS u(id, name, args, owner, queue, key, job_id, steps, trace_context, ord)
          ), wf AS (
              INSERT INTO forge.workflows AS w (id, name, args, owner, queue, idempotency_key,
-                                               job_id, resume_at)
-             SELECT id, name, args, owner, queue, key, job_id, now() FROM n ORDER BY ord
+                                               job_id, resume_at, trace_context)
+             SELECT id, name, args, owner, queue, key, job_id, now(), trace_context
+             FROM n ORDER BY ord
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL
                  DO UPDATE SET idempotency_key = w.idempotency_key
              RETURNING id, idempotency_key, xmax::text = '0' AS inserted
@@ -203,9 +207,10 @@ pub async fn insert_workflows<'e, E: PgExecutor<'e>>(
                   jsonb_array_elements_text(n.steps) WITH ORDINALITY AS s(name, ord)
              WHERE wf.inserted
          ), job AS (
-             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts)
+             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts,
+                                     trace_context)
              SELECT n.job_id, 'workflow:' || n.name, jsonb_build_object('workflowId', n.id),
-                    n.queue, $9
+                    n.queue, $9, n.trace_context
              FROM wf JOIN n ON n.id = wf.id WHERE wf.inserted
          )
          SELECT n.ord, wf.id
@@ -225,6 +230,11 @@ pub async fn insert_workflows<'e, E: PgExecutor<'e>>(
     .bind(rows.iter().map(|w| w.job_id).collect::<Vec<_>>())
     .bind(&steps)
     .bind(WORKFLOW_JOB_ATTEMPTS)
+    .bind(
+        rows.iter()
+            .map(|w| w.trace_context.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(exec)
     .await?;
     if found.len() != rows.len() {
@@ -284,7 +294,7 @@ pub async fn deliver_event<'e, E: PgExecutor<'e>>(
                                    AND waiting_for = 'event:' || $2 THEN now()
                                   ELSE resume_at END
              WHERE id = $1
-             RETURNING id, status, name, queue, job_id = $4 AS woken
+             RETURNING id, status, name, queue, trace_context, job_id = $4 AS woken
          ), ev AS (
              INSERT INTO forge.workflow_events (workflow_id, name, payload)
              SELECT id, $2, $3 FROM w
@@ -293,9 +303,10 @@ pub async fn deliver_event<'e, E: PgExecutor<'e>>(
              DELETE FROM forge.jobs j USING w, old
              WHERE w.woken AND j.id = old.job_id AND j.id <> $4 AND j.status = 'pending'
          ), job AS (
-             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts)
+             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts,
+                                     trace_context)
              SELECT $4, 'workflow:' || w.name, jsonb_build_object('workflowId', w.id),
-                    w.queue, $5
+                    w.queue, $5, w.trace_context
              FROM w WHERE w.woken
          )
          SELECT status, woken FROM w",
@@ -346,14 +357,15 @@ pub async fn cancel_workflow<'e, E: PgExecutor<'e>>(
                                    AND resume_at IS NOT NULL THEN now() ELSE resume_at END,
                  updated_at = now()
              WHERE id = $1 AND ($2::text IS NULL OR owner = $2)
-             RETURNING id, status, name, queue, job_id = $3 AS woken
+             RETURNING id, status, name, queue, trace_context, job_id = $3 AS woken
          ), dropped AS (
              DELETE FROM forge.jobs j USING w, old
              WHERE w.woken AND j.id = old.job_id AND j.id <> $3 AND j.status = 'pending'
          ), job AS (
-             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts)
+             INSERT INTO forge.jobs (id, function_name, args, queue, max_attempts,
+                                     trace_context)
              SELECT $3, 'workflow:' || w.name, jsonb_build_object('workflowId', w.id),
-                    w.queue, $4
+                    w.queue, $4, w.trace_context
              FROM w WHERE w.woken
          )
          SELECT status FROM w",
