@@ -8,7 +8,6 @@
 //! name on the hot path). Gauges of what the database holds are read when metrics are
 //! scraped ([`sample`]), not kept up to date as jobs change.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -80,7 +79,9 @@ pub(crate) struct JobMetrics {
 }
 
 impl JobMetrics {
-    fn new(function: &str) -> Self {
+    /// Registered when the worker starts: a recorder installed later does not see this
+    /// worker's jobs.
+    pub(crate) fn new(function: &str) -> Self {
         let ended = |outcome: &'static str| counter!(JOB_ATTEMPTS_ENDED, "function" => function.to_string(), "outcome" => outcome);
         Self {
             started: counter!(JOB_ATTEMPTS_STARTED, "function" => function.to_string()),
@@ -113,17 +114,6 @@ impl JobMetrics {
         }
         .increment(1);
     }
-}
-
-/// Handles for every function a worker runs. Registered when the worker starts: a recorder
-/// installed later does not see this worker's jobs.
-pub(crate) fn for_functions<'a>(
-    names: impl IntoIterator<Item = &'a String>,
-) -> HashMap<String, JobMetrics> {
-    names
-        .into_iter()
-        .map(|n| (n.clone(), JobMetrics::new(n)))
-        .collect()
 }
 
 /// Reads the gauges of what the database holds (unfinished jobs by queue and status,

@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use crate::error::StartError;
 use crate::forge::Forge;
-use crate::status::{JobState, JobStatus, StepStatus, WorkflowState, WorkflowStatus};
+use crate::status::{JobState, JobStatus, WorkflowState, WorkflowStatus};
 use crate::store::{self, JobRecord, Selection, WorkflowRecord, WorkflowRow};
 
-pub use crate::store::JobAction;
+pub use crate::store::{Attempt, JobAction, ReceivedEvent, StepDetail};
 
 /// Runs a page holds when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -195,23 +195,6 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
-/// One attempt of a job.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Attempt {
-    pub attempt: i32,
-    /// The worker (one per node) that ran it.
-    pub worker_id: Option<Uuid>,
-    /// None when it ended before its handler started.
-    pub started_at: Option<DateTime<Utc>>,
-    /// None while it runs.
-    pub ended_at: Option<DateTime<Utc>>,
-    /// The job's status when the attempt ended (`retry`, `failed`, `completed`, ...), or its
-    /// status now for the attempt under way (`claimed`, `running`, `cancel_requested`).
-    pub outcome: JobStatus,
-    pub error: Option<String>,
-}
-
 /// Most attempts a job's history keeps (the newest); see migration 0014.
 pub const MAX_ATTEMPT_HISTORY: usize = 51;
 
@@ -245,18 +228,7 @@ fn summary(r: &JobRecord) -> JobSummary {
 
 /// The logged attempts, then the one the row describes if it is not logged.
 fn history(r: &JobRecord) -> Vec<Attempt> {
-    let mut out: Vec<Attempt> = r
-        .attempt_log
-        .iter()
-        .map(|a| Attempt {
-            attempt: a.attempt,
-            worker_id: a.worker_id,
-            started_at: a.started_at,
-            ended_at: a.ended_at,
-            outcome: JobStatus::parse(&a.outcome).unwrap_or(JobStatus::Retry),
-            error: a.error.clone(),
-        })
-        .collect();
+    let mut out = r.attempt_log.clone();
     let logged = out.last().map_or(0, |a| a.attempt);
     let row = &r.row;
     if row.attempts > logged {
@@ -336,35 +308,6 @@ pub struct WorkflowPage {
     pub next_cursor: Option<String>,
 }
 
-/// A step with its timing and attempts.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StepDetail {
-    pub name: String,
-    /// `step`, `sleep` or `event` (a wait for one).
-    pub kind: String,
-    pub status: StepStatus,
-    pub error: Option<String>,
-    pub attempts: i32,
-    pub compensation_attempts: i32,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub compensated_at: Option<DateTime<Utc>>,
-    /// A sleep's end, an event wait's deadline, or a failed attempt's next try.
-    pub wake_at: Option<DateTime<Utc>>,
-}
-
-/// An event sent to a workflow.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReceivedEvent {
-    pub name: String,
-    pub payload: Value,
-    pub received_at: DateTime<Utc>,
-    /// Whether a wait took it (an event waits for a wait of its name otherwise).
-    pub consumed: bool,
-}
-
 /// One workflow with its arguments, steps in display order and its newest events (at most
 /// [`store::MAX_EVENTS_SHOWN`]), oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -415,32 +358,8 @@ fn workflow_detail(r: WorkflowRecord) -> WorkflowDetail {
         workflow: workflow_summary(&r.row, &r.queue),
         args: r.args,
         resume_at: r.resume_at,
-        step_details: r
-            .steps
-            .into_iter()
-            .map(|s| StepDetail {
-                status: StepStatus::parse(&s.status).unwrap_or(StepStatus::Pending),
-                name: s.name,
-                kind: s.kind,
-                error: s.error,
-                attempts: s.attempts,
-                compensation_attempts: s.compensation_attempts,
-                started_at: s.started_at,
-                finished_at: s.finished_at,
-                compensated_at: s.compensated_at,
-                wake_at: s.wake_at,
-            })
-            .collect(),
-        events: r
-            .events
-            .into_iter()
-            .map(|e| ReceivedEvent {
-                name: e.name,
-                payload: e.payload,
-                received_at: e.received_at,
-                consumed: e.consumed,
-            })
-            .collect(),
+        step_details: r.steps,
+        events: r.events,
     }
 }
 

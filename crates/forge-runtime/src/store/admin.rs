@@ -7,6 +7,8 @@
 //! index of its own, which every job's insert would pay for.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use uuid::Uuid;
 use super::jobs::{job_row, JOB_COLUMNS};
 use super::workflows::{workflow_row, ROW_COLUMNS, WORKFLOW_JOB_PREFIX};
 use super::{JobRow, Store, WorkflowRow};
+use crate::status::{JobStatus, StepStatus};
 
 /// Which jobs or workflows a list or a bulk operation takes. Every field narrows.
 #[derive(Debug, Clone, Default)]
@@ -65,23 +68,28 @@ pub struct JobRecord {
     /// The node's worker that ran (or runs) the attempt the row describes.
     pub worker_id: Option<Uuid>,
     /// The attempts before the one the row describes, oldest first (see migration 0014).
-    pub attempt_log: Vec<LoggedAttempt>,
+    pub attempt_log: Vec<Attempt>,
 }
 
-/// One attempt of `forge.jobs.attempt_log`.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// One attempt of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct LoggedAttempt {
+pub struct Attempt {
     pub attempt: i32,
+    /// The worker (one per node) that ran it.
     pub worker_id: Option<Uuid>,
+    /// None when it ended before its handler started.
     pub started_at: Option<DateTime<Utc>>,
+    /// None while it runs.
     pub ended_at: Option<DateTime<Utc>>,
-    pub outcome: String,
+    /// The job's status when the attempt ended (`retry`, `failed`, `completed`, ...), or its
+    /// status now for the attempt under way (`claimed`, `running`, `cancel_requested`).
+    pub outcome: JobStatus,
     pub error: Option<String>,
 }
 
 fn job_record(row: &sqlx::postgres::PgRow) -> Result<JobRecord, sqlx::Error> {
-    let log: Option<sqlx::types::Json<Vec<LoggedAttempt>>> = row.try_get("attempt_log")?;
+    let log: Option<sqlx::types::Json<Vec<Attempt>>> = row.try_get("attempt_log")?;
     Ok(JobRecord {
         row: job_row(row)?,
         worker_id: row.try_get("worker_id")?,
@@ -149,28 +157,32 @@ pub async fn list_workflows<'e, E: PgExecutor<'e>>(
         .collect()
 }
 
-/// A step as the operator sees it.
-#[derive(Debug, Clone)]
-pub struct StepRecord {
+/// A step with its timing and attempts.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDetail {
     pub name: String,
+    /// `step`, `sleep` or `event` (a wait for one).
     pub kind: String,
-    pub status: String,
+    pub status: StepStatus,
     pub error: Option<String>,
     pub attempts: i32,
     pub compensation_attempts: i32,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub compensated_at: Option<DateTime<Utc>>,
+    /// A sleep's end, an event wait's deadline, or a failed attempt's next try.
     pub wake_at: Option<DateTime<Utc>>,
 }
 
 /// An event sent to a workflow.
-#[derive(Debug, Clone)]
-pub struct EventRecord {
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceivedEvent {
     pub name: String,
     pub payload: Value,
     pub received_at: DateTime<Utc>,
-    /// Whether a wait of the workflow took it.
+    /// Whether a wait took it (an event waits for a wait of its name otherwise).
     pub consumed: bool,
 }
 
@@ -181,8 +193,8 @@ pub struct WorkflowRecord {
     pub args: Value,
     pub queue: String,
     pub resume_at: Option<DateTime<Utc>>,
-    pub steps: Vec<StepRecord>,
-    pub events: Vec<EventRecord>,
+    pub steps: Vec<StepDetail>,
+    pub events: Vec<ReceivedEvent>,
 }
 
 /// Most events a workflow's record carries, the newest.
@@ -219,61 +231,15 @@ pub async fn workflow_record_by_id<'e, E: PgExecutor<'e>>(
     let Some(row) = row else {
         return Ok(None);
     };
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Step {
-        name: String,
-        kind: String,
-        status: String,
-        error: Option<String>,
-        attempts: i32,
-        compensation_attempts: i32,
-        started_at: Option<DateTime<Utc>>,
-        finished_at: Option<DateTime<Utc>>,
-        compensated_at: Option<DateTime<Utc>>,
-        wake_at: Option<DateTime<Utc>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Event {
-        name: String,
-        payload: Value,
-        received_at: DateTime<Utc>,
-        consumed: bool,
-    }
-    let steps: sqlx::types::Json<Vec<Step>> = row.try_get("step_records")?;
-    let events: sqlx::types::Json<Vec<Event>> = row.try_get("event_records")?;
+    let steps: sqlx::types::Json<Vec<StepDetail>> = row.try_get("step_records")?;
+    let events: sqlx::types::Json<Vec<ReceivedEvent>> = row.try_get("event_records")?;
     Ok(Some(WorkflowRecord {
         row: workflow_row(&row)?,
         args: row.try_get("args")?,
         queue: row.try_get("queue")?,
         resume_at: row.try_get("resume_at")?,
-        steps: steps
-            .0
-            .into_iter()
-            .map(|s| StepRecord {
-                name: s.name,
-                kind: s.kind,
-                status: s.status,
-                error: s.error,
-                attempts: s.attempts,
-                compensation_attempts: s.compensation_attempts,
-                started_at: s.started_at,
-                finished_at: s.finished_at,
-                compensated_at: s.compensated_at,
-                wake_at: s.wake_at,
-            })
-            .collect(),
-        events: events
-            .0
-            .into_iter()
-            .map(|e| EventRecord {
-                name: e.name,
-                payload: e.payload,
-                received_at: e.received_at,
-                consumed: e.consumed,
-            })
-            .collect(),
+        steps: steps.0,
+        events: events.0,
     }))
 }
 

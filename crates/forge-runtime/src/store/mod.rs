@@ -13,7 +13,7 @@ mod workflows;
 
 pub use admin::{
     act_on_jobs, count_unfinished, job_record_by_id, list_jobs, list_workflows,
-    workflow_record_by_id, EventRecord, JobAction, JobRecord, LoggedAttempt, Selection, StepRecord,
+    workflow_record_by_id, Attempt, JobAction, JobRecord, ReceivedEvent, Selection, StepDetail,
     WorkflowRecord, BULK_BATCH, MAX_EVENTS_SHOWN,
 };
 pub use jobs::{

@@ -88,7 +88,7 @@ async fn execute(
     cancel: Arc<CancelSignal>,
     span: tracing::Span,
 ) {
-    let Some(handler) = shared.handlers.get(&job.function_name).copied() else {
+    let Some(runner) = shared.handlers.get(&job.function_name) else {
         // Claims are filtered by the names this node can run, so this cannot happen.
         unreachable!("claimed a job without a handler: {}", job.function_name);
     };
@@ -111,10 +111,8 @@ async fn execute(
     // The handler starts without waiting for `running` to be written: the write goes through
     // the same ordered queue as the handler's progress reports, so it lands first anyway,
     // and the job starts a round-trip sooner.
-    let metrics = shared.metrics.get(&job.function_name);
-    if let Some(m) = metrics {
-        m.started(job.run_at);
-    }
+    let (handler, metrics) = (runner.handler, &runner.metrics);
+    metrics.started(job.run_at);
     let began = std::time::Instant::now();
     let run = tracing::info_span!(parent: &span, "forge.job.run");
     let mut handle =
@@ -200,9 +198,7 @@ async fn execute(
             return;
         }
     };
-    if let Some(m) = metrics {
-        m.ended(&status, began.elapsed());
-    }
+    metrics.ended(&status, began.elapsed());
     let id = job.id;
     let requeued = matches!(status, FinishStatus::Retry { .. });
     let after = shared.clone();

@@ -145,6 +145,11 @@ pub const HOLD_LIMIT: Duration = Duration::from_millis(100);
 const HOLD_FROM_PREFETCH: usize = 8;
 
 /// A claimed job waiting for a slot.
+struct Runner {
+    handler: Handler,
+    metrics: crate::metrics::JobMetrics,
+}
+
 struct Buffered {
     job: ClaimedJob,
     cancel: Arc<CancelSignal>,
@@ -211,10 +216,10 @@ struct Shared {
     writer: Writer,
     worker_id: Uuid,
     config: WorkerConfig,
-    handlers: HashMap<String, Handler>,
+    /// Each function's handler with its counters and histograms (see `crate::metrics`): one
+    /// lookup per job finds both.
+    handlers: HashMap<String, Runner>,
     names: Vec<String>,
-    /// Each function's counters and histograms (see `crate::metrics`).
-    metrics: HashMap<String, crate::metrics::JobMetrics>,
     local: Mutex<Local>,
     /// Jobs started so far (the fetch loop's measure of pace).
     started: AtomicU64,
@@ -264,8 +269,13 @@ impl Worker {
             store,
             worker_id: Uuid::new_v4(),
             config,
-            metrics: crate::metrics::for_functions(handlers.keys()),
-            handlers,
+            handlers: handlers
+                .into_iter()
+                .map(|(name, handler)| {
+                    let metrics = crate::metrics::JobMetrics::new(&name);
+                    (name, Runner { handler, metrics })
+                })
+                .collect(),
             names,
             local: Mutex::new(Local::default()),
             started: AtomicU64::new(0),
