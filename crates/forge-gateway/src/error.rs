@@ -229,6 +229,19 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::invalid_args(&e.field, e.message))
 }
 
+/// As [`json_body`], but an empty body reads as `{}`, whatever its content type: for routes
+/// whose every field is optional.
+pub fn json_body_or_empty<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return forge_runtime::registry::decode_args(Value::Null)
+            .map_err(|e| ApiError::invalid_args(&e.field, e.message));
+    }
+    json_body(headers, body)
+}
+
 /// A JSON request body: 415 for another content type, 400 `bad_request` for malformed JSON.
 pub fn json_value(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let is_json = headers

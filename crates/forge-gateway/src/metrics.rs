@@ -111,18 +111,7 @@ pub(crate) async fn render(State(s): State<Arc<AppState>>, headers: HeaderMap) -
 
 async fn answer(s: &AppState, headers: &HeaderMap) -> Result<Response, ApiError> {
     if s.config.metrics == MetricsAccess::Admin {
-        let Some(identity) = s.auth.from_headers(headers)? else {
-            return Err(ApiError::unauthenticated(
-                "metrics need a signed-in user with the admin role",
-            ));
-        };
-        let role = s.config.admin_role.as_deref();
-        if !role.is_some_and(|r| identity.has_role(r)) {
-            return Err(ApiError::forbidden(match role {
-                Some(r) => format!("metrics need the role `{r}`"),
-                None => "metrics are for the admin role, and no admin role is configured (auth.admin_role)".into(),
-            }));
-        }
+        s.require_admin(headers)?;
     }
     let Some(handle) = &s.metrics else {
         return Err(ApiError::not_found("metrics are off (gateway.metrics)"));

@@ -205,16 +205,6 @@ struct CancelJob {
     job_id: Uuid,
 }
 
-/// The owner a cancel is restricted to: the caller's own, unless they have the admin role.
-fn cancel_owner<'a>(s: &AppState, identity: &'a Identity) -> Option<&'a str> {
-    let is_admin = s
-        .config
-        .admin_role
-        .as_deref()
-        .is_some_and(|role| identity.has_role(role));
-    (!is_admin).then_some(identity.user_id.as_str())
-}
-
 /// `POST /_api/cancel-job`: only the job's owner (or the admin role) may cancel it; anyone
 /// else is told it does not exist.
 async fn cancel_job(
@@ -323,7 +313,7 @@ where
         )));
     };
     let req: R = json_body(headers, body)?;
-    let owner = cancel_owner(s, &identity).map(str::to_string);
+    let owner = s.owner_scope(&identity).map(str::to_string);
     match run(req, owner).await {
         Ok(status) => Ok(json_response(&json!({ "data": { "status": status } }))),
         Err(Refused::NotFound) => {

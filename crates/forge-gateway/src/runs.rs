@@ -19,13 +19,12 @@ use forge_runtime::runs::{
     WorkflowFilter, WorkflowPage,
 };
 use schemars::{JsonSchema, SchemaGenerator};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::auth::Identity;
-use crate::error::{json_body, ApiError};
+use crate::error::{json_body, json_body_or_empty, ApiError};
 use crate::rpc::json_response;
 use crate::state::AppState;
 
@@ -64,28 +63,6 @@ struct GetWorkflow {
     workflow_id: Uuid,
 }
 
-/// The caller and the decoded body (an empty body reads as `{}`).
-fn request<T: DeserializeOwned>(
-    s: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Identity, T), ApiError> {
-    let Some(identity) = s.auth.from_headers(headers)? else {
-        return Err(ApiError::unauthenticated(
-            "this call needs a signed-in user",
-        ));
-    };
-    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    Ok((identity, json_body(headers, body)?))
-}
-
-fn is_admin(s: &AppState, identity: &Identity) -> bool {
-    s.config
-        .admin_role
-        .as_deref()
-        .is_some_and(|role| identity.has_role(role))
-}
-
 /// The owner a read is restricted to: none for the admin role, else the caller, who may not
 /// ask for anyone else's.
 fn owner_of(
@@ -93,7 +70,7 @@ fn owner_of(
     identity: &Identity,
     asked: &mut Option<String>,
 ) -> Result<Option<String>, ApiError> {
-    if is_admin(s, identity) {
+    if s.is_admin(identity) {
         return Ok(None);
     }
     match asked.as_deref() {
@@ -105,24 +82,6 @@ fn owner_of(
             *asked = Some(identity.user_id.clone());
             Ok(Some(identity.user_id.clone()))
         }
-    }
-}
-
-/// The caller, who must have the admin role.
-fn admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(identity) = s.auth.from_headers(headers)? else {
-        return Err(ApiError::unauthenticated(
-            "admin calls need a signed-in user",
-        ));
-    };
-    match s.config.admin_role.as_deref() {
-        None => Err(ApiError::forbidden(
-            "no admin role is configured (auth.admin_role), so nobody may call admin routes",
-        )),
-        Some(role) if identity.has_role(role) => Ok(()),
-        Some(role) => Err(ApiError::forbidden(format!(
-            "this call needs the role `{role}`"
-        ))),
     }
 }
 
@@ -150,7 +109,8 @@ async fn list_jobs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, mut req): (_, List<JobFilter>) = request(&s, &headers, &body)?;
+    let (identity, mut req): (_, List<JobFilter>) =
+        s.signed_in(&headers, &body, "this call needs a signed-in user")?;
     owner_of(&s, &identity, &mut req.filter.owner)?;
     let page = Page {
         cursor: req.cursor,
@@ -170,7 +130,8 @@ async fn get_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, req): (_, GetJob) = request(&s, &headers, &body)?;
+    let (identity, req): (_, GetJob) =
+        s.signed_in(&headers, &body, "this call needs a signed-in user")?;
     let owner = owner_of(&s, &identity, &mut None)?;
     // Another user's job is answered as one that does not exist: ids cannot be probed.
     match s
@@ -190,7 +151,8 @@ async fn list_workflows(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, mut req): (_, List<WorkflowFilter>) = request(&s, &headers, &body)?;
+    let (identity, mut req): (_, List<WorkflowFilter>) =
+        s.signed_in(&headers, &body, "this call needs a signed-in user")?;
     owner_of(&s, &identity, &mut req.filter.owner)?;
     let page = Page {
         cursor: req.cursor,
@@ -210,7 +172,8 @@ async fn get_workflow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, req): (_, GetWorkflow) = request(&s, &headers, &body)?;
+    let (identity, req): (_, GetWorkflow) =
+        s.signed_in(&headers, &body, "this call needs a signed-in user")?;
     let owner = owner_of(&s, &identity, &mut None)?;
     match s
         .caller
@@ -232,9 +195,8 @@ async fn act(
     body: &Bytes,
     action: JobAction,
 ) -> Result<Response, ApiError> {
-    admin(s, headers)?;
-    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    let selector: JobSelector = json_body(headers, body)?;
+    s.require_admin(headers)?;
+    let selector: JobSelector = json_body_or_empty(headers, body)?;
     let forge = &s.caller.forge;
     if let (Some([id]), None) = (selector.job_ids.as_deref(), &selector.filter) {
         let done = match action {
@@ -273,7 +235,7 @@ async fn replay_workflow(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&s, &headers)?;
+    s.require_admin(&headers)?;
     let req: GetWorkflow = json_body(&headers, &body)?;
     let id = s
         .caller

@@ -15,13 +15,11 @@ use axum::Router;
 use forge_runtime::error::EnqueueError;
 use forge_runtime::queue::JobRequest;
 use forge_runtime::schedule::{Missed, Overlap, ScheduleError, ScheduleRequest};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::Identity;
-use crate::error::{json_body, ApiError};
+use crate::error::ApiError;
 use crate::functions::{authorize, Function};
 use crate::rpc::json_response;
 use crate::state::AppState;
@@ -61,34 +59,6 @@ struct ById {
 #[serde(deny_unknown_fields)]
 struct Nothing {}
 
-/// The signed-in caller and the decoded body (an empty body reads as `{}`).
-fn request<T: DeserializeOwned>(
-    s: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Identity, T), ApiError> {
-    let Some(identity) = s.auth.from_headers(headers)? else {
-        return Err(ApiError::unauthenticated("schedules need a signed-in user"));
-    };
-    let req = if body.is_empty() {
-        forge_runtime::registry::decode_args(Value::Null)
-            .map_err(|e| ApiError::invalid_args(&e.field, e.message))?
-    } else {
-        json_body(headers, body)?
-    };
-    Ok((identity, req))
-}
-
-/// The owner an operation is restricted to: the caller, unless they have the admin role.
-fn owner<'a>(s: &AppState, identity: &'a Identity) -> Option<&'a str> {
-    let is_admin = s
-        .config
-        .admin_role
-        .as_deref()
-        .is_some_and(|role| identity.has_role(role));
-    (!is_admin).then_some(identity.user_id.as_str())
-}
-
 fn schedule_error(e: ScheduleError) -> ApiError {
     match e {
         ScheduleError::Invalid { field, message } => ApiError::invalid_args(field, message),
@@ -113,7 +83,8 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, req): (_, Create) = request(&s, &headers, &body)?;
+    let (identity, req): (_, Create) =
+        s.signed_in(&headers, &body, "schedules need a signed-in user")?;
     // A user may schedule the jobs they may start, and nothing else.
     match s.caller.functions.get(&req.function) {
         Some(f @ Function::Job(_)) => authorize(f.access(), Some(&identity))?,
@@ -158,11 +129,11 @@ async fn list(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (identity, Nothing {}) = request(&s, &headers, &body)?;
+    let (identity, Nothing {}) = s.signed_in(&headers, &body, "schedules need a signed-in user")?;
     let all = s
         .caller
         .forge
-        .schedules(owner(&s, &identity))
+        .schedules(s.owner_scope(&identity))
         .await
         .map_err(schedule_error)?;
     Ok(json_response(&json!({ "data": all })))
@@ -175,11 +146,11 @@ macro_rules! by_id_route {
             headers: HeaderMap,
             body: Bytes,
         ) -> Result<Response, ApiError> {
-            let (identity, req): (_, ById) = request(&s, &headers, &body)?;
+            let (identity, req): (_, ById) = s.signed_in(&headers, &body, "schedules need a signed-in user")?;
             let info = s
                 .caller
                 .forge
-                .$method(req.schedule_id, owner(&s, &identity))
+                .$method(req.schedule_id, s.owner_scope(&identity))
                 .await
                 .map_err(schedule_error)?;
             Ok(json_response(&json!({ "data": info })))

@@ -192,6 +192,17 @@ async fn users_read_their_own_runs_and_the_admin_role_reads_all() {
     }
     let (status, _) = call(&s, "/_api/jobs/list", None, json!({})).await;
     assert_eq!(status, 401);
+    // Every field of a list is optional: no body at all (and so no content type) is `{}`.
+    let res = s
+        .http
+        .post(format!("{}/_api/jobs/list", s.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page: Value = res.json().await.unwrap();
+    assert_eq!(job_ids(&page), newest_first);
 }
 
 #[tokio::test]
