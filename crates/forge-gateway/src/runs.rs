@@ -3,8 +3,10 @@
 //! only (`auth.admin_role`; with none configured, nobody may act).
 //!
 //! `POST /_api/jobs/list`, `/_api/jobs/get`, `/_api/workflows/list`, `/_api/workflows/get`;
-//! `POST /_api/admin/jobs/{retry,cancel,delete}`, `/_api/admin/workflows/replay`. Bodies and
-//! answers are JSON, answers wrapped in `{"data": ...}` as for the other routes.
+//! `POST /_api/admin/jobs/{retry,cancel,delete}`, `/_api/admin/workflows/replay`,
+//! `/_api/admin/workflows/send-event` and `/_api/admin/overview` (what the dashboard's first
+//! page shows). Bodies and answers are JSON, answers wrapped in `{"data": ...}` as for the
+//! other routes.
 
 use std::sync::Arc;
 
@@ -14,9 +16,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
+use forge_runtime::error::EventError;
 use forge_runtime::runs::{
-    JobAction, JobDetail, JobFilter, JobPage, JobSelector, Page, RunsError, WorkflowDetail,
-    WorkflowFilter, WorkflowPage,
+    JobAction, JobDetail, JobFilter, JobPage, JobSelector, Overview, Page, RunsError,
+    WorkflowDetail, WorkflowFilter, WorkflowPage, DEFAULT_OVERVIEW_MINUTES,
 };
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::Deserialize;
@@ -38,6 +41,8 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router {
         .route("/_api/admin/jobs/cancel", post(cancel_jobs))
         .route("/_api/admin/jobs/delete", post(delete_jobs))
         .route("/_api/admin/workflows/replay", post(replay_workflow))
+        .route("/_api/admin/workflows/send-event", post(send_event))
+        .route("/_api/admin/overview", post(overview))
         .with_state(state)
 }
 
@@ -61,6 +66,26 @@ struct GetJob {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct GetWorkflow {
     workflow_id: Uuid,
+}
+
+/// `POST /_api/admin/workflows/send-event`: an event for a workflow, whoever owns it.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SendEvent {
+    workflow_id: Uuid,
+    /// The name the workflow waits for (`ctx.wait_for_event(name, ...)`).
+    event: String,
+    /// Any JSON; `null` when left out.
+    #[serde(default)]
+    payload: Value,
+}
+
+/// `POST /_api/admin/overview`: how far back the rates and latencies look.
+#[derive(Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OverviewRequest {
+    /// 1 to 60 minutes; 15 when left out.
+    window_minutes: Option<u32>,
 }
 
 /// The owner a read is restricted to: none for the admin role, else the caller, who may not
@@ -89,7 +114,7 @@ fn runs_error(e: RunsError) -> ApiError {
     match e {
         RunsError::Invalid { field, message } => {
             let field = match field {
-                "cursor" | "limit" | "jobIds" => field.to_string(),
+                "cursor" | "limit" | "jobIds" | "windowMinutes" => field.to_string(),
                 f => format!("filter.{f}"),
             };
             ApiError::invalid_args(&field, message)
@@ -246,6 +271,45 @@ async fn replay_workflow(
     Ok(data(json!({ "workflowId": id })))
 }
 
+async fn send_event(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    s.require_admin(&headers)?;
+    let req: SendEvent = json_body(&headers, &body)?;
+    s.caller
+        .forge
+        .send_workflow_event(req.workflow_id, &req.event, req.payload)
+        .await
+        .map_err(|e| match e {
+            EventError::NotFound => {
+                ApiError::not_found("no such workflow").with_field("workflowId")
+            }
+            EventError::AlreadyFinished(_) => ApiError::conflict(e.to_string()),
+            EventError::EmptyName => ApiError::invalid_args("event", e.to_string()),
+            EventError::Unstorable(_) => ApiError::invalid_args("payload", e.to_string()),
+            e => ApiError::internal(format_args!("send event: {e}")),
+        })?;
+    Ok(data(json!({ "sent": true })))
+}
+
+async fn overview(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    s.require_admin(&headers)?;
+    let req: OverviewRequest = json_body_or_empty(&headers, &body)?;
+    let overview = s
+        .caller
+        .forge
+        .overview(req.window_minutes.unwrap_or(DEFAULT_OVERVIEW_MINUTES))
+        .await
+        .map_err(runs_error)?;
+    Ok(data(overview))
+}
+
 type Finish<'a> = &'a dyn Fn(&mut SchemaGenerator, schemars::Schema) -> Value;
 type Errors<'a> = &'a dyn Fn(&[&str]) -> Map<String, Value>;
 
@@ -375,6 +439,57 @@ pub(crate) fn openapi_paths(
             } },
         } } } }),
     );
+    let admin_op = |gen: &mut SchemaGenerator,
+                    id: &str,
+                    summary: String,
+                    body: schemars::Schema,
+                    answer: Value,
+                    codes: &[&str]| {
+        let body = finish(gen, body);
+        let mut responses = errors(codes);
+        responses.insert(
+            "200".into(),
+            json!({ "description": "Done", "content": { "application/json": { "schema": {
+                "type": "object", "required": ["data"], "properties": { "data": answer },
+            } } } }),
+        );
+        json!({ "post": {
+            "operationId": id,
+            "summary": format!("{summary} {role_text}"),
+            "tags": ["admin"],
+            "x-forge-role": role,
+            "security": [{ "bearerAuth": [] }],
+            "requestBody": { "required": false, "content": { "application/json": { "schema": body } } },
+            "responses": responses,
+        } })
+    };
+    let event = gen.subschema_for::<SendEvent>();
+    let sent = json!({ "type": "object", "required": ["sent"], "properties": { "sent": { "const": true } } });
+    paths.push((
+        "/_api/admin/workflows/send-event".to_string(),
+        admin_op(
+            gen,
+            "_admin_send_workflow_event",
+            "Sends an event to a workflow, whoever owns it: a wait for that name takes it, now or when it gets there.".into(),
+            event,
+            sent,
+            &["400", "401", "403", "404", "409", "413", "415", "500"],
+        ),
+    ));
+    let window = gen.subschema_for::<OverviewRequest>();
+    let answer = gen.subschema_for::<Overview>();
+    let answer = finish(gen, answer);
+    paths.push((
+        "/_api/admin/overview".to_string(),
+        admin_op(
+            gen,
+            "_admin_overview",
+            "Each queue's unfinished jobs by status, and the rates and latencies of the jobs created in the last minutes (the newest 20,000 at most); workflows not finished by status.".into(),
+            window,
+            answer,
+            &["400", "401", "403", "413", "415", "500"],
+        ),
+    ));
     paths.push((
         "/_api/admin/workflows/replay".to_string(),
         json!({ "post": {

@@ -575,3 +575,162 @@ impl Forge {
         Ok(new_id)
     }
 }
+
+/// The window [`overview`] looks back over when the caller does not say.
+pub const DEFAULT_OVERVIEW_MINUTES: u32 = 15;
+/// The longest window [`overview`] looks back over.
+pub const MAX_OVERVIEW_MINUTES: u32 = 60;
+/// Most jobs [`overview`] reads for its rates and latencies: the newest of the window.
+pub const OVERVIEW_SAMPLE: i64 = 20_000;
+
+/// Where the installation stands: what waits and runs in each queue now, what the jobs
+/// created in the last minutes did, and how many workflows have not finished.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    /// When it was read.
+    pub at: DateTime<Utc>,
+    /// Every queue with unfinished jobs or jobs created in the window, by name.
+    pub queues: Vec<QueueOverview>,
+    /// Workflows not finished, by status (`created`, `running`, `waiting`, `compensating`).
+    pub workflows: Vec<StatusCount>,
+    /// Jobs of the sample that finished, by minute, oldest first.
+    pub per_minute: Vec<MinuteCount>,
+    /// The seconds the sample covers: the window, or less when the window held more than
+    /// `sampleLimit` jobs (the newest are read).
+    pub window_seconds: f64,
+    pub sampled: i64,
+    pub sample_limit: i64,
+}
+
+/// One queue: its unfinished jobs by status now, and what the sample's jobs did.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueOverview {
+    pub queue: String,
+    pub pending: i64,
+    pub retry: i64,
+    pub claimed: i64,
+    pub running: i64,
+    pub cancel_requested: i64,
+    /// Jobs of the sample in this queue, and how they ended so far.
+    pub sampled: i64,
+    pub completed: i64,
+    /// `failed` and `dead_letter`.
+    pub failed: i64,
+    pub cancelled: i64,
+    /// Finished jobs (any outcome) a minute, over the sample's window.
+    pub throughput_per_minute: f64,
+    /// Due → start of the latest attempt, in milliseconds.
+    pub wait_p50_ms: Option<f64>,
+    pub wait_p99_ms: Option<f64>,
+    /// Start → end of the latest attempt, in milliseconds.
+    pub run_p50_ms: Option<f64>,
+    pub run_p99_ms: Option<f64>,
+}
+
+/// How many runs have a status.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCount {
+    pub status: String,
+    pub count: i64,
+}
+
+/// Jobs that finished in one minute.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MinuteCount {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    /// `failed` and `dead_letter`.
+    pub failed: i64,
+}
+
+/// Reads the [`Overview`] over the last `minutes` (1 to [`MAX_OVERVIEW_MINUTES`]): three
+/// statements, the unfinished counts (as the metrics scrape reads them) and two over at most
+/// [`OVERVIEW_SAMPLE`] jobs.
+pub async fn overview(pool: &sqlx::PgPool, minutes: u32) -> Result<Overview, RunsError> {
+    if !(1..=MAX_OVERVIEW_MINUTES).contains(&minutes) {
+        return Err(RunsError::Invalid {
+            field: "windowMinutes",
+            message: format!("must be between 1 and {MAX_OVERVIEW_MINUTES}, got {minutes}"),
+        });
+    }
+    let at = Utc::now();
+    let since = at - chrono::Duration::minutes(i64::from(minutes));
+    let (unfinished, workflows) = store::count_unfinished(pool).await?;
+    let (activity, per_minute) = store::recent_activity(pool, since, OVERVIEW_SAMPLE).await?;
+
+    let sampled: i64 = activity.iter().map(|a| a.sampled).sum();
+    // A full sample covers only the time since its oldest job; rates are over that.
+    let oldest = activity.iter().filter_map(|a| a.oldest).min();
+    let start = match oldest {
+        Some(o) if sampled >= OVERVIEW_SAMPLE => o.max(since),
+        _ => since,
+    };
+    let window_seconds = ((at - start).num_milliseconds() as f64 / 1000.0).max(1.0);
+
+    let mut queues = std::collections::BTreeMap::<String, QueueOverview>::new();
+    for (name, status, count) in unfinished {
+        let q = queue_of(&mut queues, &name);
+        match status.as_str() {
+            "pending" => q.pending = count,
+            "retry" => q.retry = count,
+            "claimed" => q.claimed = count,
+            "running" => q.running = count,
+            _ => q.cancel_requested += count,
+        }
+    }
+    for a in activity {
+        let q = queue_of(&mut queues, &a.queue);
+        q.sampled = a.sampled;
+        q.completed = a.completed;
+        q.failed = a.failed;
+        q.cancelled = a.cancelled;
+        q.throughput_per_minute =
+            (a.completed + a.failed + a.cancelled) as f64 * 60.0 / window_seconds;
+        q.wait_p50_ms = a.wait_p50_ms;
+        q.wait_p99_ms = a.wait_p99_ms;
+        q.run_p50_ms = a.run_p50_ms;
+        q.run_p99_ms = a.run_p99_ms;
+    }
+    Ok(Overview {
+        at,
+        queues: queues.into_values().collect(),
+        workflows: workflows
+            .into_iter()
+            .map(|(status, count)| StatusCount { status, count })
+            .collect(),
+        per_minute: per_minute
+            .into_iter()
+            .map(|m| MinuteCount {
+                minute: m.minute,
+                completed: m.completed,
+                failed: m.failed,
+            })
+            .collect(),
+        window_seconds,
+        sampled,
+        sample_limit: OVERVIEW_SAMPLE,
+    })
+}
+
+fn queue_of<'a>(
+    queues: &'a mut std::collections::BTreeMap<String, QueueOverview>,
+    name: &str,
+) -> &'a mut QueueOverview {
+    queues
+        .entry(name.to_owned())
+        .or_insert_with(|| QueueOverview {
+            queue: name.to_owned(),
+            ..QueueOverview::default()
+        })
+}
+
+impl Forge {
+    /// See [`overview`].
+    pub async fn overview(&self, minutes: u32) -> Result<Overview, RunsError> {
+        overview(self.pool(), minutes).await
+    }
+}

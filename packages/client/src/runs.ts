@@ -209,3 +209,63 @@ export async function replayWorkflow(workflowId: string, client: ForgeClient = g
   const answer = (await client.post("/_api/admin/workflows/replay", { workflowId })) as { workflowId: string };
   return answer.workflowId;
 }
+
+/**
+ * Admin role: sends the event `event` to a workflow, whoever owns it. A wait for that name
+ * takes it now, or when the workflow gets there. Rejects `not_found`, or `conflict` when the
+ * workflow has finished.
+ */
+export async function sendWorkflowEvent(
+  workflowId: string,
+  event: string,
+  payload: unknown = null,
+  client: ForgeClient = getForgeClient(),
+): Promise<void> {
+  await client.post("/_api/admin/workflows/send-event", { workflowId, event, payload });
+}
+
+/** One queue in {@link Overview}: its unfinished jobs now, and what the window's jobs did. */
+export interface QueueOverview {
+  queue: string;
+  pending: number;
+  retry: number;
+  claimed: number;
+  running: number;
+  cancelRequested: number;
+  /** Jobs of the sample in this queue. */
+  sampled: number;
+  completed: number;
+  /** `failed` and `dead_letter`. */
+  failed: number;
+  cancelled: number;
+  /** Finished jobs (any outcome) a minute over the window. */
+  throughputPerMinute: number;
+  /** Due → start of the latest attempt, in milliseconds. */
+  waitP50Ms: number | null;
+  waitP99Ms: number | null;
+  /** Start → end of the latest attempt, in milliseconds. */
+  runP50Ms: number | null;
+  runP99Ms: number | null;
+}
+
+/** Where the installation stands (see docs/runs.md, "Overview"). */
+export interface Overview {
+  at: string;
+  queues: QueueOverview[];
+  /** Workflows not finished, by status. */
+  workflows: { status: WorkflowStatus; count: number }[];
+  /** Jobs of the sample that finished, by minute, oldest first. */
+  perMinute: { minute: string; completed: number; failed: number }[];
+  /** What the sample covers: the window, or less when it held more than `sampleLimit` jobs. */
+  windowSeconds: number;
+  sampled: number;
+  sampleLimit: number;
+}
+
+/** Admin role: each queue's depth, rates and latencies over the last `windowMinutes` (1–60, default 15). */
+export function getOverview(
+  options: { windowMinutes?: number } = {},
+  client: ForgeClient = getForgeClient(),
+): Promise<Overview> {
+  return client.post("/_api/admin/overview", options) as Promise<Overview>;
+}

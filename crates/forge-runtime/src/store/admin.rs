@@ -368,3 +368,79 @@ pub async fn count_unfinished<'e, E: PgExecutor<'e> + Copy>(
     .await?;
     Ok((jobs, workflows))
 }
+
+/// What the jobs created since a time did, by queue: one row per queue.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueueActivity {
+    pub queue: String,
+    pub sampled: i64,
+    pub completed: i64,
+    /// `failed` and `dead_letter`.
+    pub failed: i64,
+    pub cancelled: i64,
+    /// Due → start of the latest attempt, in milliseconds, over the jobs that started.
+    pub wait_p50_ms: Option<f64>,
+    pub wait_p99_ms: Option<f64>,
+    /// Run time of the jobs that finished, in milliseconds.
+    pub run_p50_ms: Option<f64>,
+    pub run_p99_ms: Option<f64>,
+    /// When the oldest job of the sample was created.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// Jobs that finished in one minute, by outcome.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MinuteActivity {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// The newest `limit` jobs created at or after `since` (workflows' own jobs included: they
+/// take the queue's slots too), summarised by queue and by minute of finishing. Ids are
+/// UUIDv7, so "created since" is a range of the primary key and the read costs at most
+/// `limit` rows, however busy the installation is.
+pub async fn recent_activity<'e, E: PgExecutor<'e> + Copy>(
+    exec: E,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<(Vec<QueueActivity>, Vec<MinuteActivity>), sqlx::Error> {
+    let millis = u64::try_from(since.timestamp_millis()).unwrap_or(0);
+    let floor = uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid();
+    const SAMPLE: &str = "SELECT queue, status, run_at, created_at, started_at, finished_at
+         FROM forge.jobs WHERE id >= $1 ORDER BY id DESC LIMIT $2";
+    let queues = sqlx::query_as::<_, QueueActivity>(&format!(
+        "WITH recent AS ({SAMPLE})
+         SELECT queue, count(*) AS sampled,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status IN ('failed', 'dead_letter')) AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY 1000 * extract(epoch FROM started_at - run_at))
+             FILTER (WHERE started_at IS NOT NULL) AS wait_p50_ms,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY 1000 * extract(epoch FROM started_at - run_at))
+             FILTER (WHERE started_at IS NOT NULL) AS wait_p99_ms,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY 1000 * extract(epoch FROM finished_at - started_at))
+             FILTER (WHERE finished_at IS NOT NULL AND started_at IS NOT NULL) AS run_p50_ms,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY 1000 * extract(epoch FROM finished_at - started_at))
+             FILTER (WHERE finished_at IS NOT NULL AND started_at IS NOT NULL) AS run_p99_ms,
+           min(created_at) AS oldest
+         FROM recent GROUP BY queue ORDER BY queue"
+    ))
+    .bind(floor)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    let minutes = sqlx::query_as::<_, MinuteActivity>(&format!(
+        "WITH recent AS ({SAMPLE})
+         SELECT date_trunc('minute', finished_at) AS minute,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status IN ('failed', 'dead_letter')) AS failed
+         FROM recent WHERE finished_at IS NOT NULL
+         GROUP BY 1 ORDER BY 1"
+    ))
+    .bind(floor)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok((queues, minutes))
+}

@@ -12,9 +12,9 @@ mod transactions;
 mod workflows;
 
 pub use admin::{
-    act_on_jobs, count_unfinished, job_record_by_id, list_jobs, list_workflows,
-    workflow_record_by_id, Attempt, JobAction, JobRecord, ReceivedEvent, Selection, StepDetail,
-    WorkflowRecord, BULK_BATCH, MAX_EVENTS_SHOWN,
+    act_on_jobs, count_unfinished, job_record_by_id, list_jobs, list_workflows, recent_activity,
+    workflow_record_by_id, Attempt, JobAction, JobRecord, MinuteActivity, QueueActivity,
+    ReceivedEvent, Selection, StepDetail, WorkflowRecord, BULK_BATCH, MAX_EVENTS_SHOWN,
 };
 pub use jobs::{
     get_job, insert_jobs, Applied, ClaimedJob, Finish, FinishStatus, HeldClaim, HeldEnd, HeldWrite,

@@ -10,11 +10,13 @@ import {
   deleteJobs,
   ForgeError,
   getJob,
+  getOverview,
   getWorkflow,
   listJobs,
   listWorkflows,
   replayWorkflow,
   retryJobs,
+  sendWorkflowEvent,
   startJob,
   startWorkflow,
   type ForgeClient,
@@ -302,5 +304,37 @@ describe("workflows", () => {
     );
     // Not finished: it cannot be replayed yet.
     expect((await rejection(replayWorkflow(second, ops))).code).toBe("conflict");
+  });
+
+  it("are sent the event they wait for by the admin role, and by no one else", async () => {
+    // The replay of the test before waits for `approved`.
+    const waiting = (await listWorkflows({ filter: { status: ["waiting"] } }, ops)).items[0]!;
+    expect((await rejection(sendWorkflowEvent(waiting.workflowId, "approved", { by: "ops" }, alice))).code).toBe(
+      "forbidden",
+    );
+    const empty = await rejection(sendWorkflowEvent(waiting.workflowId, "", null, ops));
+    expect([empty.code, empty.field]).toEqual(["invalid_args", "event"]);
+    await sendWorkflowEvent(waiting.workflowId, "approved", { by: "ops" }, ops);
+    const done = await eventually(
+      () => getWorkflow(waiting.workflowId, alice),
+      (w) => w.status === "completed",
+    );
+    expect(done.output).toEqual({ title: "runs report", approvedBy: "ops" });
+    expect((await rejection(sendWorkflowEvent(waiting.workflowId, "approved", null, ops))).code).toBe("conflict");
+  });
+});
+
+describe("the overview", () => {
+  it("counts each queue's jobs for the admin role, and refuses everyone else", async () => {
+    const overview = await getOverview({ windowMinutes: 60 }, ops);
+    const queue = overview.queues.find((q) => q.queue === "default");
+    expect(queue).toBeDefined();
+    expect(queue!.completed).toBeGreaterThanOrEqual(labels.length);
+    expect(queue!.throughputPerMinute).toBeGreaterThan(0);
+    expect(overview.sampleLimit).toBe(20_000);
+    expect(overview.perMinute.reduce((n, m) => n + m.completed, 0)).toBeGreaterThanOrEqual(labels.length);
+    expect((await rejection(getOverview({}, bob))).code).toBe("forbidden");
+    const bad = await rejection(getOverview({ windowMinutes: 0 }, ops));
+    expect([bad.code, bad.field]).toEqual(["invalid_args", "windowMinutes"]);
   });
 });
