@@ -28,6 +28,8 @@
 //! max_result_bytes = 4194304       # FORGE_MAX_RESULT_BYTES: a query's or mutation's answer, as JSON
 //! metrics = "off"                  # FORGE_METRICS: off, admin (the admin role) or open (anyone)
 //! metrics_path = "/_api/metrics"   # FORGE_METRICS_PATH: where Prometheus text is served
+//! dashboard = false                # FORGE_DASHBOARD: serve the operators' dashboard (admin role)
+//! dashboard_path = "/_forge/"      # FORGE_DASHBOARD_PATH: where it is served
 //!
 //! [auth]
 //! jwt_secret = "..."               # FORGE_JWT_SECRET (required on gateway nodes, >= 32 bytes)
@@ -119,6 +121,10 @@ pub struct GatewayConfig {
     pub metrics: crate::metrics::MetricsAccess,
     /// Where metrics are served when they are on.
     pub metrics_path: String,
+    /// Serve the operators' dashboard (its data needs the admin role); off by default.
+    pub dashboard: bool,
+    /// Where the dashboard is served: a path that starts and ends with `/`.
+    pub dashboard_path: String,
     pub realtime: RealtimeConfig,
 }
 
@@ -139,6 +145,8 @@ impl GatewayConfig {
             max_result_bytes: 4 * 1024 * 1024,
             metrics: crate::metrics::MetricsAccess::Off,
             metrics_path: "/_api/metrics".into(),
+            dashboard: false,
+            dashboard_path: "/_forge/".into(),
             realtime: RealtimeConfig::default(),
         }
     }
@@ -215,6 +223,8 @@ struct GatewayFile {
     max_result_bytes: Option<usize>,
     metrics: Option<String>,
     metrics_path: Option<String>,
+    dashboard: Option<bool>,
+    dashboard_path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +431,33 @@ impl Config {
                     ));
                 }
                 g.metrics_path = v;
+            }
+            if let Some(v) = env("FORGE_DASHBOARD") {
+                g.dashboard = match v.as_str() {
+                    "true" | "1" | "on" => true,
+                    "false" | "0" | "off" => false,
+                    _ => {
+                        return Err(invalid(
+                            "gateway.dashboard",
+                            format!("must be `true` or `false`, not `{v}`"),
+                        ))
+                    }
+                };
+            } else if let Some(on) = f.gateway.dashboard {
+                g.dashboard = on;
+            }
+            if let Some(v) = env("FORGE_DASHBOARD_PATH").or(f.gateway.dashboard_path) {
+                if !v.starts_with('/')
+                    || !v.ends_with('/')
+                    || v.len() < 3
+                    || v.starts_with("/_api/")
+                {
+                    return Err(invalid(
+                        "gateway.dashboard_path",
+                        format!("must be a path that starts and ends with `/`, such as `/_forge/`, outside `/_api/`, not `{v}`"),
+                    ));
+                }
+                g.dashboard_path = v;
             }
             Some(g)
         } else {
@@ -637,6 +674,39 @@ mod tests {
         assert!(err.to_string().contains("unknown role `cron`"), "{err}");
         let err = load(None, &[base[0], ("FORGE_JWT_SECRET", "short")]).unwrap_err();
         assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_dashboard_is_off_by_default_and_set_by_file_or_environment() {
+        let base = [
+            ("DATABASE_URL", "postgres://x"),
+            ("FORGE_JWT_SECRET", SECRET),
+        ];
+        let g = load(None, &base).unwrap().gateway.unwrap();
+        assert_eq!(
+            (g.dashboard, g.dashboard_path.as_str()),
+            (false, "/_forge/")
+        );
+        let file = "[gateway]\ndashboard = true\ndashboard_path = \"/ops/\"\n";
+        let g = load(Some(file), &base).unwrap().gateway.unwrap();
+        assert_eq!((g.dashboard, g.dashboard_path.as_str()), (true, "/ops/"));
+        let g = load(
+            Some(file),
+            &[base[0], base[1], ("FORGE_DASHBOARD", "false")],
+        )
+        .unwrap()
+        .gateway
+        .unwrap();
+        assert!(!g.dashboard);
+        let err = load(None, &[base[0], base[1], ("FORGE_DASHBOARD", "yes")]).unwrap_err();
+        assert!(err.to_string().contains("`gateway.dashboard`"), "{err}");
+        for bad in ["/ops", "ops/", "/_api/ops/"] {
+            let err = load(None, &[base[0], base[1], ("FORGE_DASHBOARD_PATH", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("`gateway.dashboard_path`"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! * `runs`: lists and details of jobs and workflows (`/_api/jobs/...`,
 //!   `/_api/workflows/...`) and the admin role's actions on them (`/_api/admin/...`).
 //! * `schedules`: run-time schedules (`/_api/schedules/...`), each user's own.
+//! * `dashboard`: the operators' dashboard page at `gateway.dashboard_path`, when on.
 //! * [`metrics`]: Prometheus text at `gateway.metrics_path`, when `gateway.metrics` is on.
 //! * [`telemetry`]: logs, and traces exported over OTLP when `FORGE_OTLP_ENDPOINT` is set.
 //! * [`error`]: the JSON error envelope every route answers failures with.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+mod dashboard;
 pub mod error;
 mod functions;
 mod guard;

@@ -94,7 +94,13 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Reads the function registry and starts realtime delivery (the node's LISTEN
     /// connection).
-    pub async fn new(forge: &Forge, config: GatewayConfig) -> Result<Self, GatewayError> {
+    ///
+    /// The admin role may follow every run live too, unless `realtime.see_all_role` names
+    /// another role.
+    pub async fn new(forge: &Forge, mut config: GatewayConfig) -> Result<Self, GatewayError> {
+        if config.realtime.see_all_role.is_none() {
+            config.realtime.see_all_role = config.admin_role.clone();
+        }
         let auth = Auth::hs256(&config.jwt_secret, config.jwt_leeway)?
             .with_max_lifetime(config.jwt_max_lifetime);
         let functions = Arc::new(Functions::from_registry()?);
@@ -142,7 +148,11 @@ impl Gateway {
             ops = ops.route(&self.state.config.metrics_path, get(crate::metrics::render));
         }
         let ops = ops.with_state(self.state.clone());
-        let app = Router::new()
+        let mut app = Router::new();
+        if self.state.config.dashboard {
+            app = app.merge(crate::dashboard::routes(&self.state.config.dashboard_path));
+        }
+        let app = app
             .merge(rpc::routes(self.state.clone()))
             .merge(crate::schedules::routes(self.state.clone()))
             .merge(crate::runs::routes(self.state.clone()))

@@ -25,12 +25,21 @@ pub(crate) struct Account {
     pub status: String,
 }
 
+/// The role the gateway treats as the admin role (`GatewayConfig::admin_role`): it sees and
+/// acts on every user's runs, and opens the dashboard.
+pub(crate) const ADMIN_ROLE: &str = "admin";
+
+/// The accounts that sign in with [`ADMIN_ROLE`].
+const OPERATORS: &[&str] = &["ops"];
+
 /// What signing in gives the page.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Session {
-    /// The bearer token (HS256 JWT, `sub` = the username).
+    /// The bearer token (HS256 JWT, `sub` = the username, `roles`).
     pub token: String,
+    /// The token's roles: `["admin"]` for the operator, else none.
+    pub roles: Vec<String>,
     /// When the token expires, in seconds since 1970.
     pub expires_at: u32,
     pub account: Account,
@@ -81,16 +90,22 @@ pub(crate) async fn sign_in(ctx: &MutationContext, username: String) -> Result<S
         .saturating_add(TOKEN_LIFETIME)
         .as_secs();
     let expires_at = u32::try_from(expires_at).map_err(Error::msg)?;
-    let token = issue_token(&account.username, expires_at)?;
+    let roles: Vec<String> = if OPERATORS.contains(&account.username.as_str()) {
+        vec![ADMIN_ROLE.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let token = issue_token(&account.username, &roles, expires_at)?;
     Ok(Session {
         token,
+        roles,
         expires_at,
         account,
     })
 }
 
-fn issue_token(username: &str, expires_at: u32) -> Result<String> {
-    let claims = serde_json::json!({ "sub": username, "exp": expires_at });
+fn issue_token(username: &str, roles: &[String], expires_at: u32) -> Result<String> {
+    let claims = serde_json::json!({ "sub": username, "roles": roles, "exp": expires_at });
     let key = jsonwebtoken::EncodingKey::from_secret(settings::get().jwt_secret.as_bytes())
         .map_err(Error::msg)?;
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).map_err(Error::msg)

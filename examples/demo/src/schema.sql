@@ -16,6 +16,11 @@ INSERT INTO accounts (id, username, name, email) VALUES
     ('0b0b0000-0000-4000-8000-000000000002', 'bob', 'Bob Chen', 'bob@example.com')
 ON CONFLICT (id) DO NOTHING;
 
+-- The operator: signs in with the admin role, which opens the dashboard (`/_forge/`).
+INSERT INTO accounts (id, username, name, email, status) VALUES
+    ('0c0c0000-0000-4000-8000-000000000003', 'ops', 'Olga Ops', 'ops@example.com', 'active')
+ON CONFLICT (id) DO NOTHING;
+
 -- What `export_users` exports; seeded with 20,000 generated people below.
 CREATE TABLE IF NOT EXISTS users (
     id         integer PRIMARY KEY,

@@ -41,7 +41,11 @@ pub(crate) async fn run() -> Result<(), BoxError> {
             ..WorkerConfig::default()
         })
         .await?;
-    let gateway = Gateway::new(&forge, GatewayConfig::new(settings.jwt_secret.as_bytes())).await?;
+    let mut config = GatewayConfig::new(settings.jwt_secret.as_bytes());
+    // The operator account's role; it opens the dashboard at `/_forge/`.
+    config.admin_role = Some(crate::accounts::ADMIN_ROLE.to_owned());
+    config.dashboard = true;
+    let gateway = Gateway::new(&forge, config).await?;
     let downloads = Downloads {
         forge: forge.clone(),
         auth: Auth::hs256(settings.jwt_secret.as_bytes(), Duration::from_secs(30))?,

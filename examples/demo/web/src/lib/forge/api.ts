@@ -92,8 +92,10 @@ export interface ReportSent {
 
 /** What signing in gives the page. */
 export interface Session {
-  /** The bearer token (HS256 JWT, `sub` = the username). */
+  /** The bearer token (HS256 JWT, `sub` = the username, `roles`). */
   token: string;
+  /** The token's roles: `["admin"]` for the operator, else none. */
+  roles: string[];
   /** When the token expires, in seconds since 1970. */
   expiresAt: number;
   account: Account;
@@ -118,7 +120,8 @@ export const followExportUsers = (jobId: string, client?: ForgeClient) =>
 // job send_report(report_id: String, always_fail: Option<bool>) -> ReportSent
 /**
  * Sends report `report_id` (`"q4-2024"`) by email. Three attempts, a second apart (then two).
- * `always_fail` (default off) makes the mail server refuse every attempt.
+ * `always_fail` (default off) makes the mail server refuse all three attempts, so the job
+ * ends `dead_letter`; it is back for an operator's retry.
  *
  * Starts the `send_report` job and returns a store that follows it; with `{ key }`, follows the run
  * started under that key in this tab session instead of starting another.
