@@ -359,9 +359,10 @@ impl Caller {
             e => ApiError::internal(format_args!("starting workflow `{}`: {e}", def.name)),
         };
         let wf = req.prepare().map_err(start_error)?;
-        let follow = follow
-            .map(|f| self.realtime.follow_workflow(identity, &f, wf.id))
-            .transpose()?;
+        let follow = match follow {
+            Some(f) => Some(self.realtime.follow_workflow(identity, &f, wf.id).await?),
+            None => None,
+        };
         let id = store::insert_workflow(self.forge.pool(), &wf)
             .await
             .map_err(|e| start_error(e.into()))?;
@@ -401,9 +402,10 @@ impl Caller {
             req = req.idempotency_key(key);
         }
         let job = req.prepare().map_err(|e| enqueue_error(def.name, e))?;
-        let follow = follow
-            .map(|f| self.realtime.follow_job(identity, &f, job.id))
-            .transpose()?;
+        let follow = match follow {
+            Some(f) => Some(self.realtime.follow_job(identity, &f, job.id).await?),
+            None => None,
+        };
         // Started at once when this node's worker is idle (an eager start).
         let (id, status) =
             self.forge.insert_job(&job).await.map_err(|e| {

@@ -174,6 +174,7 @@ async fn start_and_follow_delivers_even_the_first_update() {
     let guard = n
         .realtime
         .follow_job(Some(&alice), &follow, job.id)
+        .await
         .unwrap();
     let ids = n
         .forge
@@ -209,6 +210,7 @@ async fn start_and_follow_delivers_even_the_first_update() {
     let guard = n
         .realtime
         .follow_job(Some(&alice), &follow_again, again.id)
+        .await
         .unwrap();
     let ids_again = n.forge.store().insert_jobs(&[again]).await.unwrap();
     assert_eq!(ids_again, ids);
@@ -222,10 +224,15 @@ async fn start_and_follow_delivers_even_the_first_update() {
         subscription_id: "g".into(),
         ..follow
     };
-    drop(n.realtime.follow_job(Some(&alice), &follow, other).unwrap());
+    drop(
+        n.realtime
+            .follow_job(Some(&alice), &follow, other)
+            .await
+            .unwrap(),
+    );
     assert_eq!(n.realtime.stats().subscriptions, 2);
     // Anonymous callers and wrong secrets cannot follow.
-    assert!(n.realtime.follow_job(None, &follow, other).is_err());
+    assert!(n.realtime.follow_job(None, &follow, other).await.is_err());
     let bad = Follow {
         session_secret: "nope".into(),
         ..follow.clone()
@@ -233,6 +240,7 @@ async fn start_and_follow_delivers_even_the_first_update() {
     let err = n
         .realtime
         .follow_job(Some(&alice), &bad, other)
+        .await
         .unwrap_err();
     assert_eq!(err.code, "not_found");
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::publish::{
-    decode_job_updates, JobUpdate, WorkflowUpdates, JOBS_AVAILABLE, JOB_UPDATES, TABLE_CHANGES,
-    WORKFLOW_UPDATES,
+    decode_job_updates, JobUpdate, WorkflowUpdates, JOBS_AVAILABLE, JOB_UPDATES, SESSION_CALLS,
+    TABLE_CHANGES, WORKFLOW_UPDATES,
 };
 use crate::store::{Listen, Store};
 
@@ -45,7 +45,13 @@ impl Notifier {
     /// its own, and returns once the LISTEN is in place (so nothing sent after this returns is
     /// missed).
     pub async fn start(store: &Store, extra_channels: &[&str]) -> Result<Self, sqlx::Error> {
-        let mut channels = vec![JOBS_AVAILABLE, JOB_UPDATES, WORKFLOW_UPDATES, TABLE_CHANGES];
+        let mut channels = vec![
+            JOBS_AVAILABLE,
+            JOB_UPDATES,
+            WORKFLOW_UPDATES,
+            TABLE_CHANGES,
+            SESSION_CALLS,
+        ];
         channels.extend_from_slice(extra_channels);
         let channels: Vec<String> = channels.into_iter().map(String::from).collect();
         let listen = store.listen(&channels).await?;

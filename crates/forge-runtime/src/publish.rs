@@ -34,6 +34,11 @@ pub const JOB_UPDATES: &str = "forge_job_updates";
 pub const WORKFLOW_UPDATES: &str = "forge_workflow_updates";
 /// A watched table changed; the payload is its oid (see `Store::watch_table`).
 pub const TABLE_CHANGES: &str = "forge_table_changes";
+/// Gateways' calls for a session another node holds, and their answers (JSON, at most
+/// [`MAX_SESSION_CALL`] bytes): the gateway defines the format.
+pub const SESSION_CALLS: &str = "forge_session_calls";
+/// The largest payload [`SESSION_CALLS`] carries: PostgreSQL's limit with a margin.
+pub const MAX_SESSION_CALL: usize = 7_900;
 
 /// PostgreSQL refuses notification payloads from 8,000 bytes on.
 const MAX_PAYLOAD: usize = 7_900;

@@ -21,13 +21,12 @@
 //!   per-transaction scan counters, change triggers on them, debounced re-runs.
 //! * `sse`: `GET /_api/events`; `routes`: the subscribe and unsubscribe calls.
 //!
-//! # Sessions live on one node
-//! A session is held by the node that serves its stream, so the subscription calls of a
-//! session (and an RPC call that starts a job or workflow with `follow`) must reach that node. Behind a
-//! load balancer with several gateway nodes, route by session (sticky sessions); a call that
-//! reaches another node is answered `404 not_found` for `sessionId`, and the client opens a new
-//! stream. Updates themselves reach every node through PostgreSQL, whichever node started the
-//! job and whichever node runs it.
+//! # Sessions live on one node; their calls reach any
+//! A session is held by the node that serves its stream. Its subscription calls (and an RPC
+//! call that starts a job or workflow with `follow`) may reach any node: a session id names
+//! its node, and a call that reaches another node is passed on to it through PostgreSQL
+//! (`forward`), so a load balancer needs no sticky sessions. Updates themselves reach every
+//! node through PostgreSQL, whichever node started the job and whichever node runs it.
 //!
 //! # Authentication of the stream
 //! `EventSource` cannot send headers, so the stream accepts the bearer token in the
@@ -46,6 +45,7 @@
 //! socket a `TCP_USER_TIMEOUT` (or TCP keepalive) to bound that time.
 
 mod feed;
+mod forward;
 mod hub;
 mod jobs;
 mod queries;
@@ -54,7 +54,7 @@ mod session;
 mod sse;
 mod workflows;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use forge_runtime::error::RuntimeError;
@@ -64,6 +64,7 @@ use uuid::Uuid;
 
 use crate::auth::{Auth, Identity};
 use crate::error::ApiError;
+pub use forward::ANSWER_TIMEOUT;
 use hub::Hub;
 use jobs::JobChange;
 pub use queries::{LiveQuery, QueryResolver};
@@ -171,14 +172,16 @@ pub enum RealtimeError {
 pub struct Realtime {
     hub: Arc<Hub>,
     auth: Auth,
-    queries: Option<Arc<dyn QueryResolver>>,
+    /// Set once, by [`Realtime::with_query_resolver`]; the forwarder reads it too.
+    queries: Arc<OnceLock<Arc<dyn QueryResolver>>>,
+    forwarder: Arc<forward::Forwarder>,
 }
 
 impl std::fmt::Debug for Realtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Realtime")
             .field("hub", &self.hub)
-            .field("queries", &self.queries.is_some())
+            .field("queries", &self.queries.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -191,19 +194,24 @@ impl Realtime {
         config: RealtimeConfig,
         auth: Auth,
     ) -> Result<Self, RuntimeError> {
-        let events = forge.notifier().await?.subscribe();
+        let notifier = forge.notifier().await?;
+        let hub = Hub::start(forge.store().clone(), config, notifier.subscribe());
+        let queries = Arc::new(OnceLock::new());
+        let forwarder = forward::Forwarder::start(&hub, queries.clone(), notifier.subscribe());
         Ok(Self {
-            hub: Hub::start(forge.store().clone(), config, events),
+            hub,
             auth,
-            queries: None,
+            queries,
+            forwarder,
         })
     }
 
     /// Enables query subscriptions (`POST /_api/subscribe`): `resolver` turns a call's
     /// function name and arguments into a query to run (the gateway's RPC layer provides it
-    /// from the function registry). Without one, every query is unknown.
-    pub fn with_query_resolver(mut self, resolver: impl QueryResolver) -> Self {
-        self.queries = Some(Arc::new(resolver));
+    /// from the function registry). Without one, every query is unknown. Only the first
+    /// resolver given counts.
+    pub fn with_query_resolver(self, resolver: impl QueryResolver) -> Self {
+        let _ = self.queries.set(Arc::new(resolver));
         self
     }
 
@@ -220,35 +228,40 @@ impl Realtime {
     /// returned [`JobFollow`] which job was created; if the insert fails, drop it and the
     /// subscription is removed. Anonymous callers cannot follow (they own no job, so they
     /// could not subscribe again after a reconnect).
-    pub fn follow_job(
+    ///
+    /// When another node holds the session, it is asked first whether the session is good
+    /// (so a refused follow creates no job), and subscribes once the job exists.
+    pub async fn follow_job(
         &self,
         identity: Option<&Identity>,
         follow: &Follow,
         job_id: Uuid,
     ) -> Result<JobFollow, ApiError> {
         self.follow::<JobChange>(identity, follow, job_id, "job")
+            .await
             .map(JobFollow)
     }
 
     /// Start-and-follow for a workflow about to be created with id `workflow_id`; as
     /// [`follow_job`](Self::follow_job).
-    pub fn follow_workflow(
+    pub async fn follow_workflow(
         &self,
         identity: Option<&Identity>,
         follow: &Follow,
         workflow_id: Uuid,
     ) -> Result<WorkflowFollow, ApiError> {
         self.follow::<WorkflowChange>(identity, follow, workflow_id, "workflow")
+            .await
             .map(WorkflowFollow)
     }
 
-    fn follow<C: hub::Followed>(
+    async fn follow<C: hub::Followed>(
         &self,
         identity: Option<&Identity>,
         follow: &Follow,
         id: Uuid,
         what: &str,
-    ) -> Result<hub::FollowGuard, ApiError> {
+    ) -> Result<Following, ApiError> {
         let Some(identity) = identity else {
             return Err(ApiError::unauthenticated(format!(
                 "following a {what} needs a signed-in user"
@@ -260,9 +273,89 @@ impl Realtime {
             secret: &follow.session_secret,
             user: Some(&identity.user_id),
         };
+        if self.forwarder.is_remote(follow.session_id) {
+            let checked = self
+                .forwarder
+                .forward(&proof, forward::Call::Check, "follow.sessionId")
+                .await?;
+            if let Some(refused) = checked.refusal("follow.sessionId") {
+                return Err(refused);
+            }
+            return Ok(Following::Remote(Box::new(RemoteFollow {
+                realtime: self.clone(),
+                follow: follow.clone(),
+                identity: identity.clone(),
+            })));
+        }
         self.hub
             .follow::<C>(&proof, &follow.subscription_id, id)
+            .map(Following::Local)
             .map_err(|e| routes::api_error(e, "follow.sessionId"))
+    }
+}
+
+/// A start-and-follow's subscription: made on this node's hub before the run exists, or to
+/// be made on the node that holds the session once it exists.
+#[derive(Debug)]
+enum Following {
+    Local(hub::FollowGuard),
+    Remote(Box<RemoteFollow>),
+}
+
+#[derive(Debug)]
+struct RemoteFollow {
+    realtime: Realtime,
+    follow: Follow,
+    identity: Identity,
+}
+
+impl Following {
+    async fn started<C: hub::Followed>(
+        self,
+        id: Uuid,
+        call: impl FnOnce(String, Uuid) -> forward::Call,
+    ) -> Result<Option<C::State>, ApiError> {
+        match self {
+            Following::Local(guard) => guard
+                .started::<C>(id)
+                .await
+                .map_err(|e| routes::api_error(e, "follow.sessionId")),
+            Following::Remote(remote) => {
+                let RemoteFollow {
+                    realtime,
+                    follow,
+                    identity,
+                } = *remote;
+                let proof = hub::Proof {
+                    session_id: follow.session_id,
+                    secret: &follow.session_secret,
+                    user: Some(&identity.user_id),
+                };
+                let call = call(follow.subscription_id.clone(), id);
+                // The run exists by now, whatever happens here: a follow that fails after the
+                // check (its node went away) is not the start's failure, and the client
+                // subscribes again on its next stream.
+                match realtime
+                    .forwarder
+                    .forward(&proof, call, "follow.sessionId")
+                    .await
+                {
+                    Ok(forward::Outcome::Done { .. }) => realtime
+                        .hub
+                        .read_visible::<C>(&realtime.viewer(Some(&identity)), id)
+                        .await
+                        .map_err(|e| routes::api_error(e, "follow.sessionId")),
+                    Ok(other) => {
+                        tracing::warn!(?other, session = %follow.session_id, "a forwarded follow was not made");
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = ?e, session = %follow.session_id, "a forwarded follow was not made");
+                        Ok(None)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -278,7 +371,7 @@ pub struct Follow {
 
 /// A subscription made for a job before it exists; see [`Realtime::follow_job`].
 #[derive(Debug)]
-pub struct JobFollow(hub::FollowGuard);
+pub struct JobFollow(Following);
 
 impl JobFollow {
     /// The job was created as `job_id`. That differs from the id given to
@@ -288,22 +381,26 @@ impl JobFollow {
     /// earlier job the caller may not see).
     pub async fn started(self, job_id: Uuid) -> Result<Option<JobState>, ApiError> {
         self.0
-            .started::<JobChange>(job_id)
+            .started::<JobChange>(job_id, |subscription_id, id| forward::Call::Job {
+                subscription_id,
+                id,
+            })
             .await
-            .map_err(|e| routes::api_error(e, "follow.sessionId"))
     }
 }
 
 /// A subscription made for a workflow before it exists; see [`Realtime::follow_workflow`].
 #[derive(Debug)]
-pub struct WorkflowFollow(hub::FollowGuard);
+pub struct WorkflowFollow(Following);
 
 impl WorkflowFollow {
     /// The workflow was created as `workflow_id`; as [`JobFollow::started`].
     pub async fn started(self, workflow_id: Uuid) -> Result<Option<WorkflowState>, ApiError> {
         self.0
-            .started::<WorkflowChange>(workflow_id)
+            .started::<WorkflowChange>(workflow_id, |subscription_id, id| forward::Call::Workflow {
+                subscription_id,
+                id,
+            })
             .await
-            .map_err(|e| routes::api_error(e, "follow.sessionId"))
     }
 }

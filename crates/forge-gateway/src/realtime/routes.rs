@@ -11,6 +11,7 @@ use axum::Router;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::forward::{Call, Outcome};
 use super::hub::{Proof, QuerySubscribeError};
 use super::jobs::JobChange;
 use super::queries::QueryKey;
@@ -35,7 +36,7 @@ impl Realtime {
             .with_state(self.clone())
     }
 
-    fn viewer(&self, identity: Option<&Identity>) -> Viewer {
+    pub(crate) fn viewer(&self, identity: Option<&Identity>) -> Viewer {
         let see_all = self.config().see_all_role.as_deref();
         Viewer {
             user: identity.map(|i| i.user_id.clone()),
@@ -135,11 +136,26 @@ async fn subscribe_job(
     let req: SubscribeJob = json_body(&headers, &body)?;
     check_subscription_id(&req.subscription_id)?;
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
-    let state = rt
-        .hub
-        .subscribe::<JobChange>(&proof, &req.subscription_id, req.job_id)
-        .await
-        .map_err(|e| api_error(e, "sessionId"))?;
+    let state = if rt.forwarder.is_remote(req.session_id) {
+        let call = Call::Job {
+            subscription_id: req.subscription_id.clone(),
+            id: req.job_id,
+        };
+        match rt.forwarder.forward(&proof, call, "sessionId").await? {
+            Outcome::Done { .. } => rt
+                .hub
+                .read_visible::<JobChange>(&rt.viewer(identity.as_ref()), req.job_id)
+                .await
+                .map_err(|e| api_error(e, "sessionId"))?,
+            Outcome::NotVisible => None,
+            refused => return Ok(refused.into_response().expect("a refusal")),
+        }
+    } else {
+        rt.hub
+            .subscribe::<JobChange>(&proof, &req.subscription_id, req.job_id)
+            .await
+            .map_err(|e| api_error(e, "sessionId"))?
+    };
     let data = match state {
         Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
         None => not_found_job(req.job_id),
@@ -157,11 +173,26 @@ async fn subscribe_workflow(
     let req: SubscribeWorkflow = json_body(&headers, &body)?;
     check_subscription_id(&req.subscription_id)?;
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
-    let state = rt
-        .hub
-        .subscribe::<WorkflowChange>(&proof, &req.subscription_id, req.workflow_id)
-        .await
-        .map_err(|e| api_error(e, "sessionId"))?;
+    let state = if rt.forwarder.is_remote(req.session_id) {
+        let call = Call::Workflow {
+            subscription_id: req.subscription_id.clone(),
+            id: req.workflow_id,
+        };
+        match rt.forwarder.forward(&proof, call, "sessionId").await? {
+            Outcome::Done { .. } => rt
+                .hub
+                .read_visible::<WorkflowChange>(&rt.viewer(identity.as_ref()), req.workflow_id)
+                .await
+                .map_err(|e| api_error(e, "sessionId"))?,
+            Outcome::NotVisible => None,
+            refused => return Ok(refused.into_response().expect("a refusal")),
+        }
+    } else {
+        rt.hub
+            .subscribe::<WorkflowChange>(&proof, &req.subscription_id, req.workflow_id)
+            .await
+            .map_err(|e| api_error(e, "sessionId"))?
+    };
     let data = match state {
         Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
         None => not_found_workflow(req.workflow_id),
@@ -179,8 +210,30 @@ async fn subscribe_query(
     let req: SubscribeQuery = json_body(&headers, &body)?;
     check_subscription_id(&req.subscription_id)?;
     let unknown = || ApiError::not_found(format!("unknown query `{}`", req.function));
-    let resolver = rt.queries.as_ref().ok_or_else(unknown)?;
+    let resolver = rt.queries.get().ok_or_else(unknown)?;
     let query = resolver.resolve(&req.function, req.args.clone(), identity.as_ref())?;
+    if rt.forwarder.is_remote(req.session_id) {
+        let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
+        let call = Call::Query {
+            subscription_id: req.subscription_id.clone(),
+            function: req.function.clone(),
+            args: req.args.clone(),
+            roles: identity
+                .as_ref()
+                .map(|i| i.roles.clone())
+                .unwrap_or_default(),
+        };
+        return match rt.forwarder.forward(&proof, call, "sessionId").await? {
+            Outcome::Done {
+                data: Some(json), ..
+            } => Ok(data_response(&json)),
+            Outcome::Done { data: None, .. } | Outcome::NotVisible => {
+                let data = rt.hub.run_once(&*query).await?;
+                Ok(data_response(&data.to_string()))
+            }
+            refused => Ok(refused.into_response().expect("a refusal")),
+        };
+    }
     let key = QueryKey {
         function: req.function.clone(),
         args: req.args.to_string(),
@@ -200,7 +253,7 @@ async fn subscribe_query(
 
 /// What a query can see of its caller, as one string: queries with the same arguments share a
 /// run only when this is equal.
-fn caller_key(identity: Option<&Identity>) -> String {
+pub(crate) fn caller_key(identity: Option<&Identity>) -> String {
     match identity {
         None => String::new(),
         Some(i) => {
@@ -220,10 +273,20 @@ async fn unsubscribe(
     let identity = rt.auth.from_headers(&headers)?;
     let req: Unsubscribe = json_body(&headers, &body)?;
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
-    let existed = rt
-        .hub
-        .unsubscribe(&proof, &req.subscription_id)
-        .map_err(|e| api_error(e, "sessionId"))?;
+    let existed = if rt.forwarder.is_remote(req.session_id) {
+        let call = Call::Unsubscribe {
+            subscription_id: req.subscription_id.clone(),
+        };
+        match rt.forwarder.forward(&proof, call, "sessionId").await? {
+            Outcome::Done { existed, .. } => existed,
+            Outcome::NotVisible => false,
+            refused => return Ok(refused.into_response().expect("a refusal")),
+        }
+    } else {
+        rt.hub
+            .unsubscribe(&proof, &req.subscription_id)
+            .map_err(|e| api_error(e, "sessionId"))?
+    };
     Ok(data_response(if existed { "true" } else { "false" }))
 }
 

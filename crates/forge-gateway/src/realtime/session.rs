@@ -28,6 +28,29 @@ impl Viewer {
     }
 }
 
+/// Bytes of a session id that name the node holding it. A v4 UUID's first six bytes are
+/// random, so tagging them keeps ids unique and unguessable (the rest stays random).
+pub(crate) const NODE_TAG_LEN: usize = 6;
+
+/// A node's tag, drawn at random when its gateway starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct NodeTag(pub(crate) [u8; NODE_TAG_LEN]);
+
+impl NodeTag {
+    pub(crate) fn random() -> Self {
+        let mut tag = [0; NODE_TAG_LEN];
+        tag.copy_from_slice(&Uuid::new_v4().as_bytes()[..NODE_TAG_LEN]);
+        Self(tag)
+    }
+
+    /// The node that holds session `id`.
+    pub(crate) fn of(id: Uuid) -> Self {
+        let mut tag = [0; NODE_TAG_LEN];
+        tag.copy_from_slice(&id.as_bytes()[..NODE_TAG_LEN]);
+        Self(tag)
+    }
+}
+
 pub(crate) struct Session {
     pub(crate) id: Uuid,
     secret: String,
@@ -45,11 +68,15 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(viewer: Viewer, limits: OutboxLimits) -> Self {
+    /// A session of the node tagged `node`: its id starts with the tag, so that another node
+    /// that receives one of its calls knows where to forward it (see `forward`).
+    pub(crate) fn new(viewer: Viewer, limits: OutboxLimits, node: NodeTag) -> Self {
         // Two v4 UUIDs come from the operating system's CSPRNG: 244 random bits.
         let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let mut id = *Uuid::new_v4().as_bytes();
+        id[..NODE_TAG_LEN].copy_from_slice(&node.0);
         Self {
-            id: Uuid::new_v4(),
+            id: Uuid::from_bytes(id),
             secret,
             viewer,
             outbox: Outbox::new(limits),
@@ -311,7 +338,7 @@ mod tests {
             user: Some("u1".into()),
             sees_all: false,
         };
-        let s = Session::new(viewer, OutboxLimits { soft: 1, hard: 1 });
+        let s = Session::new(viewer, OutboxLimits { soft: 1, hard: 1 }, NodeTag::random());
         let secret = s.secret().to_string();
         assert_eq!(secret.len(), 64);
         assert!(s.admits(&secret, Some("u1")));

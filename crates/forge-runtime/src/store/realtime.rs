@@ -138,6 +138,19 @@ impl TrackedRead {
 }
 
 impl Store {
+    /// Sends `payload` on `channel` to every node's LISTEN connection, at once (outside any
+    /// transaction). For messages between nodes, such as [`crate::publish::SESSION_CALLS`].
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
     /// Begins a read-only transaction that records which tables its statements read.
     pub async fn begin_tracked_read(&self) -> Result<TrackedRead, sqlx::Error> {
         let mut tx = self.pool.begin().await?;

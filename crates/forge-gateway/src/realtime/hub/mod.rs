@@ -33,7 +33,7 @@ use crate::error::ApiError;
 use crate::realtime::feed::{push, Feed};
 use crate::realtime::jobs::JobChange;
 use crate::realtime::queries::{LiveQuery, QueryIndex, QueryKey};
-use crate::realtime::session::{OutboxLimits, Session, SubId, Viewer};
+use crate::realtime::session::{NodeTag, OutboxLimits, Session, SubId, Viewer};
 use crate::realtime::workflows::WorkflowChange;
 use crate::realtime::{RealtimeConfig, RealtimeError, RealtimeStats};
 use events::run;
@@ -42,6 +42,8 @@ use index::{Index, SessionEntry};
 
 /// The node's realtime hub (see the module docs).
 pub(crate) struct Hub {
+    /// Starts the id of every session this node opens.
+    pub(crate) node: NodeTag,
     index: Mutex<Index>,
     store: Store,
     config: RealtimeConfig,
@@ -72,6 +74,7 @@ impl Hub {
         let (fetch_jobs, jobs_rx) = mpsc::unbounded_channel();
         let (fetch_workflows, workflows_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
+            node: NodeTag::random(),
             index: Mutex::new(Index::default()),
             store: store.clone(),
             config,
@@ -140,7 +143,7 @@ impl Hub {
                 )));
             }
         }
-        let session = Arc::new(Session::new(viewer, limits));
+        let session = Arc::new(Session::new(viewer, limits, self.node));
         let data = serde_json::json!({
             "sessionId": session.id,
             "sessionSecret": session.secret(),
@@ -247,6 +250,27 @@ impl Hub {
     }
 
     /// Removes one subscription of a session. Returns whether it existed.
+    /// Whether `proof` is good for a session of this node (a forwarded start-and-follow asks
+    /// before it creates its job).
+    pub(crate) fn check(&self, proof: &Proof<'_>) -> Result<(), RealtimeError> {
+        self.lock().check(proof).map(|_| ())
+    }
+
+    /// The state of job or workflow `id` if `viewer` may see it: what a subscribe call
+    /// answers, for a subscription made on another node.
+    pub(crate) async fn read_visible<C: Followed>(
+        &self,
+        viewer: &Viewer,
+        id: Uuid,
+    ) -> Result<Option<C::State>, RealtimeError> {
+        let (_, reads) = C::read(&self.store, &[id]).await?;
+        Ok(reads
+            .into_iter()
+            .next()
+            .filter(|read| viewer.may_see(read.owner.as_deref()))
+            .map(|read| read.change.into_state()))
+    }
+
     pub(crate) fn unsubscribe(&self, proof: &Proof<'_>, sub: &str) -> Result<bool, RealtimeError> {
         let mut index = self.lock();
         let entry = index.check(proof)?;

@@ -82,6 +82,14 @@ pub(super) async fn run_group(
     }
 }
 
+impl Hub {
+    /// Runs `query` once, for its result only (a subscription forwarded to the node that holds
+    /// its session, whose result was too large to come back with the answer).
+    pub(crate) async fn run_once(&self, query: &dyn LiveQuery) -> Result<Value, ApiError> {
+        run_tracked(self, query).await.map(|(data, _)| data)
+    }
+}
+
 /// Runs a query in a tracked read; returns its result and the oids of the tables it read.
 async fn run_tracked(hub: &Hub, query: &dyn LiveQuery) -> Result<(Value, Vec<u32>), ApiError> {
     let mut read = hub
