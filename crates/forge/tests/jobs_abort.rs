@@ -146,18 +146,12 @@ async fn a_job_that_aborts_its_node_in_a_held_claim_ends_dead_letter() {
     if rolled_back {
         assert!(no_hold(&forge, aborter_id).await);
     }
-    // The neighbours held with it are left to plain claims too and complete. One running
-    // beside it when it kills the node loses that attempt, as in any crash of a node.
-    let mut held_with_it = 0;
+    // The neighbours complete. One running beside it when it kills the node loses that
+    // attempt, as in any crash of a node. (Which of them shared its held claim depends on the
+    // machine's pace, so their marks are not checked here: `no_hold` of the job itself is.)
     for id in &neighbours {
         let r = wait_status(&forge, *id, JobStatus::Completed).await;
-        if no_hold(&forge, *id).await {
-            held_with_it += 1;
-        }
         assert!(r.attempts <= 2, "{r:?}");
-    }
-    if rolled_back {
-        assert!(held_with_it > 0, "neighbours were held with it");
     }
     for id in &warm_up {
         wait_status(&forge, *id, JobStatus::Completed).await;
