@@ -398,6 +398,51 @@ async fn a_bulk_action_works_through_more_jobs_than_one_batch() {
     assert_eq!(job_count(forge.pool()).await, 0);
 }
 
+/// A worker holds a job's row while it writes it or while the job starts in a held claim: an
+/// action naming the job waits for it and acts on what it finds then; a filter passes it by.
+#[tokio::test]
+async fn a_job_named_by_id_is_waited_for_while_a_worker_holds_its_row() {
+    let db = TestDb::new().await;
+    let forge = connect(&db).await;
+    let id = forge.enqueue(runs_idle::request(1)).await.unwrap();
+    let mut held = forge.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM forge.jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    let by_filter = forge
+        .act_on_jobs(
+            JobAction::Cancel,
+            &JobSelector::filter(JobFilter::default()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_filter, 0, "a filter does not wait");
+
+    let by_id = {
+        let forge = forge.clone();
+        tokio::spawn(async move {
+            forge
+                .act_on_jobs(JobAction::Cancel, &JobSelector::ids([id]))
+                .await
+        })
+    };
+    // Still waiting while the row is held (a bounded check: it must not have finished).
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        while !by_id.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "the action did not wait for the held row");
+    held.commit().await.unwrap();
+    assert_eq!(by_id.await.unwrap().unwrap(), 1);
+    let row = forge.job(id).await.unwrap().unwrap();
+    assert_eq!(row.status, JobStatus::Cancelled);
+}
+
 #[tokio::test]
 async fn workflows_are_listed_and_shown_with_steps_events_and_what_they_wait_for() {
     let db = TestDb::new().await;

@@ -271,9 +271,13 @@ impl JobAction {
 pub const BULK_BATCH: i64 = 1_000;
 
 /// Applies `action` to up to [`BULK_BATCH`] jobs of `s` whose status allows it (the
-/// selection's own statuses, if any, narrow further), newest first, skipping rows another
-/// transaction holds. Returns the ids changed; the smallest is the cursor of the next batch.
-/// Jobs that run workflows are never taken.
+/// selection's own statuses, if any, narrow further), newest first. Returns the ids changed;
+/// the smallest is the cursor of the next batch. Jobs that run workflows are never taken.
+///
+/// Jobs named by id wait for a row another transaction holds (a worker's write, or a claim
+/// held while its jobs start: at most `worker::HOLD_LIMIT`), then are judged by their status after it:
+/// skipping them would leave a job just started uncancelled with nothing said. A filter skips
+/// such rows instead, so that a large action never queues behind the workers.
 pub async fn act_on_jobs<'e, E: PgExecutor<'e>>(
     exec: E,
     action: JobAction,
@@ -313,9 +317,10 @@ pub async fn act_on_jobs<'e, E: PgExecutor<'e>>(
              SELECT t.id FROM forge.jobs t
              WHERE {} AND t.status = ANY($9) AND t.function_name NOT LIKE '{WORKFLOW_JOB_PREFIX}%'
              ORDER BY t.id DESC LIMIT {BULK_BATCH}
-             FOR UPDATE SKIP LOCKED
+             FOR UPDATE {}
          ) {change}",
-        selection_clause("function_name")
+        selection_clause("function_name"),
+        if s.ids.is_some() { "" } else { "SKIP LOCKED" }
     );
     let statuses: Vec<&str> = action.applies_to().to_vec();
     let rows = bind_selection(sqlx::query(&sql), s)
