@@ -1,11 +1,22 @@
 // Runs the Rust fixture app (examples/client-fixture) for the integration tests: spawns the
 // built binary (FORGE_FIXTURE_BIN, default $CARGO_TARGET_DIR/debug/client-fixture), waits for
 // the URL it prints, signs tokens with its secret. Builds nothing itself.
+//
+// With FORGE_FIXTURE_NODES=N (N > 1) a fixture is N nodes on one database behind HAProxy in
+// round-robin mode (Debian's `haproxy`, no sticky sessions), and `url` is HAProxy's: the same
+// tests then run as users deploy several nodes. HAProxy names the node that answered each
+// request in `x-forge-served-by`.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { get } from "node:http";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+
+/** Nodes per fixture: 1, or N behind HAProxy (FORGE_FIXTURE_NODES). */
+export const FIXTURE_NODES = Math.max(1, Number(process.env.FORGE_FIXTURE_NODES ?? "1") || 1);
 
 export const SECRET = "client-fixture-secret-for-tests-only-0123456789";
 
@@ -71,6 +82,7 @@ function exited(child: ChildProcess): Promise<void> {
 }
 
 export async function startFixture(): Promise<Fixture> {
+  if (FIXTURE_NODES > 1) return startBalanced(FIXTURE_NODES);
   const db = `forge_client_it_${randomBytes(6).toString("hex")}`;
   let { child, url } = await launch(db, 0);
   const port = Number(new URL(url).port);
@@ -92,6 +104,113 @@ export async function startFixture(): Promise<Fixture> {
     async cutStreams() {
       const res = await fetch(`${url}/_test/cut-streams`, { method: "POST" });
       return ((await res.json()) as { data: number }).data;
+    },
+  };
+  return fixture;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+/**
+ * `nodes` fixture processes on one database behind HAProxy, round robin. Streams are long
+ * requests, so the client, server and tunnel timeouts are above the stream's 15 s keep-alive;
+ * a connection refused by a stopped node is retried on another (`option redispatch`).
+ */
+async function startBalanced(nodes: number): Promise<Fixture> {
+  const db = `forge_client_it_${randomBytes(6).toString("hex")}`;
+  const running: { child: ChildProcess; port: number }[] = [];
+  // One after the other: the first creates the database.
+  for (let i = 0; i < nodes; i++) {
+    const { child, url } = await launch(db, 0);
+    running.push({ child, port: Number(new URL(url).port) });
+  }
+  const lbPort = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "forge-haproxy-"));
+  const config = join(dir, "haproxy.cfg");
+  writeFileSync(
+    config,
+    [
+      "global",
+      "  maxconn 4096",
+      "defaults",
+      "  mode http",
+      "  timeout connect 2s",
+      "  timeout client 1h",
+      "  timeout server 1h",
+      "  timeout tunnel 1h",
+      "  retries 3",
+      "  option redispatch",
+      // Each event is written when it comes, not merged with the next: a stream's updates
+      // would otherwise arrive in bursts.
+      "  option http-no-delay",
+      "frontend forge",
+      `  bind 127.0.0.1:${lbPort}`,
+      "  default_backend nodes",
+      "backend nodes",
+      "  balance roundrobin",
+      "  http-response set-header x-forge-served-by %[srv_name]",
+      ...running.map((n, i) => `  server node${i + 1} 127.0.0.1:${n.port}`),
+      "",
+    ].join("\n"),
+  );
+  const haproxy = spawn("haproxy", ["-db", "-f", config], { stdio: ["ignore", "ignore", "pipe"] });
+  let haproxyErr = "";
+  haproxy.stderr!.on("data", (d: Buffer) => (haproxyErr += d.toString()));
+  const spawnFailed = new Promise<never>((_, reject) =>
+    haproxy.once("error", (e) =>
+      reject(new Error(`haproxy could not start (${e.message}): install Debian's haproxy package`)),
+    ),
+  );
+  const url = `http://127.0.0.1:${lbPort}`;
+  // Node's own HTTP client: a test file's environment (happy-dom) may replace `fetch`.
+  const healthy = () =>
+    new Promise<boolean>((resolveOk) => {
+      get(`${url}/_api/health`, (res) => {
+        res.resume();
+        resolveOk(res.statusCode === 200);
+      }).on("error", () => resolveOk(false));
+    });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const ok = await Promise.race([healthy(), spawnFailed]);
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error(`haproxy did not answer within 10 s: ${haproxyErr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const fixture: Fixture = {
+    url,
+    port: lbPort,
+    db,
+    async kill() {
+      for (const n of running) n.child.kill("SIGKILL");
+      await Promise.all(running.map((n) => exited(n.child)));
+    },
+    async restart() {
+      for (const n of running) ({ child: n.child } = await launch(db, n.port));
+    },
+    async dispose() {
+      await fixture.kill();
+      haproxy.kill("SIGTERM");
+      await exited(haproxy);
+      rmSync(dir, { recursive: true, force: true });
+      spawnSync(fixtureBin(), ["drop-db"], { env: { ...process.env, FIXTURE_DB: db }, stdio: "inherit" });
+    },
+    async cutStreams() {
+      let cut = 0;
+      for (const n of running) {
+        const res = await fetch(`http://127.0.0.1:${n.port}/_test/cut-streams`, { method: "POST" });
+        cut += ((await res.json()) as { data: number }).data;
+      }
+      return cut;
     },
   };
   return fixture;
