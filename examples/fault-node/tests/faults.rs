@@ -105,3 +105,8 @@ async fn node_partitioned_longer_than_the_lease() {
 async fn node_terminated_under_load() {
     nothing_lost(Scenario::NodeTerminated).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load() {
+    nothing_lost(Scenario::RollingRestart).await;
+}

@@ -37,10 +37,13 @@ pub enum Scenario {
     NodePartitioned,
     /// Node 1 sent SIGTERM while it runs jobs, then started again once it exited.
     NodeTerminated,
+    /// Every node in turn sent SIGTERM and started again once it exited (a rolling restart,
+    /// as a deploy does it), while jobs run and clients follow them.
+    RollingRestart,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::DbRestart,
         Scenario::DbCrash,
         Scenario::DbOutage,
@@ -49,6 +52,7 @@ impl Scenario {
         Scenario::NodeKilled,
         Scenario::NodePartitioned,
         Scenario::NodeTerminated,
+        Scenario::RollingRestart,
     ];
 
     /// The node the fault hits (node 0 when it hits the database): recovery is measured
@@ -56,6 +60,8 @@ impl Scenario {
     pub fn faulted_node(self) -> usize {
         match self {
             Scenario::NodeKilled | Scenario::NodePartitioned | Scenario::NodeTerminated => 1,
+            // The last one restarted.
+            Scenario::RollingRestart => 2,
             _ => 0,
         }
     }
@@ -70,6 +76,7 @@ impl Scenario {
             Scenario::NodeKilled => "node SIGKILL + restart",
             Scenario::NodePartitioned => "node partitioned > lease",
             Scenario::NodeTerminated => "node SIGTERM under load",
+            Scenario::RollingRestart => "rolling restart under load",
         }
     }
 }
@@ -325,6 +332,12 @@ async fn inject(scenario: Scenario, h: &mut Harness, size: &Size) -> Result<(), 
         Scenario::NodeTerminated => {
             h.terminate_node(1, Duration::from_secs(30)).await?;
             h.start_node(1).await?;
+        }
+        Scenario::RollingRestart => {
+            for node in 0..h.nodes.len() {
+                h.terminate_node(node, Duration::from_secs(30)).await?;
+                h.start_node(node).await?;
+            }
         }
     }
     Ok(())
