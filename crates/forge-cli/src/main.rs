@@ -1,5 +1,6 @@
 //! `forge`, the operator's command line: lists, inspects, follows and fixes jobs and workflows,
-//! migrates the database, and generates the TypeScript client. See `docs/cli.md`.
+//! migrates the database, and generates the TypeScript client; and, for a developer, makes a
+//! new app (`forge new`). See `docs/cli.md` and `docs/new.md`.
 //!
 //! It talks to PostgreSQL itself, through the runtime's runs API (the calls the HTTP admin
 //! routes make), so it needs no running node and no token: whoever can reach the database may
@@ -11,6 +12,7 @@ mod error;
 mod generate;
 mod jobs;
 mod migrate;
+mod new;
 mod output;
 mod watch;
 mod workflows;
@@ -25,7 +27,7 @@ use crate::db::Context;
 #[command(
     name = "forge",
     version,
-    about = "Forge's command line: jobs, workflows, migrations and the generated client",
+    about = "Forge's command line: jobs, workflows, migrations, the generated client and new apps",
     after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 a watched run failed, \
                   4 a watched job was cancelled, 5 a watched workflow was compensated."
 )]
@@ -52,6 +54,12 @@ enum Command {
     Migrate,
     /// Generate (or check) the TypeScript client of an application crate.
     Generate(generate::Args),
+    /// Make a new app: a Rust crate, its server and a page (see docs/new.md).
+    ///
+    /// The crate has a job, a query and a mutation; the page (Svelte or React) starts the job
+    /// with the generated client and shows its progress. `npm run dev` in the new folder runs
+    /// it, `npm test` tests it.
+    New(new::Args),
 }
 
 #[tokio::main]
@@ -67,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Workflows(c) => workflows::run(&ctx, c).await,
         Command::Migrate => migrate::run(&ctx).await,
         Command::Generate(a) => generate::run(a).await,
+        Command::New(a) => new::run(a, cli.json).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
