@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use super::hub::{Hub, Proof};
+use super::hub::{Followed, Hub, Proof};
 use super::jobs::JobChange;
 use super::queries::{QueryKey, QueryResolver};
 use super::routes::{api_error, caller_key};
@@ -333,31 +333,11 @@ async fn perform(
         Call::Job {
             subscription_id,
             id,
-        } => match hub
-            .subscribe::<JobChange>(proof, &subscription_id, id)
-            .await
-        {
-            Ok(Some(_)) => Outcome::Done {
-                existed: true,
-                data: None,
-            },
-            Ok(None) => Outcome::NotVisible,
-            Err(e) => realtime(e),
-        },
+        } => follow::<JobChange>(hub, proof, &subscription_id, id).await,
         Call::Workflow {
             subscription_id,
             id,
-        } => match hub
-            .subscribe::<WorkflowChange>(proof, &subscription_id, id)
-            .await
-        {
-            Ok(Some(_)) => Outcome::Done {
-                existed: true,
-                data: None,
-            },
-            Ok(None) => Outcome::NotVisible,
-            Err(e) => realtime(e),
-        },
+        } => follow::<WorkflowChange>(hub, proof, &subscription_id, id).await,
         Call::Unsubscribe { subscription_id } => match hub.unsubscribe(proof, &subscription_id) {
             Ok(existed) => Outcome::Done {
                 existed,
@@ -406,5 +386,16 @@ async fn perform(
                 Err(super::hub::QuerySubscribeError::Failed(e)) => Outcome::refused(&e),
             }
         }
+    }
+}
+
+async fn follow<C: Followed>(hub: &Hub, proof: &Proof<'_>, sub: &str, id: Uuid) -> Outcome {
+    match hub.subscribe::<C>(proof, sub, id).await {
+        Ok(Some(_)) => Outcome::Done {
+            existed: true,
+            data: None,
+        },
+        Ok(None) => Outcome::NotVisible,
+        Err(e) => Outcome::refused(&api_error(e, "sessionId")),
     }
 }

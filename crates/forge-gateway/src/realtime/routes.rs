@@ -12,7 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::forward::{Call, Outcome};
-use super::hub::{Proof, QuerySubscribeError};
+use super::hub::{Followed, Proof, QuerySubscribeError};
 use super::jobs::JobChange;
 use super::queries::QueryKey;
 use super::session::Viewer;
@@ -136,25 +136,22 @@ async fn subscribe_job(
     let req: SubscribeJob = json_body(&headers, &body)?;
     check_subscription_id(&req.subscription_id)?;
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
-    let state = if rt.forwarder.is_remote(req.session_id) {
-        let call = Call::Job {
-            subscription_id: req.subscription_id.clone(),
-            id: req.job_id,
-        };
-        match rt.forwarder.forward(&proof, call, "sessionId").await? {
-            Outcome::Done { .. } => rt
-                .hub
-                .read_visible::<JobChange>(&rt.viewer(identity.as_ref()), req.job_id)
-                .await
-                .map_err(|e| api_error(e, "sessionId"))?,
-            Outcome::NotVisible => None,
-            refused => return Ok(refused.into_response().expect("a refusal")),
-        }
-    } else {
-        rt.hub
-            .subscribe::<JobChange>(&proof, &req.subscription_id, req.job_id)
-            .await
-            .map_err(|e| api_error(e, "sessionId"))?
+    let call = Call::Job {
+        subscription_id: req.subscription_id.clone(),
+        id: req.job_id,
+    };
+    let state = match followed::<JobChange>(
+        &rt,
+        identity.as_ref(),
+        &proof,
+        &req.subscription_id,
+        req.job_id,
+        call,
+    )
+    .await
+    {
+        Ok(state) => state,
+        Err(refused) => return Ok(refused),
     };
     let data = match state {
         Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
@@ -173,31 +170,58 @@ async fn subscribe_workflow(
     let req: SubscribeWorkflow = json_body(&headers, &body)?;
     check_subscription_id(&req.subscription_id)?;
     let proof = proof(req.session_id, &req.session_secret, identity.as_ref());
-    let state = if rt.forwarder.is_remote(req.session_id) {
-        let call = Call::Workflow {
-            subscription_id: req.subscription_id.clone(),
-            id: req.workflow_id,
-        };
-        match rt.forwarder.forward(&proof, call, "sessionId").await? {
-            Outcome::Done { .. } => rt
-                .hub
-                .read_visible::<WorkflowChange>(&rt.viewer(identity.as_ref()), req.workflow_id)
-                .await
-                .map_err(|e| api_error(e, "sessionId"))?,
-            Outcome::NotVisible => None,
-            refused => return Ok(refused.into_response().expect("a refusal")),
-        }
-    } else {
-        rt.hub
-            .subscribe::<WorkflowChange>(&proof, &req.subscription_id, req.workflow_id)
-            .await
-            .map_err(|e| api_error(e, "sessionId"))?
+    let call = Call::Workflow {
+        subscription_id: req.subscription_id.clone(),
+        id: req.workflow_id,
+    };
+    let state = match followed::<WorkflowChange>(
+        &rt,
+        identity.as_ref(),
+        &proof,
+        &req.subscription_id,
+        req.workflow_id,
+        call,
+    )
+    .await
+    {
+        Ok(state) => state,
+        Err(refused) => return Ok(refused),
     };
     let data = match state {
         Some(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
         None => not_found_workflow(req.workflow_id),
     };
     Ok(data_response(&data.to_string()))
+}
+
+/// Subscribes `proof`'s session to the job or workflow `id`: on this node's hub, or through
+/// `call` on the node that holds the session, whose refusal is the answer (as `Err`).
+async fn followed<C: Followed>(
+    rt: &Realtime,
+    identity: Option<&Identity>,
+    proof: &Proof<'_>,
+    sub: &str,
+    id: Uuid,
+    call: Call,
+) -> Result<Option<C::State>, Response> {
+    let refused = |e| api_error(e, "sessionId").into_response();
+    if !rt.forwarder.is_remote(proof.session_id) {
+        return rt.hub.subscribe::<C>(proof, sub, id).await.map_err(refused);
+    }
+    let outcome = rt
+        .forwarder
+        .forward(proof, call, "sessionId")
+        .await
+        .map_err(IntoResponse::into_response)?;
+    match outcome {
+        Outcome::Done { .. } => rt
+            .hub
+            .read_visible::<C>(&rt.viewer(identity), id)
+            .await
+            .map_err(refused),
+        Outcome::NotVisible => Ok(None),
+        refusal => Err(refusal.into_response().expect("a refusal")),
+    }
 }
 
 /// `POST /_api/subscribe`: a query subscription.
