@@ -35,7 +35,7 @@ export async function waitFor(what, check, { timeout = 15_000, every = 50 } = {}
   }
 }
 
-function psql(url, sql) {
+export function psql(url, sql) {
   const r = spawnSync("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { encoding: "utf8" });
   if (r.error) throw new Error(`psql could not run (${r.error.message}): install the PostgreSQL client`);
   if (r.status !== 0) throw new Error(`psql failed: ${r.stderr.trim()}`);
@@ -145,12 +145,24 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
 }
 
-/** Runs `fn`; if it throws, keeps a screenshot and the console log of every page given. */
-export async function keepEvidence(name, pages, fn) {
+/**
+ * Runs `fn`; if it throws, keeps a screenshot and the console log of every page given, and
+ * what `server()` (if given) says of the server's side as `<name>-FAILED.server.log`.
+ */
+export async function keepEvidence(name, pages, fn, server) {
   try {
     await fn();
   } catch (e) {
     mkdirSync(SCREENSHOTS, { recursive: true });
+    if (server) {
+      let text;
+      try {
+        text = await server();
+      } catch (err) {
+        text = `could not read the server's side: ${err.message}`;
+      }
+      writeFileSync(join(SCREENSHOTS, `${name}-FAILED.server.log`), text);
+    }
     for (const [i, p] of pages().entries()) {
       const suffix = pages().length > 1 ? `-${i}` : "";
       writeFileSync(join(SCREENSHOTS, `${name}-FAILED${suffix}.console.log`), p.consoleLog.join("\n") + "\n");

@@ -6,7 +6,8 @@ import { readFileSync, rmSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import {
   freshDatabase,
-  keepEvidence,
+  keepEvidence as keepPageEvidence,
+  psql,
   launchBrowser,
   newPage,
   screenshot,
@@ -45,6 +46,33 @@ after(async () => {
 });
 
 // ---- helpers ------------------------------------------------------------------------------
+
+/**
+ * As the harness's `keepEvidence`, keeping the server's side too on failure: the demo's log
+ * and the newest jobs and workflows as the database has them.
+ */
+function keepEvidence(name, pagesOf, fn) {
+  return keepPageEvidence(name, pagesOf, fn, () => {
+    const rows = (sql) => {
+      try {
+        return psql(db.url, sql);
+      } catch (e) {
+        return e.message;
+      }
+    };
+    return [
+      "== demo output",
+      demo.output(),
+      "== newest jobs",
+      rows(
+        "SELECT id, function_name, status, attempts, worker_id, run_at, created_at, started_at, finished_at, error FROM forge.jobs ORDER BY id DESC LIMIT 20",
+      ),
+      "== newest workflows",
+      rows("SELECT id, name, status, created_at, error FROM forge.workflows ORDER BY id DESC LIMIT 5"),
+      "",
+    ].join("\n");
+  });
+}
 
 async function signIn(page, username) {
   await page.goto("/");
