@@ -30,6 +30,11 @@
 //! * enqueue→start latency on an idle node, one job every 20 ms: from just before the enqueue
 //!   call to the first line of the handler.
 //!
+//! `FORGE_BENCH_PGBOUNCER=host:port`, the address of a PgBouncer (>= 1.21) in transaction mode
+//! in front of the same server (every database name), runs the end-to-end phase a second time
+//! with the node's pools through it (its session URL direct, as docs/operations.md says) and
+//! prints that rate beside the direct one.
+//!
 //! `FORGE_BENCH_METRICS=1` runs `jobs` with the Prometheus recorder installed (as a node with
 //! `gateway.metrics` on), to measure what counting costs.
 //!
@@ -215,6 +220,14 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
             print_statements(&c.counts.lock().unwrap(), s.count);
         }
         print_row_writes(&db, s.count).await?;
+        if let Some(bouncer) = pgbouncer_address() {
+            let direct = s.count as f64 / (took - t0).as_secs_f64();
+            let pooled = noop_jobs_per_sec(s.count, config.clone(), Some(&bouncer)).await?;
+            println!(
+                "end to end, PgBouncer: {pooled:>6.0} jobs/s  ({:.2}x direct; transaction mode at {bouncer}, session URL direct)",
+                pooled / direct
+            );
+        }
     }
 
     let forge = Forge::connect(&db.url).await?;
@@ -260,14 +273,40 @@ async fn jobs(s: Settings, logging: bool) -> std::result::Result<(), Box<dyn std
     Ok(())
 }
 
+/// `FORGE_BENCH_PGBOUNCER`: `host:port` of a transaction-mode PgBouncer.
+fn pgbouncer_address() -> Option<String> {
+    std::env::var("FORGE_BENCH_PGBOUNCER")
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
+/// `url` with its `host:port` replaced by `address`.
+fn with_address(url: &str, address: &str) -> String {
+    let start = url.find("//").map_or(0, |i| i + 2);
+    let start = url[start..].find('@').map_or(start, |i| start + i + 1);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    format!("{}{address}{}", &url[..start], &url[end..])
+}
+
 /// No-op jobs/s end to end on a fresh database: every job enqueued at once, until the last
-/// completion is published (the yardstick of `forge-bench workflows`).
+/// completion is published (the yardstick of `forge-bench workflows`). With `pgbouncer`, the
+/// node's pools go through it and its session connections direct.
 async fn noop_jobs_per_sec(
     count: usize,
     config: WorkerConfig,
+    pgbouncer: Option<&str>,
 ) -> std::result::Result<f64, Box<dyn std::error::Error>> {
     let db = TestDb::new().await;
-    let forge = Forge::connect(&db.url).await?;
+    let forge = match pgbouncer {
+        None => Forge::connect(&db.url).await?,
+        Some(address) => {
+            let database = forge::DatabaseConfig {
+                session_url: Some(db.url.clone()),
+                ..forge::DatabaseConfig::default()
+            };
+            Forge::connect_with_config(&with_address(&db.url, address), database).await?
+        }
+    };
     let worker = forge.start_worker(config).await?;
     let mut events = forge.notifier().await?.subscribe();
     let reqs: Vec<_> = (0..count).map(|_| bench_noop::request()).collect();

@@ -168,7 +168,7 @@ pub(crate) async fn workflows(s: Settings) -> BenchResult<()> {
         "forge-bench workflows: a 3-step no-op workflow; {} for throughput, {} counted one at a time, worker concurrency {}",
         s.count, s.samples, config.concurrency
     );
-    let jobs_per_sec = crate::noop_jobs_per_sec(s.count, config.clone()).await?;
+    let jobs_per_sec = crate::noop_jobs_per_sec(s.count, config.clone(), None).await?;
     println!(
         "no-op jobs:          {jobs_per_sec:>7.0} jobs/s  ({} jobs end to end, the yardstick)",
         s.count

@@ -9,12 +9,21 @@ use crate::error::CliError;
 /// What every command may need: the global flags.
 pub(crate) struct Context {
     database_url: Option<String>,
+    session_url: Option<String>,
     pub(crate) json: bool,
 }
 
 impl Context {
-    pub(crate) fn new(database_url: Option<String>, json: bool) -> Self {
-        Self { database_url, json }
+    pub(crate) fn new(
+        database_url: Option<String>,
+        session_url: Option<String>,
+        json: bool,
+    ) -> Self {
+        Self {
+            database_url,
+            session_url,
+            json,
+        }
     }
 
     /// The pools, without migrating (only `forge migrate` changes the schema).
@@ -26,6 +35,7 @@ impl Context {
         };
         // One command at a time needs few connections; the worker's pool is never used.
         let config = DatabaseConfig {
+            session_url: self.session_url.clone(),
             max_connections: 4,
             internal_connections: 1,
             ..DatabaseConfig::default()

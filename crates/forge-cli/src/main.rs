@@ -35,6 +35,15 @@ struct Cli {
     /// The application's PostgreSQL database.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// A direct connection, when DATABASE_URL is a transaction-mode pooler (PgBouncer):
+    /// `migrate` takes its lock on it.
+    #[arg(
+        long,
+        env = "DATABASE_SESSION_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_session_url: Option<String>,
     /// Print JSON (the runs API's shapes) instead of tables and text.
     #[arg(long, global = true)]
     json: bool,
@@ -69,7 +78,7 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return error::clap_exit(e),
     };
-    let ctx = Context::new(cli.database_url, cli.json);
+    let ctx = Context::new(cli.database_url, cli.database_session_url, cli.json);
     let result = match cli.command {
         Command::Jobs(c) => jobs::run(&ctx, c).await,
         Command::Workflows(c) => workflows::run(&ctx, c).await,

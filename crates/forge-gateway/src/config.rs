@@ -5,6 +5,8 @@
 //! ```toml
 //! [database]
 //! url = "postgres://app@db/app"    # DATABASE_URL (required)
+//! session_url = "postgres://app@db-direct/app"  # DATABASE_SESSION_URL: set when `url` is a
+//!                                  # transaction-mode pooler (PgBouncer); see docs/operations.md
 //! max_connections = 20             # FORGE_DATABASE_MAX_CONNECTIONS
 //!
 //! [node]
@@ -167,6 +169,9 @@ pub struct ListenConfig {
 #[non_exhaustive]
 pub struct Config {
     pub database_url: String,
+    /// A direct (session) connection for the LISTEN connection, migrations and the workflow
+    /// engine, when `database_url` goes through a transaction-mode pooler.
+    pub database_session_url: Option<String>,
     pub max_connections: u32,
     pub roles: Roles,
     pub listen: ListenConfig,
@@ -194,6 +199,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct DatabaseFile {
     url: Option<String>,
+    session_url: Option<String>,
     max_connections: Option<u32>,
 }
 
@@ -281,6 +287,7 @@ impl Config {
                 setting: "database.url",
                 env: "DATABASE_URL",
             })?;
+        let database_session_url = env("DATABASE_SESSION_URL").or(f.database.session_url);
         let max_connections = positive(
             "database.max_connections",
             env("FORGE_DATABASE_MAX_CONNECTIONS"),
@@ -483,6 +490,7 @@ impl Config {
 
         Ok(Config {
             database_url,
+            database_session_url,
             max_connections,
             roles,
             listen,
@@ -633,6 +641,19 @@ mod tests {
         assert_eq!(c.database_url, "postgres://env");
         assert!(c.gateway.is_none());
         assert!(c.roles.worker && !c.roles.gateway);
+    }
+
+    #[test]
+    fn the_session_url_is_optional_and_the_environment_wins() {
+        let file = format!(
+            "[database]\nurl = \"postgres://bouncer\"\n[auth]\njwt_secret = \"{SECRET}\"\n"
+        );
+        assert_eq!(load(Some(&file), &[]).unwrap().database_session_url, None);
+        let file = file.replace("[auth]", "session_url = \"postgres://direct\"\n[auth]");
+        let c = load(Some(&file), &[]).unwrap();
+        assert_eq!(c.database_session_url.as_deref(), Some("postgres://direct"));
+        let c = load(Some(&file), &[("DATABASE_SESSION_URL", "postgres://env")]).unwrap();
+        assert_eq!(c.database_session_url.as_deref(), Some("postgres://env"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use forge_runtime::error::RuntimeError;
-use forge_runtime::Forge;
+use forge_runtime::{DatabaseConfig, Forge};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -257,7 +257,15 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// }
 /// ```
 pub async fn run(config: Config) -> Result<(), GatewayError> {
-    let forge = Forge::connect_with(&config.database_url, config.max_connections).await?;
+    let forge = Forge::connect_with_config(
+        &config.database_url,
+        DatabaseConfig {
+            session_url: config.database_session_url.clone(),
+            max_connections: config.max_connections,
+            ..DatabaseConfig::default()
+        },
+    )
+    .await?;
     // Before the worker starts: it registers its metric handles with the recorder it finds.
     if config
         .gateway

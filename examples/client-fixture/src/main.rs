@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Settings (environment): `DATABASE_URL` (default the local server's `postgres` database);
-//! `FIXTURE_DB`: a database of that name is created on the same server and used instead;
+//! `DATABASE_SESSION_URL`: a direct connection when `DATABASE_URL` is a transaction-mode
+//! PgBouncer (the node's LISTEN, migrations and workflow engine use it, and so does creating
+//! and dropping the database); `FIXTURE_DB`: a database of that name is created on the same
+//! server and used instead;
 //! `HOST` (127.0.0.1), `PORT` (0: any free port); `FORGE_JWT_SECRET` (HS256, a fixed test
 //! secret by default). The admin role (`auth.admin_role`) is `admin`.
 
@@ -26,6 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use forge::prelude::*;
+use forge::DatabaseConfig;
 use forge_gateway::{Gateway, GatewayConfig};
 use futures::StreamExt;
 use sqlx::{Connection, PgConnection};
@@ -71,6 +75,17 @@ fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+fn session_url() -> Option<String> {
+    std::env::var("DATABASE_SESSION_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Where databases are created and dropped: a session, not a pooler's transaction.
+fn admin_url() -> String {
+    session_url().unwrap_or_else(server_url)
+}
+
 /// `url` naming the database `db` instead of its own.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
@@ -99,13 +114,14 @@ fn fixture_db() -> Result<Option<String>, BoxError> {
     }
 }
 
-/// The database to use: `FIXTURE_DB` (created if missing) or `DATABASE_URL` itself.
-async fn database_url() -> Result<String, BoxError> {
-    let server = server_url();
+/// The URLs to use (main, session): on the database `FIXTURE_DB` (created if missing), or
+/// `DATABASE_URL` and `DATABASE_SESSION_URL` themselves.
+async fn database_urls() -> Result<(String, Option<String>), BoxError> {
+    let (server, session) = (server_url(), session_url());
     let Some(name) = fixture_db()? else {
-        return Ok(server);
+        return Ok((server, session));
     };
-    let mut admin = PgConnection::connect(&server).await?;
+    let mut admin = PgConnection::connect(&admin_url()).await?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(&name)
         .fetch_optional(&mut admin)
@@ -125,12 +141,15 @@ async fn database_url() -> Result<String, BoxError> {
             }
         }
     }
-    Ok(with_database(&server, &name))
+    Ok((
+        with_database(&server, &name),
+        session.map(|s| with_database(&s, &name)),
+    ))
 }
 
 async fn drop_database() -> Result<(), BoxError> {
     let name = fixture_db()?.ok_or("drop-db needs FIXTURE_DB")?;
-    let mut admin = PgConnection::connect(&server_url()).await?;
+    let mut admin = PgConnection::connect(&admin_url()).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
         .await?;
@@ -138,8 +157,15 @@ async fn drop_database() -> Result<(), BoxError> {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let url = database_url().await?;
-    let forge = Forge::connect(&url).await?;
+    let (url, session_url) = database_urls().await?;
+    let forge = Forge::connect_with_config(
+        &url,
+        DatabaseConfig {
+            session_url,
+            ..DatabaseConfig::default()
+        },
+    )
+    .await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS fixture_gates (name text PRIMARY KEY);
          CREATE TABLE IF NOT EXISTS fixture_notes (

@@ -38,7 +38,7 @@ impl Store {
             .test_before_acquire(false)
             .connect_lazy_with(
                 self.settings
-                    .options
+                    .session
                     .clone()
                     .application_name("forge-listener"),
             );

@@ -109,15 +109,14 @@ const LOCK_WAIT: LockWait = LockWait {
     pause: MIGRATION_LOCK_PAUSE,
 };
 
-pub(super) async fn run(pool: &PgPool) -> Result<(), RuntimeError> {
-    let mut conn = pool.acquire().await?;
+pub(super) async fn run(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError> {
     // Two nodes starting at the same moment would otherwise both see version N missing and
     // both apply it. The lock is held on this one connection until the end.
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)
         .await?;
-    let result = apply_missing(&mut conn, MIGRATIONS, LOCK_WAIT).await;
+    let result = apply_missing(conn, MIGRATIONS, LOCK_WAIT).await;
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *conn)

@@ -39,6 +39,7 @@ pub use workflows::{
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::error::RuntimeError;
 
@@ -48,8 +49,18 @@ use crate::error::RuntimeError;
 /// keeps jobs alive: the request pool (queries, mutations, live queries, enqueues, and the
 /// queries job handlers make through `ctx.db()`), the internal pool (claims, the writer's
 /// batches, lease renewal, the reaper, retention), and one LISTEN connection of its own.
-#[derive(Debug, Clone)]
+///
+/// Behind a connection pooler in transaction mode (PgBouncer `pool_mode = transaction`), the
+/// two pools go through the pooler and what needs a session of its own goes to
+/// [`session_url`](Self::session_url).
+#[derive(Clone)]
 pub struct DatabaseConfig {
+    /// A direct connection (or a session-mode pooler) for what needs a session of its own:
+    /// the LISTEN connection, migrations (a session advisory lock) and the workflow engine's
+    /// two connections (a session setting). When set, the main URL is taken to be a
+    /// transaction-mode pooler: its connections send no startup options (PgBouncer refuses
+    /// them). `None`: everything uses the main URL.
+    pub session_url: Option<String>,
     /// Size of the request pool.
     pub max_connections: u32,
     /// How long a request waits for a connection of the request pool. Short, so that a
@@ -68,9 +79,25 @@ pub struct DatabaseConfig {
     pub listener_check_timeout: Duration,
 }
 
+// By hand: the session URL may hold a password.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("session_url", &self.session_url.as_ref().map(|_| "…"))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("internal_connections", &self.internal_connections)
+            .field("internal_acquire_timeout", &self.internal_acquire_timeout)
+            .field("listener_check_interval", &self.listener_check_interval)
+            .field("listener_check_timeout", &self.listener_check_timeout)
+            .finish()
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
+            session_url: None,
             max_connections: 20,
             acquire_timeout: Duration::from_secs(2),
             internal_connections: 6,
@@ -96,8 +123,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Settings {
-    /// For the LISTEN connections.
-    options: PgConnectOptions,
+    /// For what needs a session of its own: the LISTEN connections, migrations, the engine.
+    session: PgConnectOptions,
     config: DatabaseConfig,
 }
 
@@ -124,35 +151,50 @@ impl Store {
 
     /// Opens the pools on `url` as `config` says. Fails if the database does not answer.
     pub async fn connect_with(url: &str, config: DatabaseConfig) -> Result<Self, RuntimeError> {
-        let opts: PgConnectOptions =
-            url.parse().map_err(|e: sqlx::Error| RuntimeError::Config {
-                field: "database_url",
-                message: e.to_string(),
-            })?;
-        let opts = with_keepalive(opts);
+        let parse = |url: &str, field| {
+            url.parse::<PgConnectOptions>()
+                .map_err(|e| RuntimeError::Config {
+                    field,
+                    message: e.to_string(),
+                })
+        };
+        let opts = parse(url, "database_url")?;
+        let (opts, session) = match config.session_url.as_deref() {
+            // A transaction-mode pooler forwards no startup options (PgBouncer closes the
+            // connection on them) and keeps its own keepalives to the server.
+            Some(session_url) => (
+                opts.extra_float_digits(None),
+                with_keepalive(parse(session_url, "database_session_url")?),
+            ),
+            None => {
+                let opts = with_keepalive(opts);
+                (opts.clone(), opts)
+            }
+        };
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(opts.clone().application_name("forge"))
-            .await?;
+            .await
+            .map_err(|e| pooler_hint(e, config.session_url.is_some()))?;
         let internal = PgPoolOptions::new()
             .max_connections(config.internal_connections)
             .acquire_timeout(config.internal_acquire_timeout)
             .connect_lazy_with(opts.clone().application_name("forge-internal"));
-        Ok(Self::assemble(pool, internal, opts, config))
+        Ok(Self::assemble(pool, internal, session, config))
     }
 
     fn assemble(
         requests: PgPool,
         internal: PgPool,
-        options: PgConnectOptions,
+        session: PgConnectOptions,
         config: DatabaseConfig,
     ) -> Self {
         Self {
             pool: requests.clone(),
             requests,
             internal,
-            settings: std::sync::Arc::new(Settings { options, config }),
+            settings: std::sync::Arc::new(Settings { session, config }),
         }
     }
 
@@ -165,7 +207,7 @@ impl Store {
     pub(crate) fn engine_pool(&self) -> PgPool {
         let opts = self
             .settings
-            .options
+            .session
             .clone()
             .application_name("forge-engine")
             .options([("enable_seqscan", "off")]);
@@ -211,9 +253,20 @@ impl Store {
         self.internal.close().await;
     }
 
-    /// Applies the embedded migrations that are not applied yet.
+    /// Applies the embedded migrations that are not applied yet, on a session connection
+    /// of its own (their advisory lock belongs to a session).
     pub async fn migrate(&self) -> Result<(), RuntimeError> {
-        migrate::run(&self.pool).await
+        let mut conn = self
+            .settings
+            .session
+            .clone()
+            .application_name("forge-migrate")
+            .connect()
+            .await?;
+        let result = migrate::run(&mut conn).await;
+        // The lock is released with the session even if this close fails.
+        let _ = conn.close().await;
+        result
     }
 
     /// True when the database answers and every embedded migration is applied.
@@ -248,6 +301,23 @@ pub fn refused_data(e: &sqlx::Error) -> Option<String> {
         _ => return Some(format!("SQLSTATE {code}")),
     };
     Some(name.into())
+}
+
+/// PgBouncer refuses the startup options of a direct connection with this; say what to do.
+fn pooler_hint(e: sqlx::Error, has_session_url: bool) -> RuntimeError {
+    let refused = e
+        .as_database_error()
+        .is_some_and(|d| d.message().starts_with("unsupported startup parameter"));
+    if refused && !has_session_url {
+        return RuntimeError::Config {
+            field: "database_url",
+            message: format!(
+                "{e}: this is a connection pooler (PgBouncer); set `database.session_url` \
+                 (DATABASE_SESSION_URL) to a direct connection"
+            ),
+        };
+    }
+    e.into()
 }
 
 /// PostgreSQL's own TCP keepalive settings, sent with every connection. sqlx offers no

@@ -1,7 +1,9 @@
 // Behind a round-robin load balancer (FORGE_FIXTURE_NODES=3: three nodes behind HAProxy, see
 // fixture.ts), a subscription call lands on a node that does not hold the session, and takes
 // effect all the same: its answer is the job's state and the job's updates come on the stream.
-// The rest of the integration suite runs through the balancer too in that mode.
+// The rest of the integration suite runs through the balancer too in that mode, and with
+// FORGE_FIXTURE_PGBOUNCER through a transaction-mode PgBouncer between the nodes and PostgreSQL.
+import { spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createForgeClient, startJob, type ForgeClient, type JobState } from "../../src/index.js";
 import {
@@ -94,4 +96,33 @@ describe.skipIf(FIXTURE_NODES < 2)("through a round-robin load balancer", () => 
     abort.abort();
     job.unsubscribe();
   });
+
+  it.skipIf(!process.env.FORGE_FIXTURE_PGBOUNCER)(
+    "the nodes' work goes through PgBouncer in transaction mode, prepared statements included",
+    async () => {
+      const job = startJob<unknown, unknown>("count_steps", { steps: 3, delayMs: 10, label: "pgb" }, client);
+      const done = await until<JobState>(job, (s) => s.status === "completed");
+      expect(done.progress).toBe(100);
+      job.unsubscribe();
+      // PgBouncer's admin console: its mode, and what it passed to this fixture's database.
+      const show = (what: string) => {
+        const out = spawnSync(
+          "psql",
+          ["-h", "127.0.0.1", "-p", String(fx.pgbouncer!.port), "-U", "postgres", "-d", "pgbouncer", "-AF|", "-c", `SHOW ${what}`],
+          { encoding: "utf8" },
+        );
+        expect(out.status, out.stderr).toBe(0);
+        const [head, ...rows] = out.stdout.trim().split("\n");
+        const names = head!.split("|");
+        return rows
+          .filter((r) => r.includes("|"))
+          .map((r) => Object.fromEntries(r.split("|").map((v, i) => [names[i], v])) as Record<string, string>);
+      };
+      expect(show("CONFIG").find((r) => r.key === "pool_mode")?.value).toBe("transaction");
+      const stats = show("STATS").find((r) => r.database === fx.db);
+      expect(Number(stats?.total_xact_count)).toBeGreaterThan(100);
+      // sqlx's named statements, which PgBouncer re-prepares on whichever server it picks.
+      expect(Number(stats?.total_client_parse_count)).toBeGreaterThan(0);
+    },
+  );
 });

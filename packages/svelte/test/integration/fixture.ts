@@ -5,12 +5,14 @@
 // With FORGE_FIXTURE_NODES=N (N > 1) a fixture is N nodes on one database behind HAProxy in
 // round-robin mode (Debian's `haproxy`, no sticky sessions), and `url` is HAProxy's: the same
 // tests then run as users deploy several nodes. HAProxy names the node that answered each
-// request in `x-forge-served-by`.
+// request in `x-forge-served-by`. With FORGE_FIXTURE_PGBOUNCER set to a PgBouncer (>= 1.21)
+// binary as well, the nodes reach PostgreSQL through it in transaction mode (a private
+// PgBouncer per fixture), with DATABASE_SESSION_URL going direct, as docs/operations.md says.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { get } from "node:http";
-import { createServer } from "node:net";
+import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,15 +41,21 @@ export interface Fixture {
   dispose(): Promise<void>;
   /** Ends every open event stream from the server side; answers how many there were. */
   cutStreams(): Promise<number>;
+  /** The PgBouncer between the nodes and PostgreSQL, when there is one. */
+  pgbouncer?: { port: number };
 }
 
-function launch(db: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+function launch(
+  db: string,
+  port: number,
+  env: Record<string, string> = {},
+): Promise<{ child: ChildProcess; url: string }> {
   const bin = fixtureBin();
   if (!existsSync(bin)) {
     throw new Error(`no fixture binary at ${bin}: run \`cargo build -p client-fixture\` (or set FORGE_FIXTURE_BIN)`);
   }
   const child = spawn(bin, [], {
-    env: { ...process.env, FIXTURE_DB: db, PORT: String(port), HOST: "127.0.0.1", FORGE_JWT_SECRET: SECRET },
+    env: { ...process.env, ...env, FIXTURE_DB: db, PORT: String(port), HOST: "127.0.0.1", FORGE_JWT_SECRET: SECRET },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
@@ -127,14 +135,15 @@ function freePort(): Promise<number> {
  */
 async function startBalanced(nodes: number): Promise<Fixture> {
   const db = `forge_client_it_${randomBytes(6).toString("hex")}`;
+  const dir = mkdtempSync(join(tmpdir(), "forge-haproxy-"));
+  const bouncer = process.env.FORGE_FIXTURE_PGBOUNCER ? await startPgBouncer(dir) : undefined;
   const running: { child: ChildProcess; port: number }[] = [];
   // One after the other: the first creates the database.
   for (let i = 0; i < nodes; i++) {
-    const { child, url } = await launch(db, 0);
+    const { child, url } = await launch(db, 0, bouncer?.env);
     running.push({ child, port: Number(new URL(url).port) });
   }
   const lbPort = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), "forge-haproxy-"));
   const config = join(dir, "haproxy.cfg");
   writeFileSync(
     config,
@@ -195,14 +204,21 @@ async function startBalanced(nodes: number): Promise<Fixture> {
       await Promise.all(running.map((n) => exited(n.child)));
     },
     async restart() {
-      for (const n of running) ({ child: n.child } = await launch(db, n.port));
+      for (const n of running) ({ child: n.child } = await launch(db, n.port, bouncer?.env));
     },
     async dispose() {
       await fixture.kill();
       haproxy.kill("SIGTERM");
       await exited(haproxy);
+      if (bouncer) {
+        bouncer.child.kill("SIGTERM");
+        await exited(bouncer.child);
+      }
       rmSync(dir, { recursive: true, force: true });
-      spawnSync(fixtureBin(), ["drop-db"], { env: { ...process.env, FIXTURE_DB: db }, stdio: "inherit" });
+      spawnSync(fixtureBin(), ["drop-db"], {
+        env: { ...process.env, ...bouncer?.env, FIXTURE_DB: db },
+        stdio: "inherit",
+      });
     },
     async cutStreams() {
       let cut = 0;
@@ -212,8 +228,70 @@ async function startBalanced(nodes: number): Promise<Fixture> {
       }
       return cut;
     },
+    pgbouncer: bouncer && { port: bouncer.port },
   };
   return fixture;
+}
+
+/**
+ * A PgBouncer in transaction mode in front of DATABASE_URL's server, for every database name,
+ * with protocol-level prepared statements tracked (`max_prepared_statements`, PgBouncer 1.21+:
+ * sqlx names its statements). `env` points a node at it, its session URL going direct.
+ */
+async function startPgBouncer(dir: string): Promise<{ child: ChildProcess; port: number; env: Record<string, string> }> {
+  const bin = process.env.FORGE_FIXTURE_PGBOUNCER!;
+  const direct = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+  const server = new URL(direct);
+  const user = decodeURIComponent(server.username || "postgres");
+  const port = await freePort();
+  writeFileSync(join(dir, "users.txt"), `"${user}" "${decodeURIComponent(server.password)}"\n`);
+  writeFileSync(
+    join(dir, "pgbouncer.ini"),
+    [
+      "[databases]",
+      `* = host=${server.hostname || "127.0.0.1"} port=${server.port || "5432"}`,
+      "[pgbouncer]",
+      "listen_addr = 127.0.0.1",
+      `listen_port = ${port}`,
+      "unix_socket_dir =",
+      "auth_type = trust",
+      `auth_file = ${join(dir, "users.txt")}`,
+      `admin_users = ${user}`,
+      "pool_mode = transaction",
+      "max_prepared_statements = 200",
+      "default_pool_size = 20",
+      "max_client_conn = 1000",
+      "log_connections = 0",
+      "log_disconnections = 0",
+      // PgBouncer refuses to run as root; CI runs as root.
+      ...(process.getuid?.() === 0 ? ["user = postgres"] : []),
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(bin, [join(dir, "pgbouncer.ini")], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+  const failed = new Promise<never>((_, reject) => {
+    child.once("error", (e) => reject(new Error(`pgbouncer could not start (${e.message}): see .ci/pgbouncer`)));
+    child.once("exit", (code) => reject(new Error(`pgbouncer exited (${code}): ${err}`)));
+  });
+  const listening = () =>
+    new Promise<boolean>((resolveOk) => {
+      const socket = createConnection({ host: "127.0.0.1", port }, () => {
+        socket.destroy();
+        resolveOk(true);
+      }).on("error", () => resolveOk(false));
+    });
+  const deadline = Date.now() + 10_000;
+  while (!(await Promise.race([listening(), failed]))) {
+    if (Date.now() > deadline) throw new Error(`pgbouncer did not listen within 10 s: ${err}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  failed.catch(() => {});
+  const pooled = new URL(direct);
+  pooled.hostname = "127.0.0.1";
+  pooled.port = String(port);
+  return { child, port, env: { DATABASE_URL: pooled.toString(), DATABASE_SESSION_URL: direct } };
 }
 
 const b64url = (s: string | Buffer) => Buffer.from(s).toString("base64url");
