@@ -363,7 +363,10 @@ impl Caller {
             Some(f) => Some(self.realtime.follow_workflow(identity, &f, wf.id).await?),
             None => None,
         };
-        let id = store::insert_workflow(self.forge.pool(), &wf)
+        let id = self
+            .forge
+            .store()
+            .insert_workflow(&wf)
             .await
             .map_err(|e| start_error(e.into()))?;
         let state = match follow {

@@ -14,6 +14,7 @@ use forge_test_support::{wait_for, TestDb};
 use realtime_support::SECRET;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
+use sqlx::Connection;
 
 #[forge::query(public)]
 async fn down_count(ctx: &QueryContext) -> Result<i64> {
@@ -81,4 +82,55 @@ async fn calls_answer_503_within_seconds_while_the_database_is_unreachable() {
         (call(&http, &base, "down_count").await.0 == 200).then_some(())
     })
     .await;
+}
+
+/// A start whose insert gets no answer (here it waits on a lock; in a partition, on a
+/// connection opened before the cut) answers `503` at `DatabaseConfig::start_timeout` rather
+/// than waiting as long as the database does, and the connection it used is not lent again.
+#[tokio::test]
+async fn a_start_without_an_answer_is_refused_at_the_start_timeout() {
+    let db = TestDb::new().await;
+    let forge = Forge::connect_with_config(
+        &db.url,
+        forge::DatabaseConfig {
+            max_connections: 1,
+            start_timeout: Duration::from_millis(800),
+            ..forge::DatabaseConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (base, _) = realtime_support::serve_gateway(&forge, GatewayConfig::new(SECRET)).await;
+    let http = reqwest::Client::new();
+    assert_eq!(call(&http, &base, "down_job").await.0, 200);
+    let before: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(forge.pool())
+        .await
+        .unwrap();
+
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE forge.jobs IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let (status, retry, body) = call(&http, &base, "down_job").await;
+    let took = t0.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    // The one request connection was closed, not lent again with an answer still to come.
+    let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(forge.pool())
+        .await
+        .unwrap();
+    assert_ne!(before, after);
+    assert_eq!(call(&http, &base, "down_job").await.0, 200);
 }

@@ -118,8 +118,7 @@ impl Forge {
                 return Ok((job.id, JobStatus::Claimed));
             }
         }
-        let ids = self.store.insert_jobs(std::slice::from_ref(job)).await?;
-        Ok((ids[0], JobStatus::Pending))
+        Ok((self.store.insert_job(job).await?, JobStatus::Pending))
     }
 
     /// Enqueues many jobs in one statement.

@@ -43,15 +43,24 @@ fn refused_quickly_while_the_database_is_unreachable(report: &Report) {
     let bad: Vec<_> = report
         .answers_during_fault
         .keys()
-        .filter(|a| *a != "HTTP 200" && *a != "HTTP 503")
+        // The call in flight when the fault ends is cut short there; how long it had waited
+        // counts toward the slowest answer below, so one left hanging still fails.
+        .filter(|a| {
+            !matches!(
+                a.as_str(),
+                "HTTP 200" | "HTTP 503" | "still waiting when the fault ended"
+            )
+        })
         .collect();
     assert!(
         bad.is_empty(),
         "answers during the fault: {:?}",
         report.answers_during_fault
     );
+    // A start waits 2 s at most for a connection and the database's answer together
+    // (`DatabaseConfig::start_timeout`); the rest is the HTTP call's own time.
     assert!(
-        report.slowest_answer_during_fault <= Duration::from_secs(2),
+        report.slowest_answer_during_fault <= Duration::from_millis(2_500),
         "a call waited {:?}",
         report.slowest_answer_during_fault
     );
@@ -92,10 +101,6 @@ async fn node_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today on one call: self-fencing holds (no two attempts at once, nothing \
-            stuck or missed), and starts that need a new connection answer 503 after the 2 s \
-            acquire timeout, but a start sent on a connection opened before the cut waits for \
-            the whole partition (no reply, no RST); it needs a deadline on the database's answer"]
 async fn node_partitioned_longer_than_the_lease() {
     let report = nothing_lost(Scenario::NodePartitioned).await;
     refused_quickly_while_the_database_is_unreachable(&report);

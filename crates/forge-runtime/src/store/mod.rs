@@ -77,6 +77,14 @@ pub struct DatabaseConfig {
     /// How long that round trip, and each attempt to open the LISTEN connection, may take
     /// before the connection is given up and replaced.
     pub listener_check_timeout: Duration,
+    /// How long one start (a job or workflow inserted by [`Forge::insert_job`] and the
+    /// gateway's starts) may take in all: a connection, the insert, its answer. A connection
+    /// opened before the database became unreachable (a partition: no reply, no reset) would
+    /// otherwise wait for as long as the cut lasts. Then the start fails as the database being
+    /// unreachable (`503` over HTTP) and that connection is closed, never lent again.
+    ///
+    /// [`Forge::insert_job`]: crate::Forge::insert_job
+    pub start_timeout: Duration,
 }
 
 // By hand: the session URL may hold a password.
@@ -90,6 +98,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("internal_acquire_timeout", &self.internal_acquire_timeout)
             .field("listener_check_interval", &self.listener_check_interval)
             .field("listener_check_timeout", &self.listener_check_timeout)
+            .field("start_timeout", &self.start_timeout)
             .finish()
     }
 }
@@ -104,6 +113,7 @@ impl Default for DatabaseConfig {
             internal_acquire_timeout: Duration::from_secs(5),
             listener_check_interval: Duration::from_secs(5),
             listener_check_timeout: Duration::from_secs(3),
+            start_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -253,6 +263,23 @@ impl Store {
         self.internal.close().await;
     }
 
+    /// A connection of this view's pool for one start, and the deadline of that start:
+    /// [`DatabaseConfig::start_timeout`] from now, for the connection and the answer together
+    /// (see [`StartDeadline::answer`]).
+    pub(crate) async fn start_connection(
+        &self,
+    ) -> Result<(sqlx::pool::PoolConnection<sqlx::Postgres>, StartDeadline), sqlx::Error> {
+        let limit = self.settings.config.start_timeout;
+        let deadline = StartDeadline {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+        };
+        let conn = tokio::time::timeout_at(deadline.at, self.pool.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        Ok((conn, deadline))
+    }
+
     /// Applies the embedded migrations that are not applied yet, on a session connection
     /// of its own (their advisory lock belongs to a session).
     pub async fn migrate(&self) -> Result<(), RuntimeError> {
@@ -272,6 +299,43 @@ impl Store {
     /// True when the database answers and every embedded migration is applied.
     pub async fn is_ready(&self) -> bool {
         migrate::is_current(&self.pool).await.unwrap_or(false)
+    }
+}
+
+/// When a start must have its answer (see [`Store::start_connection`]).
+pub(crate) struct StartDeadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+impl StartDeadline {
+    /// `work`'s answer, or `None` when the deadline came first (then [`settle`](Self::settle)).
+    pub(crate) async fn wait<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Option<Result<T, sqlx::Error>> {
+        tokio::time::timeout_at(self.at, work).await.ok()
+    }
+
+    /// The answer [`wait`](Self::wait) got. Without one, the error is an I/O timeout (what a
+    /// lost database gives, so callers treat it the same), and `conn`, whose state is unknown
+    /// (an answer may still come), is closed rather than lent again. Whether the statement
+    /// took effect is then unknown: an idempotency key makes a retry safe.
+    pub(crate) fn settle<T>(
+        &self,
+        mut conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+        answer: Option<Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        answer.unwrap_or_else(|| {
+            conn.close_on_drop();
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the database did not answer a start within {:?}",
+                    self.limit
+                ),
+            )))
+        })
     }
 }
 

@@ -252,13 +252,29 @@ impl Store {
         insert_jobs(&mut *self.pool.acquire().await?, jobs).await
     }
 
-    /// See [`insert_claimed_job`].
+    /// Inserts one job as [`insert_jobs`] does, within the start timeout
+    /// ([`DatabaseConfig::start_timeout`](super::DatabaseConfig::start_timeout)); returns its id (for a taken idempotency key, the
+    /// existing job's).
+    pub async fn insert_job(&self, job: &NewJob) -> Result<Uuid, sqlx::Error> {
+        let (mut conn, deadline) = self.start_connection().await?;
+        let answer = deadline
+            .wait(insert_jobs(&mut conn, std::slice::from_ref(job)))
+            .await;
+        let ids = deadline.settle(conn, answer)?;
+        ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// See [`insert_claimed_job`]; within the start timeout, as [`Store::insert_job`].
     pub async fn insert_claimed_job(
         &self,
         job: &NewJob,
         worker_id: Uuid,
         lease: Duration,
     ) -> Result<ClaimedJob, sqlx::Error> {
-        insert_claimed_job(&self.pool, job, worker_id, lease).await
+        let (mut conn, deadline) = self.start_connection().await?;
+        let answer = deadline
+            .wait(insert_claimed_job(&mut *conn, job, worker_id, lease))
+            .await;
+        deadline.settle(conn, answer)
     }
 }

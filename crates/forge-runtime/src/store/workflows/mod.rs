@@ -150,6 +150,16 @@ pub async fn insert_workflow<'e, E: PgExecutor<'e>>(
     ids.into_iter().next().ok_or(sqlx::Error::RowNotFound)
 }
 
+impl Store {
+    /// Inserts one workflow as [`insert_workflow`] does, within the start timeout
+    /// ([`DatabaseConfig::start_timeout`](super::DatabaseConfig::start_timeout)).
+    pub async fn insert_workflow(&self, wf: &NewWorkflow) -> Result<Uuid, sqlx::Error> {
+        let (mut conn, deadline) = self.start_connection().await?;
+        let answer = deadline.wait(insert_workflow(&mut *conn, wf)).await;
+        deadline.settle(conn, answer)
+    }
+}
+
 /// Inserts workflows as [`insert_workflow`] does, all in one statement; returns their ids in
 /// order. Two of them with the same idempotency key are one workflow.
 pub async fn insert_workflows<'e, E: PgExecutor<'e>>(
