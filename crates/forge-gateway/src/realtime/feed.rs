@@ -13,7 +13,10 @@
 //!
 //! On top of that exact rule two invariants hold whatever happens: nothing follows a terminal
 //! status, and an update of an earlier generation (a job's attempt) never follows one of a
-//! later generation.
+//! later generation. And a client is never left to take a new attempt's progress for the old
+//! one's going back: when a re-read finds a later attempt than the client last got (the
+//! changes in between were published while the node could not listen), the attempt's start
+//! (`claimed`, progress cleared) is pushed before its current state.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -38,6 +41,13 @@ pub(crate) trait Change: Clone + PartialEq + std::fmt::Debug {
     fn generation(&self) -> i32;
 
     fn is_terminal(&self) -> bool;
+
+    /// The state its generation began with (a job's attempt: `claimed`, progress cleared),
+    /// for a client that last saw an earlier generation and missed the changes in between
+    /// (see [`Feed::apply_read`]); `None` when this is that state, or generations have none.
+    fn generation_began(&self) -> Option<Self> {
+        None
+    }
 
     /// The state as clients see it, as JSON.
     fn state_json(&self) -> String;
@@ -157,6 +167,10 @@ impl<C: Change> Feed<C> {
             let d = read.digest();
             let push = (resync || pushed) && d != digest;
             if push {
+                let missed_a_start = last.is_some_and(|(g, _)| read.generation() > g);
+                if let Some(began) = read.generation_began().filter(|_| missed_a_start) {
+                    out.push(began);
+                }
                 out.push(read.clone());
             }
             next = (

@@ -77,6 +77,23 @@ impl Change for JobChange {
         self.state.status.is_terminal()
     }
 
+    /// A claim starts an attempt and clears the previous one's progress, message, output and
+    /// error (docs/contract.md).
+    fn generation_began(&self) -> Option<Self> {
+        (self.state.status != JobStatus::Claimed).then_some(JobChange {
+            state: JobState {
+                job_id: self.state.job_id,
+                status: JobStatus::Claimed,
+                progress: None,
+                message: None,
+                output: None,
+                error: None,
+            },
+            attempt: self.attempt,
+            xid: None,
+        })
+    }
+
     fn state_json(&self) -> String {
         serde_json::to_string(&self.state).expect("a job state always serializes")
     }
@@ -175,6 +192,38 @@ mod tests {
         assert!(feed
             .apply_read(&snap("25:25:"), Some(&old), true)
             .is_empty());
+    }
+
+    #[test]
+    fn a_resync_that_finds_a_later_attempt_pushes_its_start_first() {
+        let mut feed = JobFeed::following();
+        assert!(feed.offer(&change(JobStatus::Running, 1, 40.0, Some(10))));
+        // The end of attempt 1 and the start of attempt 2 were published while the node
+        // could not listen; the re-read finds attempt 2 at 5%.
+        let read = change(JobStatus::Running, 2, 5.0, None);
+        let out = feed.apply_read(&snap("30:30:"), Some(&read), true);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].state.status, JobStatus::Claimed);
+        assert_eq!((out[0].attempt, out[0].state.progress), (2, None));
+        assert_eq!(out[1], read);
+        // Within one attempt nothing is added.
+        let later = change(JobStatus::Running, 2, 50.0, None);
+        assert_eq!(
+            feed.apply_read(&snap("40:40:"), Some(&later), true),
+            vec![later]
+        );
+        // Nor when the read is that start itself.
+        let claimed = JobChange {
+            state: JobState {
+                progress: None,
+                ..change(JobStatus::Claimed, 3, 0.0, None).state
+            },
+            ..change(JobStatus::Claimed, 3, 0.0, None)
+        };
+        assert_eq!(
+            feed.apply_read(&snap("50:50:"), Some(&claimed), true),
+            vec![claimed]
+        );
     }
 
     #[test]
