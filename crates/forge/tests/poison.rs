@@ -421,6 +421,7 @@ async fn poison_arguments_and_events_of_workflows_are_refused_and_others_run() {
             }
         }
     }
+    let mut events = Vec::new();
     for (id, _) in &started {
         let payload = random_value(&mut r);
         let sent = forge
@@ -428,19 +429,30 @@ async fn poison_arguments_and_events_of_workflows_are_refused_and_others_run() {
             .await;
         if storable(&payload) {
             sent.unwrap();
+            events.push(payload);
         } else {
             assert!(matches!(sent, Err(EventError::Unstorable(_))), "{sent:?}");
             forge
                 .send_workflow_event(*id, "data", json!("innocent"))
                 .await
                 .unwrap();
+            events.push(json!("innocent"));
         }
     }
-    for (id, tag) in &started {
+    for ((id, tag), event) in started.iter().zip(events) {
         wait_workflow_terminal(&forge, *id).await;
         let row = forge.workflow(*id).await.unwrap().unwrap();
-        assert_eq!(row.status, WorkflowStatus::Completed, "{row:?}");
-        assert_eq!(row.output.unwrap()["tag"], *tag);
+        // The output holds the event one level deeper than it was sent: a payload at the
+        // depth limit fits as an event but not inside the output, which is then refused and
+        // the workflow compensated, naming where.
+        if storable(&json!({ "tag": tag, "step": "made", "event": event })) {
+            assert_eq!(row.status, WorkflowStatus::Completed, "{row:?}");
+            assert_eq!(row.output.unwrap()["tag"], *tag);
+        } else {
+            assert_eq!(row.status, WorkflowStatus::Compensated, "{row:?}");
+            let error = row.error.unwrap_or_default();
+            assert!(error.starts_with("the workflow's output "), "{error}");
+        }
     }
     worker.shutdown().await;
 }
